@@ -1,0 +1,58 @@
+"""The typed errors of the discovery API: every failure a user can act on is a ``DiscoveryError``."""
+
+from __future__ import annotations
+
+
+class DiscoveryError(Exception):
+    """Base class of every error raised by the discovery library."""
+
+
+class ValidationError(DiscoveryError, ValueError):
+    """An instance, name, selector or argument is malformed; nothing was written.
+
+    ``field`` names the offending field (e.g. ``"labels"`` or ``"port"``).
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.reason = message
+
+
+class SelectorError(ValidationError):
+    """A label selector string cannot be parsed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("selector", message)
+
+
+class ConfigurationError(DiscoveryError, ValueError):
+    """A connection URL or backend option is invalid (unknown scheme, unknown parameter, bad value)."""
+
+
+class UnknownBackendError(ConfigurationError):
+    """No backend is installed for the URL scheme (entry-point group ``discovery.backends``)."""
+
+
+class BackendUnavailableError(DiscoveryError, ConnectionError):
+    """The backend server could not be reached (or did not answer in time)."""
+
+
+class AuthenticationError(DiscoveryError):
+    """The backend rejected the credentials."""
+
+
+class PermissionDeniedError(DiscoveryError):
+    """The backend refused the operation for lack of permission."""
+
+
+class DiscoveryTLSError(DiscoveryError):
+    """A TLS handshake or certificate check failed."""
+
+
+class NotRegisteredError(DiscoveryError):
+    """The operation needs a live registration, and this one is deregistered (or its registry closed)."""
+
+
+class ClosedError(DiscoveryError):
+    """The registry has been closed."""
