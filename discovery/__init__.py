@@ -1,0 +1,61 @@
+"""discovery: one service-discovery API over ZooKeeper, etcd v3, Consul and an in-memory default.
+
+>>> from discovery import Registry, Instance
+>>> with Registry.connect("memory://") as registry:
+...     registration = registry.register(Instance("web", "web-1", "127.0.0.1", 8080))
+...     [i.id for i in registry.instances("web")]
+['web-1']
+"""
+
+from discovery.backend import Backend, Capabilities, RegistrationState
+from discovery.errors import (
+    AuthenticationError,
+    BackendUnavailableError,
+    ClosedError,
+    ConfigurationError,
+    DiscoveryError,
+    DiscoveryTLSError,
+    NotRegisteredError,
+    PermissionDeniedError,
+    SelectorError,
+    UnknownBackendError,
+    ValidationError,
+)
+from discovery.models import DEFAULT_NAMESPACE, Instance, Snapshot, Status
+from discovery.registration import AsyncRegistration
+from discovery.registry import AsyncRegistry, AsyncWatch
+from discovery.label_selector import Selector, parse_selector
+from discovery.sync import Registration, Registry, Watch
+from discovery.urls import BackendURL, parse_url
+
+__all__ = [
+    "DEFAULT_NAMESPACE",
+    "AsyncRegistration",
+    "AsyncRegistry",
+    "AsyncWatch",
+    "AuthenticationError",
+    "Backend",
+    "BackendURL",
+    "BackendUnavailableError",
+    "Capabilities",
+    "ClosedError",
+    "ConfigurationError",
+    "DiscoveryError",
+    "DiscoveryTLSError",
+    "Instance",
+    "NotRegisteredError",
+    "PermissionDeniedError",
+    "Registration",
+    "RegistrationState",
+    "Registry",
+    "Selector",
+    "SelectorError",
+    "Snapshot",
+    "Status",
+    "UnknownBackendError",
+    "ValidationError",
+    "Watch",
+    "parse_selector",
+    "parse_url",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,275 @@
+"""The embedded in-memory backend: the default and the reference implementation.
+
+Stores are process-wide and named by the URL path (``memory://`` is the default store,
+``memory:///other`` another one), so several registries in one process share a store as clients of one
+server would. Liveness works as on the real backends: every registration has a TTL deadline that its
+owner's keep-alive task pushes forward; a reaper thread removes entries whose owner stopped (``abort``)
+once the deadline passes, and watchers see them leave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from discovery.backend import Backend, Capabilities, RegistrationState, StateListener
+from discovery.errors import ClosedError
+from discovery.models import Instance, Snapshot
+from discovery.urls import BackendURL
+
+Key = tuple[str, str, str]
+ServiceKey = tuple[str, str]
+
+_DEFAULT_TTL = 10.0
+_MIN_TTL = 0.2
+
+
+@dataclass(slots=True)
+class _Entry:
+    instance: Instance
+    owner: int
+    ttl: float
+    deadline: float
+
+
+class MemoryStore:
+    """A thread-safe registry store shared by every memory backend that names it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._lock = threading.Condition()
+        self._entries: dict[Key, _Entry] = {}
+        self._revision = 0
+        self._watchers: dict[ServiceKey, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+        self._reaper = threading.Thread(target=self._reap_forever, name=f"discovery-memory-reaper-{name}", daemon=True)
+        self._reaper.start()
+
+    @property
+    def revision(self) -> int:
+        """The store's revision: it grows with every change."""
+        return self._revision
+
+    def put(self, instance: Instance, owner: int, ttl: float) -> None:
+        """Insert or replace an instance, owned by ``owner``, alive for ``ttl`` seconds."""
+        with self._lock:
+            self._entries[instance.key] = _Entry(instance, owner, ttl, time.monotonic() + ttl)
+            self._changed(instance.namespace, instance.service)
+            self._lock.notify_all()
+
+    def refresh(self, key: Key, owner: int) -> str:
+        """Push an owned entry's deadline forward: ``"ok"``, ``"missing"``, or ``"taken"`` (another owner)."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return "missing"
+            if entry.owner != owner:
+                return "taken"
+            entry.deadline = time.monotonic() + entry.ttl
+            return "ok"
+
+    def remove(self, key: Key, owner: int | None = None) -> None:
+        """Remove an entry (only if ``owner`` owns it, when given)."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or (owner is not None and entry.owner != owner):
+                return
+            del self._entries[key]
+            self._changed(key[0], key[1])
+
+    def list(self, namespace: str, service: str) -> tuple[tuple[Instance, ...], int]:
+        """The instances of a service and the store revision they were read at."""
+        with self._lock:
+            found = tuple(
+                e.instance for (ns, svc, _), e in self._entries.items() if ns == namespace and svc == service
+            )
+            return found, self._revision
+
+    def services(self, namespace: str) -> tuple[str, ...]:
+        """Service names with at least one instance in ``namespace``."""
+        with self._lock:
+            return tuple(sorted({svc for (ns, svc, _) in self._entries if ns == namespace}))
+
+    def add_watcher(self, key: ServiceKey, loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> None:
+        """Set ``event`` (on ``loop``) whenever the service ``key`` changes."""
+        with self._lock:
+            self._watchers.setdefault(key, set()).add((loop, event))
+
+    def remove_watcher(self, key: ServiceKey, loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> None:
+        """Stop notifying ``event``."""
+        with self._lock:
+            watchers = self._watchers.get(key)
+            if watchers is not None:
+                watchers.discard((loop, event))
+                if not watchers:
+                    del self._watchers[key]
+
+    def _changed(self, namespace: str, service: str) -> None:
+        self._revision += 1
+        for loop, event in list(self._watchers.get((namespace, service), ())):
+            with contextlib.suppress(RuntimeError):  # that loop is closed; its watcher is gone
+                loop.call_soon_threadsafe(event.set)
+
+    def _reap_forever(self) -> None:
+        with self._lock:
+            while True:
+                now = time.monotonic()
+                expired = [key for key, entry in self._entries.items() if entry.deadline <= now]
+                for key in expired:
+                    del self._entries[key]
+                    self._changed(key[0], key[1])
+                next_deadline = min((e.deadline for e in self._entries.values()), default=None)
+                self._lock.wait(None if next_deadline is None else max(0.0, next_deadline - time.monotonic()))
+
+
+_stores: dict[str, MemoryStore] = {}
+_stores_lock = threading.Lock()
+_owner_ids = itertools.count(1)
+
+
+def memory_store(name: str = "default") -> MemoryStore:
+    """The process-wide store called ``name`` (created on first use)."""
+    with _stores_lock:
+        store = _stores.get(name)
+        if store is None:
+            store = _stores[name] = MemoryStore(name)
+        return store
+
+
+@dataclass(slots=True)
+class _Owned:
+    instance: Instance
+    ttl: float
+    on_state: StateListener
+
+
+class MemoryBackend(Backend):
+    """``memory://[/store]?ttl=seconds``: the embedded backend (one process, several registries)."""
+
+    scheme = "memory"
+
+    def __init__(self, store: MemoryStore, default_ttl: float = _DEFAULT_TTL) -> None:
+        self._store = store
+        self._owner = next(_owner_ids)
+        self._owned: dict[Key, _Owned] = {}
+        self._keepalive: asyncio.Task[None] | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._closed = False
+        self._capabilities = Capabilities(
+            name="memory",
+            default_ttl=default_ttl,
+            min_ttl=_MIN_TTL,
+            detection_slack=0.25,
+            cross_process=False,
+            networked=False,
+        )
+
+    @classmethod
+    def from_url(cls, url: BackendURL) -> MemoryBackend:
+        """``memory://`` (default store) or ``memory:///name``; parameter ``ttl`` (default 10 s)."""
+        url.check_parameters({"ttl"})
+        name = url.path.strip("/") or (url.endpoints[0].host if url.endpoints else "default")
+        return cls(memory_store(name), url.get_float("ttl", _DEFAULT_TTL, minimum=_MIN_TTL))
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """Memory backend promises: cross-process no; detection within TTL + 0.25 s."""
+        return self._capabilities
+
+    @property
+    def store(self) -> MemoryStore:
+        """The store this backend reads and writes."""
+        return self._store
+
+    async def start(self) -> None:
+        """Start the keep-alive task."""
+        self._wakeup = asyncio.Event()
+        self._keepalive = asyncio.create_task(self._keep_alive(), name="discovery-memory-keepalive")
+
+    async def close(self) -> None:
+        """Remove every owned entry and stop."""
+        for key in list(self._owned):
+            self._store.remove(key, self._owner)
+        self._owned.clear()
+        await self.abort()
+
+    async def abort(self) -> None:
+        """Stop refreshing; owned entries expire at their deadline, as after a crash."""
+        self._closed = True
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keepalive
+            self._keepalive = None
+
+    async def register(self, instance: Instance, ttl: float, on_state: StateListener) -> None:
+        """Store the instance and keep it alive."""
+        self._check_open()
+        self._owned[instance.key] = _Owned(instance, ttl, on_state)
+        self._store.put(instance, self._owner, ttl)
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    async def update(self, instance: Instance) -> None:
+        """Replace the stored instance, keeping its TTL."""
+        self._check_open()
+        owned = self._owned[instance.key]
+        owned.instance = instance
+        self._store.put(instance, self._owner, owned.ttl)
+
+    async def deregister(self, instance: Instance) -> None:
+        """Remove the instance."""
+        self._owned.pop(instance.key, None)
+        self._store.remove(instance.key, self._owner)
+
+    async def list(self, namespace: str, service: str) -> tuple[Instance, ...]:
+        """All instances of a service."""
+        return self._store.list(namespace, service)[0]
+
+    async def services(self, namespace: str) -> tuple[str, ...]:
+        """Services with instances in a namespace."""
+        return self._store.services(namespace)
+
+    async def watch(self, namespace: str, service: str) -> AsyncIterator[Snapshot]:
+        """The current snapshot, then one per change (changes between two reads are coalesced)."""
+        loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+        key = (namespace, service)
+        self._store.add_watcher(key, loop, changed)
+        try:
+            while True:
+                changed.clear()
+                instances, revision = self._store.list(namespace, service)
+                yield Snapshot(service, namespace, instances, revision)
+                await changed.wait()
+        finally:
+            self._store.remove_watcher(key, loop, changed)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("this memory backend is closed")
+
+    async def _keep_alive(self) -> None:
+        assert self._wakeup is not None
+        while True:
+            period = min((o.ttl for o in self._owned.values()), default=_DEFAULT_TTL) / 3
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=period)
+            self._wakeup.clear()
+            for key, owned in list(self._owned.items()):
+                if self._owned.get(key) is not owned:
+                    continue
+                outcome = self._store.refresh(key, self._owner)
+                if outcome == "missing":
+                    # Expired while we were still alive (e.g. the loop was blocked past the TTL): write it back.
+                    owned.on_state(RegistrationState.LOST)
+                    self._store.put(owned.instance, self._owner, owned.ttl)
+                    owned.on_state(RegistrationState.RESTORED)
+                elif outcome == "taken":
+                    # Another registrant registered the same id since: it owns the entry now.
+                    del self._owned[key]
+                    owned.on_state(RegistrationState.LOST)
