@@ -1,0 +1,242 @@
+"""Per-server facts: the ONE table where ZooKeeper, etcd and Consul differ.
+
+Everything provider-specific that is not in here lives in small runners (process / container) that know
+nothing about the servers. A spec describes, for one server kind: the ports it needs, the files and command
+line to start it, the log lines that say it is ready, the health probe, the image and the env overrides.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+KINDS = ("zookeeper", "etcd", "consul")
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Where one server instance listens and keeps its files, as seen by the server itself.
+
+    With host networking (process provider, local images) ``listen_host`` is 127.0.0.1 and ``ports`` are the
+    free host ports. With published ports (official images) the server listens on 0.0.0.0 on its standard
+    in-container ports and Docker publishes them on 127.0.0.1 free ports.
+    """
+
+    listen_host: str
+    ports: Mapping[str, int]
+    workdir: Path  # same absolute path on the host and (bind-mounted) in the container
+    official_image: bool = False
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "data"
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    kind: str
+    client_port: str  # name of the port clients use (ServerHandle.port)
+    port_names: tuple[str, ...]  # every port; a fresh free 127.0.0.1 port is picked for each
+    udp_ports: frozenset[str]  # ports that must also be free for UDP
+    standard_ports: Mapping[str, int]  # in-container ports when an official image publishes ports
+    files: Callable[[Launch], dict[str, str]]  # config files written into the workdir before each start
+    argv: Callable[[Launch], list[str]]
+    ready_log: tuple[str, ...]  # regexes (formatted with the listen host/ports) that must all appear
+    probe: Callable[[str, int], bool]  # health probe against host/client port
+    default_image: str
+    keeps_data: bool  # does kill + start keep the data?
+    stop_exit_codes: frozenset[int]  # exit codes of a graceful stop (SIGTERM)
+    env_prefix: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "env_prefix", f"DISCOVERY_TEST_{self.kind.upper()}")
+
+    @property
+    def image(self) -> str:
+        return os.environ.get(f"{self.env_prefix}_IMAGE", self.default_image)
+
+    @property
+    def url_env(self) -> str:
+        return f"{self.env_prefix}_URL"
+
+    def ready_patterns(self, launch: Launch) -> list[re.Pattern[str]]:
+        fmt = {"host": re.escape(launch.listen_host), **{k: str(v) for k, v in launch.ports.items()}}
+        return [re.compile(p.format(**fmt)) for p in self.ready_log]
+
+
+# ---------------------------------------------------------------------------------------------- probes
+
+
+def _zk_ruok(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0) as sock:
+            sock.sendall(b"ruok")
+            sock.shutdown(socket.SHUT_WR)
+            answer = b""
+            while chunk := sock.recv(64):
+                answer += chunk
+        return answer == b"imok"
+    except OSError:
+        return False
+
+
+def _http_json(url: str) -> object:
+    with urllib.request.urlopen(url, timeout=1.0) as resp:  # noqa: S310 - loopback http only
+        return json.loads(resp.read().decode())
+
+
+def _etcd_health(host: str, port: int) -> bool:
+    try:  # /health answers GET only (HEAD is 405)
+        body = _http_json(f"http://{host}:{port}/health")
+    except (OSError, ValueError):
+        return False
+    return isinstance(body, dict) and body.get("health") == "true"
+
+
+def _consul_leader(host: str, port: int) -> bool:
+    try:
+        body = _http_json(f"http://{host}:{port}/v1/status/leader")
+    except (OSError, ValueError):
+        return False
+    return isinstance(body, str) and body != ""
+
+
+# ------------------------------------------------------------------------------------------- zookeeper
+
+ZK_TICK_MS = 500  # session timeouts from 2*tick = 1 s up to 60 s are allowed
+
+
+def _zk_files(launch: Launch) -> dict[str, str]:
+    cfg = "\n".join(
+        [
+            f"tickTime={ZK_TICK_MS}",
+            f"minSessionTimeout={2 * ZK_TICK_MS}",
+            "maxSessionTimeout=60000",
+            "initLimit=10",
+            "syncLimit=5",
+            f"dataDir={launch.data_dir}",
+            f"clientPort={launch.ports['client']}",
+            f"clientPortAddress={launch.listen_host}",
+            "admin.enableServer=false",
+            "4lw.commands.whitelist=*",
+            "",
+        ]
+    )
+    return {"zoo.cfg": cfg}
+
+
+def _zk_argv(launch: Launch) -> list[str]:
+    if launch.official_image:  # the official image ships zkServer.sh; it reads <dir>/zoo.cfg
+        return ["zkServer.sh", "--config", str(launch.workdir), "start-foreground"]
+    # zookeeper.jar's manifest Class-Path names its dependencies (jute, netty, jetty, slf4j-api, ...).
+    return [
+        "java",
+        "-Xmx256m",
+        "-XX:+UseSerialGC",
+        "-XX:TieredStopAtLevel=1",
+        "-Dzookeeper.jmx.log4j.disable=true",
+        "-cp",
+        "/usr/share/java/slf4j-simple.jar:/usr/share/java/zookeeper.jar",
+        "org.apache.zookeeper.server.quorum.QuorumPeerMain",
+        str(launch.workdir / "zoo.cfg"),
+    ]
+
+
+# ------------------------------------------------------------------------------------------------ etcd
+
+
+def _etcd_argv(launch: Launch) -> list[str]:
+    h, client, peer = launch.listen_host, launch.ports["client"], launch.ports["peer"]
+    adv = "127.0.0.1"
+    return [
+        "etcd",
+        "--name=n1",
+        f"--data-dir={launch.data_dir}",
+        f"--listen-client-urls=http://{h}:{client}",
+        f"--advertise-client-urls=http://{adv}:{client}",
+        f"--listen-peer-urls=http://{h}:{peer}",
+        f"--initial-advertise-peer-urls=http://{adv}:{peer}",
+        f"--initial-cluster=n1=http://{adv}:{peer}",
+        "--initial-cluster-state=new",
+        "--initial-cluster-token=discovery-test",
+        # metrics stay on the client listener (no extra --listen-metrics-urls)
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- consul
+
+
+def _consul_argv(launch: Launch) -> list[str]:
+    p = launch.ports
+    return [
+        "consul",
+        "agent",
+        "-dev",  # in-memory state: a restart (kill + start) loses every registration and KV entry
+        "-node=discovery-test",
+        f"-client={launch.listen_host}",
+        "-bind=127.0.0.1",
+        f"-http-port={p['http']}",
+        f"-dns-port={p['dns']}",
+        f"-serf-lan-port={p['serf_lan']}",
+        f"-serf-wan-port={p['serf_wan']}",
+        f"-server-port={p['server']}",
+        "-grpc-port=-1",
+        "-https-port=-1",
+        "-log-level=info",
+    ]
+
+
+def _no_files(launch: Launch) -> dict[str, str]:
+    return {}
+
+
+SPECS: dict[str, ServerSpec] = {
+    "zookeeper": ServerSpec(
+        kind="zookeeper",
+        client_port="client",
+        port_names=("client",),
+        udp_ports=frozenset(),
+        standard_ports={"client": 2181},
+        files=_zk_files,
+        argv=_zk_argv,
+        ready_log=(r"binding to port \S*:{client}\b", r"PrepRequestProcessor \(sid:\d+\) started"),
+        probe=_zk_ruok,
+        default_image="discovery-test/zookeeper:3.8",
+        keeps_data=True,
+        stop_exit_codes=frozenset({0, 143, -15}),  # the JVM exits 128+SIGTERM
+    ),
+    "etcd": ServerSpec(
+        kind="etcd",
+        client_port="client",
+        port_names=("client", "peer"),
+        udp_ports=frozenset(),
+        standard_ports={"client": 2379, "peer": 2380},
+        files=_no_files,
+        argv=_etcd_argv,
+        ready_log=(r"ready to serve client requests", r"serving insecure client requests on \S*:{client}\b"),
+        probe=_etcd_health,
+        default_image="discovery-test/etcd:3.4",
+        keeps_data=True,
+        stop_exit_codes=frozenset({0, 143, -15}),  # etcd re-raises SIGTERM
+    ),
+    "consul": ServerSpec(
+        kind="consul",
+        client_port="http",
+        port_names=("http", "dns", "serf_lan", "serf_wan", "server"),
+        udp_ports=frozenset({"dns", "serf_lan", "serf_wan"}),
+        standard_ports={"http": 8500, "dns": 8600, "serf_lan": 8301, "serf_wan": 8302, "server": 8300},
+        files=_no_files,
+        argv=_consul_argv,
+        ready_log=(r"Started HTTP server: address=\S*:{http}\b", r"Synced node info"),
+        probe=_consul_leader,
+        default_image="discovery-test/consul:1.8",
+        keeps_data=False,
+        stop_exit_codes=frozenset({0, 1, -15}),  # consul exits 1 on SIGTERM
+    ),
+}
