@@ -7,6 +7,7 @@ facts of :mod:`tests.harness.specs`. Every server listens on 127.0.0.1 only.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -103,11 +104,19 @@ class _Runner(Protocol):
     def close(self) -> None: ...
 
 
-class _ServerExecutor(Executor):  # type: ignore[misc]
+class _ServerExecutor(Executor):
     """mirakuru executor whose readiness is the handle's check (log line + probe); busy port = AlreadyRunning."""
 
-    def __init__(self, argv: list[str], *, ready: Callable[[], bool], busy: Callable[[], bool], timeout: float,
-                 log: IO[str], cwd: str) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        *,
+        ready: Callable[[], bool],
+        busy: Callable[[], bool],
+        timeout: float,
+        log: IO[str],
+        cwd: str,
+    ) -> None:
         self._ready = ready
         self._busy = busy
         super().__init__(argv, shell=False, timeout=timeout, sleep=0.1, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
@@ -132,8 +141,9 @@ class ProcessRunner:
 
     def start(self, ready: Callable[[], bool], timeout: float) -> None:
         self._log = self._log or open(self._log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        self._executor = _ServerExecutor(self._argv, ready=ready, busy=self._busy, timeout=timeout, log=self._log,
-                                         cwd=str(self._cwd))
+        self._executor = _ServerExecutor(
+            self._argv, ready=ready, busy=self._busy, timeout=timeout, log=self._log, cwd=str(self._cwd)
+        )
         try:
             self._executor.start()
         except AlreadyRunning as exc:
@@ -151,7 +161,7 @@ class ProcessRunner:
         if ex is None or ex.process is None:
             return None
         proc = ex.process
-        ex._timeout = timeout  # noqa: SLF001 - mirakuru waits this long before SIGKILL
+        ex._timeout = timeout  # mirakuru waits this long before SIGKILL
         try:
             ex.stop()
         except ProcessFinishedWithError as err:
@@ -195,8 +205,9 @@ class ContainerRunner:
     ``wipe_data`` is a host-side delete.
     """
 
-    def __init__(self, image: str, argv: list[str], name: str, workdir: Path, log_path: Path,
-                 published: Mapping[int, int] | None) -> None:
+    def __init__(
+        self, image: str, argv: list[str], name: str, workdir: Path, log_path: Path, published: Mapping[int, int] | None
+    ) -> None:
         _testcontainers_env()
         from testcontainers.core.container import DockerContainer
 
@@ -240,7 +251,7 @@ class ContainerRunner:
             w = self._wrapped()
             w.reload()
             return str(w.status)
-        except Exception:  # noqa: BLE001 - container gone
+        except Exception:  # container gone
             return "gone"
 
     def alive(self) -> bool:
@@ -266,7 +277,7 @@ class ContainerRunner:
             return ""
         try:
             out = self._wrapped().logs(stdout=True, stderr=True)
-        except Exception:  # noqa: BLE001 - container gone: fall back to the saved copy
+        except Exception:  # container gone: fall back to the saved copy
             return self._log_path.read_text(encoding="utf-8", errors="replace") if self._log_path.exists() else ""
         return cast(bytes, out).decode("utf-8", errors="replace")
 
@@ -277,10 +288,8 @@ class ContainerRunner:
     def close(self) -> None:
         if self._started:
             self._save_log()
-            try:
+            with contextlib.suppress(Exception):  # already removed
                 self._container.stop(force=True)
-            except Exception:  # noqa: BLE001 - already removed
-                pass
             self._started = False
 
 
@@ -306,9 +315,19 @@ class ServerHandle:
     :class:`ExternalServerError`.
     """
 
-    def __init__(self, spec: ServerSpec, provider: str, host: str, ports: dict[str, int], *,
-                 runner: _Runner | None = None, launch: Launch | None = None, workdir: Path | None = None,
-                 log_path: Path | None = None, url: str | None = None) -> None:
+    def __init__(
+        self,
+        spec: ServerSpec,
+        provider: str,
+        host: str,
+        ports: dict[str, int],
+        *,
+        runner: _Runner | None = None,
+        launch: Launch | None = None,
+        workdir: Path | None = None,
+        log_path: Path | None = None,
+        url: str | None = None,
+    ) -> None:
         self.spec = spec
         self.kind = spec.kind
         self.provider = provider
@@ -347,7 +366,7 @@ class ServerHandle:
     def _ready(self) -> bool:
         """Readiness: this run's own ready log lines AND the health probe (a probe alone can hit a stranger)."""
         assert self._runner is not None and self._launch is not None
-        text = self._runner.log_text()[self._log_offset:]
+        text = self._runner.log_text()[self._log_offset :]
         if not all(p.search(text) for p in self.spec.ready_patterns(self._launch)):
             return False
         return self.spec.probe(self.host, self.port)
@@ -364,8 +383,10 @@ class ServerHandle:
         try:
             runner.start(self._ready, START_TIMEOUT_S)
         except ServerError as exc:
-            raise ServerError(f"{self.kind} ({self.provider}) on {self.url}: {exc}\n--- log tail "
-                              f"({self.log_path}) ---\n{_log_tail(self.logs())}") from exc
+            raise ServerError(
+                f"{self.kind} ({self.provider}) on {self.url}: {exc}\n--- log tail "
+                f"({self.log_path}) ---\n{_log_tail(self.logs())}"
+            ) from exc
 
     def stop(self) -> None:
         code = self._need_runner("stop").stop(STOP_TIMEOUT_S)
@@ -396,7 +417,7 @@ class ServerHandle:
             if self._runner.alive():
                 try:
                     self._runner.stop(STOP_TIMEOUT_S)
-                except Exception:  # noqa: BLE001 - make sure it is gone
+                except Exception:  # make sure it is gone
                     self._runner.kill()
         finally:
             self._runner.close()
@@ -464,15 +485,16 @@ def start_server(kind: str, provider: str, *, artifacts_dir: Path | None = None)
         if _use_published_ports(image):
             # official image: standard ports inside its own network namespace, published on 127.0.0.1
             workdir.chmod(0o777)  # official images drop root
-            launch = Launch("0.0.0.0", spec.standard_ports, workdir, official_image=True)  # noqa: S104
+            launch = Launch("0.0.0.0", spec.standard_ports, workdir, official_image=True)
             published: dict[int, int] | None = {spec.standard_ports[p]: host_ports[p] for p in spec.port_names}
         else:
             launch = Launch(HOST, host_ports, workdir)
             published = None
         runner = ContainerRunner(image, spec.argv(launch), f"discovery-test-{tag}", workdir, log_path, published)
 
-    handle = ServerHandle(spec, provider, HOST, host_ports, runner=runner, launch=launch, workdir=workdir,
-                          log_path=log_path)
+    handle = ServerHandle(
+        spec, provider, HOST, host_ports, runner=runner, launch=launch, workdir=workdir, log_path=log_path
+    )
     try:
         handle.start()
     except BaseException:
