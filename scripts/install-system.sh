@@ -5,7 +5,7 @@
 set -euo pipefail
 
 need=()
-for pkg in zookeeper etcd-server etcd-client docker.io libcurator-discovery-java \
+for pkg in zookeeper etcd-server etcd-client docker.io docker-compose libcurator-discovery-java \
            libcurator-framework-java libslf4j-java default-jdk-headless; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
