@@ -1,0 +1,197 @@
+"""``ZooKeeperBackend``: the :class:`discovery.backend.Backend` over kazoo."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from kazoo.exceptions import NoNodeError
+
+from discovery import validation
+from discovery.backend import Backend, Capabilities, StateListener
+from discovery.errors import ClosedError, DiscoveryError, NotRegisteredError, ValidationError
+from discovery.models import Instance, Snapshot
+from discovery.urls import BackendURL
+from discovery_zookeeper.config import ZooKeeperConfig
+from discovery_zookeeper.layout import Layout
+from discovery_zookeeper.registrations import Registrations
+from discovery_zookeeper.session import ZooKeeperSession
+from discovery_zookeeper.watching import ServiceWatch, decode_or_none
+
+logger = logging.getLogger(__name__)
+
+
+class ZooKeeperBackend(Backend):
+    """Instances as ephemeral znodes ``<root>/<namespace>/<service>/<id>`` holding Curator ServiceInstance JSON.
+
+    Liveness is the ZooKeeper session: one per backend, with the URL's ``session_timeout`` (per-registration
+    TTLs do not apply). See the module docs of :mod:`discovery_zookeeper` for the URL.
+    """
+
+    scheme = "zookeeper"
+
+    def __init__(self, config: ZooKeeperConfig) -> None:
+        self.config = config
+        self._layout = Layout(config.root)
+        self._session: ZooKeeperSession | None = None
+        self._registrations: Registrations | None = None
+        self._watches: set[ServiceWatch] = set()
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: BackendURL) -> ZooKeeperBackend:
+        """Build from ``zookeeper://h1:2181,h2:2181/root?session_timeout=10``."""
+        return cls(ZooKeeperConfig.from_url(url))
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """TTL = the (server-granted) session timeout; detection slack = one server tick."""
+        session_timeout = self.config.session_timeout
+        if self._session is not None and self._session.client.connected:
+            session_timeout = max(session_timeout, self._session.negotiated_timeout)
+        return Capabilities(
+            name="zookeeper",
+            default_ttl=session_timeout,
+            min_ttl=session_timeout,
+            detection_slack=self.config.tick,
+            ttl_per_registration=False,
+        )
+
+    @property
+    def session_id(self) -> int | None:
+        """The live ZooKeeper session id (``None`` while disconnected); tests use it to force an expiry."""
+        return None if self._session is None else self._session.session_id
+
+    @property
+    def session_password(self) -> bytes | None:
+        """The live session's password, for the same purpose as :attr:`session_id`."""
+        if self._session is None:
+            return None
+        client_id = self._session.client.client_id
+        return None if client_id is None else bytes(client_id[1])
+
+    async def start(self) -> None:
+        """Connect and open the session."""
+        if self._closed:
+            raise ClosedError("this ZooKeeper backend was closed")
+        session = ZooKeeperSession(self.config)
+        await session.start()
+        granted = session.negotiated_timeout
+        if abs(granted - self.config.session_timeout) > 1e-3:
+            logger.warning(
+                "ZooKeeper granted a %gs session timeout instead of the requested %gs (server tick limits)",
+                granted, self.config.session_timeout,
+            )
+        self._session = session
+        self._registrations = Registrations(session, self._layout, self.config.payload_class)
+
+    async def close(self) -> None:
+        """Deregister everything, end the watch streams, close the session."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_watches()
+        if self._session is None or self._registrations is None:
+            return
+        await self._registrations.deregister_all()
+        await self._session.stop()
+
+    async def abort(self) -> None:
+        """Drop the connection without closing the session: our znodes vanish only when the session expires."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_watches()
+        if self._session is None or self._registrations is None:
+            return
+        self._registrations.abandon()
+        await self._session.drop()
+
+    async def register(self, instance: Instance, ttl: float, on_state: StateListener) -> None:
+        """Create (or take over) the instance's ephemeral znode; ``ttl`` is ignored (the session timeout rules)."""
+        await self._live_registrations().register(instance, on_state)
+
+    async def update(self, instance: Instance) -> None:
+        """Rewrite the data of a registered instance."""
+        try:
+            await self._live_registrations().update(instance)
+        except KeyError:
+            raise NotRegisteredError(f"{'/'.join(instance.key)} is not registered by this backend") from None
+
+    async def deregister(self, instance: Instance) -> None:
+        """Delete the instance's znode (if this session owns it)."""
+        await self._live_registrations().deregister(instance)
+
+    async def list(self, namespace: str, service: str) -> tuple[Instance, ...]:
+        """Read every instance znode of a service."""
+        session = self._live_session()
+        path = self._layout.service_path(namespace, service)
+        try:
+            names = await session.request("get_children", session.client.get_children_async, path)
+        except NoNodeError:
+            return ()
+        reads = await asyncio.gather(
+            *(session.request("get", session.client.get_async, f"{path}/{name}") for name in names),
+            return_exceptions=True,
+        )
+        instances = []
+        for name, read in zip(names, reads, strict=True):
+            if isinstance(read, NoNodeError):
+                continue  # gone between the listing and the read
+            if isinstance(read, BaseException):
+                raise read
+            instance = decode_or_none(read[0], namespace, service, name)
+            if instance is not None:
+                instances.append(instance)
+        return tuple(sorted(instances, key=lambda i: i.id))
+
+    async def services(self, namespace: str) -> tuple[str, ...]:
+        """Service directories of the namespace that hold at least one instance znode."""
+        session = self._live_session()
+        path = self._layout.namespace_path(namespace)
+        try:
+            names = await session.request("get_children", session.client.get_children_async, path)
+        except NoNodeError:
+            return ()
+        candidates = [name for name in names if _is_service_name(name)]
+        stats = await asyncio.gather(
+            *(session.request("exists", session.client.exists_async, f"{path}/{name}") for name in candidates)
+        )
+        return tuple(sorted(name for name, stat in zip(candidates, stats, strict=True) if stat and stat.numChildren))
+
+    async def watch(self, namespace: str, service: str) -> AsyncIterator[Snapshot]:
+        """Yield the current snapshot, then one per change; stale while disconnected, re-listed after."""
+        stream = ServiceWatch(self._live_session(), self._layout.service_path(namespace, service), namespace, service)
+        self._watches.add(stream)
+        try:
+            async for snapshot in stream.snapshots():
+                yield snapshot
+        finally:
+            self._watches.discard(stream)
+
+    # -- helpers -------------------------------------------------------------------------------------------------
+
+    def _live_session(self) -> ZooKeeperSession:
+        if self._closed:
+            raise ClosedError("this ZooKeeper backend was closed")
+        if self._session is None:
+            raise DiscoveryError("the ZooKeeper backend is not started (call start() first)")
+        return self._session
+
+    def _live_registrations(self) -> Registrations:
+        self._live_session()
+        assert self._registrations is not None  # set together with the session
+        return self._registrations
+
+    def _stop_watches(self) -> None:
+        for stream in list(self._watches):
+            stream.stop()
+
+
+def _is_service_name(name: str) -> bool:
+    try:
+        validation.validate_service_name(name)
+    except ValidationError:
+        return False
+    return True
