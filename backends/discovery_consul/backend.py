@@ -1,0 +1,175 @@
+"""``ConsulBackend``: registrations in Consul's native catalog, kept alive by TTL checks, watched by blocking
+queries. See :mod:`discovery_consul.records` for the layout and docs/decisions/consul-*.md for the reasons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from discovery.backend import Backend, Capabilities, StateListener
+from discovery.errors import ClosedError, DiscoveryError
+from discovery.models import Instance, Snapshot
+from discovery.urls import BackendURL
+from discovery_consul import records
+from discovery_consul.client import ConsulClient
+from discovery_consul.keepalive import Registration
+from discovery_consul.settings import MIN_TTL, ConsulSettings
+from discovery_consul.watching import HealthWatch, decode_entries, watch_task_name
+
+log = logging.getLogger("discovery.consul")
+
+Key = tuple[str, str, str]
+
+# A dead registrant's check goes critical at most TTL after its last heartbeat; the agent then syncs the
+# change to the catalog and wakes the blocking queries at once. One second covers that and the rate limiter.
+DETECTION_SLACK = 1.0
+
+
+class ConsulBackend(Backend):
+    """``consul://host:8500?dc=&token=&ttl=&timeout=&wait=&deregister_after=`` on py-consul's ``consul.aio``."""
+
+    scheme = "consul"
+
+    def __init__(self, settings: ConsulSettings) -> None:
+        self._settings = settings
+        self._capabilities = Capabilities(
+            name="consul", default_ttl=settings.default_ttl, min_ttl=MIN_TTL, detection_slack=DETECTION_SLACK
+        )
+        self._client: ConsulClient | None = None
+        self._registrations: dict[Key, Registration] = {}
+        self._watch_tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"ConsulBackend({str(self._settings.url)!r})"
+
+    @classmethod
+    def from_url(cls, url: BackendURL) -> ConsulBackend:
+        """Build from a ``consul://`` URL; unknown parameters are a ``ConfigurationError``."""
+        return cls(ConsulSettings.from_url(url))
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """Per-registration TTLs from 1 s; detection within TTL + 1 s."""
+        return self._capabilities
+
+    @property
+    def settings(self) -> ConsulSettings:
+        """The parsed options."""
+        return self._settings
+
+    def _require_client(self) -> ConsulClient:
+        if self._closed:
+            raise ClosedError("this Consul backend is closed")
+        if self._client is None:
+            raise DiscoveryError("the Consul backend is not started")
+        return self._client
+
+    async def start(self) -> None:
+        """Open the connection pool and prove the agent answers (``BackendUnavailableError`` if not)."""
+        settings = self._settings
+        client = ConsulClient(
+            settings.host, settings.port, token=settings.token, dc=settings.dc, timeout=settings.timeout
+        )
+        try:
+            await client.agent_self()
+        except BaseException:
+            await client.close()
+            raise
+        self._client = client
+
+    async def close(self) -> None:
+        """Deregister every registration of this backend, then disconnect."""
+        if self._closed:
+            return
+        client = self._client
+        registrations = list(self._registrations.values())
+        self._registrations.clear()
+        for registration in registrations:
+            await registration.stop()
+            if client is not None:
+                try:
+                    await client.deregister_service(registration.service_id)
+                except DiscoveryError as error:
+                    log.warning("could not deregister %s on close: %s", registration.service_id, error)
+        await self._shutdown()
+
+    async def abort(self) -> None:
+        """Stop heartbeats and disconnect without deregistering: the checks go critical at their TTL."""
+        if self._closed:
+            return
+        registrations = list(self._registrations.values())
+        self._registrations.clear()
+        for registration in registrations:
+            await registration.stop()
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        self._closed = True
+        tasks = list(self._watch_tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+    async def register(self, instance: Instance, ttl: float, on_state: StateListener) -> None:
+        """Register the instance with the agent (replacing one with the same key) and start its heartbeat."""
+        client = self._require_client()
+        previous = self._registrations.pop(instance.key, None)
+        if previous is not None:
+            await previous.stop()
+        registration = Registration(client, instance, ttl, on_state, self._settings.deregister_after)
+        await registration.write(fresh=True)
+        self._registrations[instance.key] = registration
+        registration.start()
+
+    async def update(self, instance: Instance) -> None:
+        """Rewrite the registered instance's fields, status and maintenance mode; its heartbeat goes on."""
+        self._require_client()
+        registration = self._registrations.get(instance.key)
+        if registration is None:
+            raise DiscoveryError(f"{instance.key} is not registered by this backend")
+        registration.instance = instance
+        await registration.write(fresh=False)
+
+    async def deregister(self, instance: Instance) -> None:
+        """Stop the heartbeat and remove the service from the agent (a missing one is not an error)."""
+        client = self._require_client()
+        registration = self._registrations.pop(instance.key, None)
+        if registration is not None:
+            await registration.stop()
+        await client.deregister_service(records.consul_service_id(instance))
+
+    async def list(self, namespace: str, service: str) -> tuple[Instance, ...]:
+        """The live instances of a service in a namespace (every status; dead registrants excluded)."""
+        client = self._require_client()
+        _, entries = await client.health_service(service, namespace)
+        return decode_entries(namespace, service, entries)
+
+    async def services(self, namespace: str) -> tuple[str, ...]:
+        """Services tagged with the namespace that have at least one live instance of it, sorted."""
+        client = self._require_client()
+        candidates = sorted(name for name, tags in (await client.catalog_services()).items() if namespace in tags)
+        found = await asyncio.gather(*(self.list(namespace, name) for name in candidates))
+        return tuple(name for name, instances in zip(candidates, found, strict=True) if instances)
+
+    async def watch(self, namespace: str, service: str) -> AsyncIterator[Snapshot]:
+        """The current snapshot, then one per change; ``stale`` copies of the last set while Consul is away."""
+        client = self._require_client()
+        health_watch = HealthWatch(client, namespace, service, self._settings.wait)
+        task = asyncio.create_task(health_watch.run(), name=watch_task_name(namespace, service))
+        self._watch_tasks.add(task)
+        task.add_done_callback(self._watch_tasks.discard)
+        try:
+            async for snapshot in health_watch.snapshots(task):
+                yield snapshot
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+__all__ = ["ConsulBackend"]

@@ -1,0 +1,166 @@
+"""The few Consul HTTP calls the backend makes, on py-consul's ``consul.aio``, with errors translated.
+
+Every call has a deadline (``asyncio.timeout``) and raises only discovery errors: transport failures and
+Consul 5xx answers become :class:`BackendUnavailableError` (retryable), ACL refusals become
+:class:`PermissionDeniedError` / :class:`AuthenticationError`, and "this check is unknown to the agent"
+becomes :class:`UnknownToAgentError`, the signal to register again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar, cast
+
+import aiohttp
+import consul
+import consul.aio
+from consul.exceptions import ACLDisabled, ACLPermissionDenied, BadRequest, ConsulException, NotFound
+
+from discovery.errors import (
+    AuthenticationError,
+    BackendUnavailableError,
+    DiscoveryError,
+    PermissionDeniedError,
+    ValidationError,
+)
+
+T = TypeVar("T")
+
+# Consul 1.8 answers 500 "CheckID ... does not have associated TTL" for a TTL update of a check it does not
+# know; newer versions answer 404 "Unknown check ID". Both mean: the agent forgot us.
+_UNKNOWN_CHECK_MARKERS = ("does not have associated TTL", "Unknown check", "Unknown service")
+
+
+class UnknownToAgentError(DiscoveryError):
+    """The agent does not know the service or check (e.g. it restarted and lost its state)."""
+
+
+class ConsulClient:
+    """An async Consul client for one agent. Create it inside the running event loop."""
+
+    def __init__(self, host: str, port: int, *, token: str | None, dc: str | None, timeout: float) -> None:
+        self._agent_address = f"{host}:{port}"
+        self._timeout = timeout
+        self._consul = consul.aio.Consul(host=host, port=port, scheme="http", dc=dc, verify=False)
+        if token is not None:
+            # py-consul lets $CONSUL_HTTP_TOKEN win over its argument; a token in the URL must win.
+            self._consul.token = token
+
+    def __repr__(self) -> str:
+        return f"ConsulClient({self._agent_address!r})"
+
+    async def close(self) -> None:
+        """Close the HTTP connection pool."""
+        await self._consul.close()
+
+    @contextlib.asynccontextmanager
+    async def _translated(self, what: str, timeout: float) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(timeout):
+                yield
+        except TimeoutError:
+            raise BackendUnavailableError(
+                f"Consul agent {self._agent_address} did not answer {what} within {timeout:g} s"
+            ) from None
+        except (aiohttp.ClientError, OSError) as error:
+            raise BackendUnavailableError(
+                f"Consul agent {self._agent_address} unreachable for {what}: {type(error).__name__}: {error}"
+            ) from None
+        except ACLPermissionDenied as error:
+            raise PermissionDeniedError(f"Consul refused {what}: {error}") from None
+        except ACLDisabled as error:
+            raise AuthenticationError(f"Consul rejected the token for {what}: {error}") from None
+        except NotFound as error:
+            raise UnknownToAgentError(f"Consul agent does not know it ({what}): {error}") from None
+        except BadRequest as error:
+            raise ValidationError("instance", f"Consul rejected {what}: {error}") from None
+        except ConsulException as error:
+            text = str(error)
+            if any(marker in text for marker in _UNKNOWN_CHECK_MARKERS):
+                raise UnknownToAgentError(f"Consul agent does not know it ({what}): {text}") from None
+            if text[:1] == "5":
+                raise BackendUnavailableError(f"Consul agent {self._agent_address} failed {what}: {text}") from None
+            raise DiscoveryError(f"Consul failed {what}: {text}") from None
+
+    async def _call(self, what: str, call: Awaitable[T], timeout: float | None = None) -> T:
+        async with self._translated(what, self._timeout if timeout is None else timeout):
+            return await call
+        raise AssertionError("unreachable")  # pragma: no cover  # mypy cannot see that the context re-raises
+
+    async def agent_self(self) -> dict[str, Any]:
+        """The agent's configuration (used to prove it is reachable)."""
+        return cast(dict[str, Any], await self._call("GET /v1/agent/self", self._consul.agent.self()))
+
+    async def register_service(
+        self,
+        *,
+        name: str,
+        service_id: str,
+        address: str,
+        port: int,
+        tags: list[str],
+        meta: dict[str, str],
+        weight: int,
+        checks: list[dict[str, Any]],
+        replace_existing_checks: bool,
+    ) -> None:
+        """``PUT /v1/agent/service/register`` with our checks."""
+        await self._call(
+            f"registration of {service_id!r}",
+            self._consul.agent.service.register(
+                name,
+                service_id=service_id,
+                address=address,
+                port=port,
+                tags=tags,
+                meta=meta,
+                weights={"Passing": weight, "Warning": 1},
+                check=checks[0],
+                extra_checks=checks[1:],
+                replace_existing_checks=replace_existing_checks,
+            ),
+        )
+
+    async def deregister_service(self, service_id: str) -> None:
+        """``PUT /v1/agent/service/deregister/<id>`` (a missing service is not an error)."""
+        await self._call(f"deregistration of {service_id!r}", self._consul.agent.service.deregister(service_id))
+
+    async def update_ttl_check(self, check_id: str, passing: bool, note: str | None = None) -> None:
+        """Pass or fail a TTL check; :class:`UnknownToAgentError` if the agent does not know it."""
+        checks = self._consul.agent.check
+        call = checks.ttl_pass(check_id, notes=note) if passing else checks.ttl_fail(check_id, notes=note)
+        known = await self._call(f"TTL update of {check_id!r}", call)
+        if known is False:  # py-consul turns a 404 into False
+            raise UnknownToAgentError(f"Consul agent does not know the check {check_id!r}")
+
+    async def set_maintenance(self, service_id: str, enable: bool, reason: str | None = None) -> None:
+        """Turn maintenance mode of a service on or off; :class:`UnknownToAgentError` if it is unknown."""
+        known = await self._call(
+            f"maintenance of {service_id!r}",
+            self._consul.agent.service.maintenance(service_id, "true" if enable else "false", reason=reason),
+        )
+        if known is False:
+            raise UnknownToAgentError(f"Consul agent does not know the service {service_id!r}")
+
+    async def health_service(
+        self, service: str, tag: str, index: int = 0, wait: float = 0.0
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """``GET /v1/health/service/<service>?tag=<tag>`` (every status); blocking when ``index`` > 0."""
+        blocking = index > 0
+        # Consul adds up to wait/16 of jitter to a blocking wait; leave room for it and for the answer.
+        timeout = self._timeout + (wait * 17 / 16 if blocking else 0.0)
+        raw_index, entries = await self._call(
+            f"GET /v1/health/service/{service}",
+            self._consul.health.service(
+                service, tag=tag, index=index if blocking else None, wait=f"{wait:g}s" if blocking else None
+            ),
+            timeout=timeout,
+        )
+        return int(raw_index), list(entries or ())
+
+    async def catalog_services(self) -> dict[str, list[str]]:
+        """``GET /v1/catalog/services``: every service name with the union of its tags."""
+        _, services = await self._call("GET /v1/catalog/services", self._consul.catalog.services())
+        return {str(name): list(tags or ()) for name, tags in (services or {}).items()}

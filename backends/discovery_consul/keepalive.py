@@ -1,0 +1,193 @@
+"""Writing one registration to the agent and keeping it alive: the TTL heartbeat and self-healing.
+
+The heartbeat passes the liveness check every TTL/3 (jittered). When the agent answers that it does not
+know the check (it restarted and lost its state) — or when heartbeats have failed for longer than the TTL,
+so the check has certainly gone critical — the registration reports ``LOST``, writes itself again (retried
+with jittered backoff until the agent answers) and reports ``RESTORED``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import Any
+
+from consul import Check
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
+
+from discovery.backend import RegistrationState, StateListener
+from discovery.errors import BackendUnavailableError
+from discovery.models import Instance, Status
+from discovery_consul import records
+from discovery_consul.client import ConsulClient, UnknownToAgentError
+
+log = logging.getLogger("discovery.consul")
+
+# The status check only mirrors the status and must never expire on its own; it is re-set on every write
+# and refreshed daily by the heartbeat.
+STATUS_CHECK_TTL = "720h"
+STATUS_REFRESH_SECONDS = 86400.0
+HEARTBEAT_JITTER = 0.2
+
+
+def _consul_duration(seconds: float) -> str:
+    return f"{max(1, round(seconds * 1000))}ms"
+
+
+class Registration:
+    """One instance this backend registered, and the task that keeps it alive."""
+
+    def __init__(
+        self,
+        client: ConsulClient,
+        instance: Instance,
+        ttl: float,
+        on_state: StateListener,
+        deregister_after: float,
+    ) -> None:
+        self.instance = instance
+        self.ttl = ttl
+        self.on_state = on_state
+        self.service_id = records.consul_service_id(instance)
+        self._client = client
+        self._deregister_after = deregister_after
+        self._lock = asyncio.Lock()
+        self._lost = False
+        self._last_alive = time.monotonic()
+        self._status_set_at = time.monotonic()
+        self._task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"Registration({self.service_id!r}, ttl={self.ttl:g})"
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """TTL/3: two heartbeats may be lost before the check goes critical."""
+        return self.ttl / 3
+
+    def _checks(self) -> list[dict[str, Any]]:
+        liveness: dict[str, Any] = {
+            **Check.ttl(_consul_duration(self.ttl)),
+            "CheckID": records.liveness_check_id(self.service_id),
+            "Name": f"discovery heartbeat of {self.instance.id}",
+            # Check.ttl() has no parameter for this; Consul's minimum is one minute.
+            "DeregisterCriticalServiceAfter": _consul_duration(self._deregister_after),
+            "Status": "passing",
+        }
+        status: dict[str, Any] = {
+            **Check.ttl(STATUS_CHECK_TTL),
+            "CheckID": records.status_check_id(self.service_id),
+            "Name": f"discovery status of {self.instance.id}",
+            "Status": "passing" if records.status_check_passing(self.instance.status) else "critical",
+        }
+        return [liveness, status]
+
+    async def write(self, *, fresh: bool) -> None:
+        """Write the service, its status and maintenance mode; ``fresh`` replaces every check (new/restored).
+
+        An update (``fresh=False``) keeps the existing checks, maintenance included, so a DRAINING instance
+        whose labels change never looks UP in between.
+        """
+        async with self._lock:
+            instance = self.instance
+            meta = records.instance_meta(instance)
+            records.check_meta_limits(meta)
+            await self._client.register_service(
+                name=instance.service,
+                service_id=self.service_id,
+                address=instance.address,
+                port=instance.port,
+                tags=[instance.namespace],
+                meta=meta,
+                weight=instance.weight,
+                checks=self._checks(),
+                replace_existing_checks=fresh,
+            )
+            await self._client.update_ttl_check(
+                records.status_check_id(self.service_id),
+                records.status_check_passing(instance.status),
+                note=f"{records.STATUS_CHECK_NOTE_PREFIX}{instance.status.value}",
+            )
+            self._status_set_at = time.monotonic()
+            # A TTL service starts critical until its first pass: pass now, not one interval later.
+            await self._client.update_ttl_check(records.liveness_check_id(self.service_id), True)
+            self._last_alive = time.monotonic()
+            draining = instance.status == Status.DRAINING
+            if draining or not fresh:
+                await self._client.set_maintenance(self.service_id, draining, reason="discovery: DRAINING")
+
+    def start(self) -> None:
+        """Start the heartbeat task."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._heartbeat_forever(), name=f"discovery-consul-{self.service_id}")
+
+    async def stop(self) -> None:
+        """Stop the heartbeat task (the registration stays in Consul until deregistered or reaped)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _heartbeat_forever(self) -> None:
+        while True:
+            jitter = random.uniform(1 - HEARTBEAT_JITTER, 1.0)  # spread, not secrecy
+            await asyncio.sleep(self.heartbeat_interval * jitter)
+            try:
+                await self._beat()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("heartbeat of %s failed; trying again next interval", self.service_id)
+
+    async def _beat(self) -> None:
+        interval = self.heartbeat_interval
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(BackendUnavailableError),
+                wait=wait_random_exponential(multiplier=0.05, max=interval / 2),
+                stop=stop_after_delay(interval),
+                reraise=True,
+            ):
+                with attempt:
+                    await self._pass_checks()
+        except BackendUnavailableError as error:
+            if not self._lost and time.monotonic() - self._last_alive > self.ttl:
+                log.warning("%s: no heartbeat for longer than its TTL (%s); registration lost", self, error)
+                self._set_lost()
+            return
+        except UnknownToAgentError:
+            log.warning("%s: the Consul agent forgot the registration; registering again", self)
+            self._set_lost()
+        if self._lost:
+            await self._restore()
+
+    async def _pass_checks(self) -> None:
+        await self._client.update_ttl_check(records.liveness_check_id(self.service_id), True)
+        self._last_alive = time.monotonic()
+        if time.monotonic() - self._status_set_at > STATUS_REFRESH_SECONDS:
+            await self._client.update_ttl_check(
+                records.status_check_id(self.service_id),
+                records.status_check_passing(self.instance.status),
+                note=f"{records.STATUS_CHECK_NOTE_PREFIX}{self.instance.status.value}",
+            )
+            self._status_set_at = time.monotonic()
+
+    def _set_lost(self) -> None:
+        if not self._lost:
+            self._lost = True
+            self.on_state(RegistrationState.LOST)
+
+    async def _restore(self) -> None:
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type((BackendUnavailableError, UnknownToAgentError)),
+            wait=wait_random_exponential(multiplier=0.1, max=min(self.ttl, 5.0)),
+            reraise=True,
+        ):
+            with attempt:
+                await self.write(fresh=True)
+        self._lost = False
+        log.info("%s restored", self)
+        self.on_state(RegistrationState.RESTORED)
+

@@ -1,0 +1,192 @@
+"""How an :class:`Instance` is laid out in Consul's catalog, and read back from a health entry.
+
+One instance is one agent service (see docs/decisions/consul-record-layout.md):
+
+* ``Service`` = the service name (the same in every namespace), ``Tags`` = ``[namespace]`` so that
+  ``<namespace>.<service>.service.consul`` answers in Consul DNS; ``ID`` = ``<namespace>:<service>:<id>``
+  (agent service ids are unique per agent across all services, and ``:`` appears in no namespace or service
+  name, so the id is unambiguous).
+* ``Meta`` carries the canonical dict of :mod:`discovery.codec`, one field per key (the whole dict can exceed
+  Consul's 512-character value limit): ``discovery-schema``, ``discovery-namespace``, ``discovery-id``,
+  ``discovery-status``, ``discovery-weight``, ``discovery-zone`` (absent when None), ``discovery-ports``
+  (``name=port,...``, absent when empty) and one ``l-<escaped key>`` per label.
+* Two TTL checks: ``service:<ID>`` proves liveness (heartbeat; reaped after DeregisterCriticalServiceAfter)
+  and ``service:<ID>:status`` mirrors the status (critical for DOWN/STARTING) so Consul DNS and
+  ``?passing`` drop those instances, yet a long-DOWN instance is never reaped. DRAINING is maintenance mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from discovery.codec import SCHEMA_VERSION, instance_from_dict, instance_to_dict
+from discovery.errors import ValidationError
+from discovery.models import Instance, Status
+
+META_SCHEMA = "discovery-schema"
+META_NAMESPACE = "discovery-namespace"
+META_ID = "discovery-id"
+META_STATUS = "discovery-status"
+META_WEIGHT = "discovery-weight"
+META_ZONE = "discovery-zone"
+META_PORTS = "discovery-ports"
+LABEL_PREFIX = "l-"
+
+# Consul Meta keys allow only [A-Za-z0-9_-]; label keys also hold "." and "/". "_" escapes, so it escapes itself.
+# Two characters per escape keep the worst label key (63 characters, 61 of them escaped) at 2 + 124 <= 128.
+_ESCAPES = {"_": "__", ".": "_d", "/": "_s"}
+_UNESCAPES = {code[1]: char for char, code in _ESCAPES.items()}
+
+CONSUL_MAX_META_KEYS = 64
+CONSUL_MAX_META_KEY_LENGTH = 128
+CONSUL_MAX_META_VALUE_LENGTH = 512
+
+STATUS_CHECK_NOTE_PREFIX = "discovery: "
+
+
+def escape_label_key(key: str) -> str:
+    """The Meta key of a label key, e.g. ``app.kubernetes.io/name`` → ``l-app_dkubernetes_dio_sname``."""
+    return LABEL_PREFIX + "".join(_ESCAPES.get(char, char) for char in key)
+
+
+def unescape_label_key(meta_key: str) -> str:
+    """The label key of a Meta key written by :func:`escape_label_key` (``ValidationError`` if malformed)."""
+    if not meta_key.startswith(LABEL_PREFIX):
+        raise ValidationError("labels", f"Meta key {meta_key!r} is not a label key")
+    escaped = meta_key[len(LABEL_PREFIX) :]
+    chars: list[str] = []
+    position = 0
+    while position < len(escaped):
+        char = escaped[position]
+        if char == "_":
+            code = escaped[position + 1 : position + 2]
+            if code not in _UNESCAPES:
+                raise ValidationError("labels", f"Meta key {meta_key!r} has a bad escape")
+            chars.append(_UNESCAPES[code])
+            position += 2
+        else:
+            chars.append(char)
+            position += 1
+    return "".join(chars)
+
+
+def consul_service_id(instance: Instance) -> str:
+    """The agent service id of an instance: ``<namespace>:<service>:<id>``."""
+    return f"{instance.namespace}:{instance.service}:{instance.id}"
+
+
+def liveness_check_id(service_id: str) -> str:
+    """The TTL check our heartbeat passes; Consul's own name for a service's check."""
+    return f"service:{service_id}"
+
+
+def status_check_id(service_id: str) -> str:
+    """The TTL check that is critical while the instance is DOWN or STARTING."""
+    return f"service:{service_id}:status"
+
+
+def maintenance_check_id(service_id: str) -> str:
+    """The check Consul adds while a service is in maintenance mode."""
+    return f"_service_maintenance:{service_id}"
+
+
+def status_check_passing(status: Status) -> bool:
+    """Whether the status check passes: DOWN and STARTING take no traffic, so they fail it."""
+    return status not in (Status.DOWN, Status.STARTING)
+
+
+def instance_meta(instance: Instance) -> dict[str, str]:
+    """The ``Meta`` mapping of an instance (fits Consul's limits for every valid instance)."""
+    canonical = instance_to_dict(instance)
+    meta = {
+        META_SCHEMA: str(canonical["schema"]),
+        META_NAMESPACE: canonical["namespace"],
+        META_ID: canonical["id"],
+        META_STATUS: canonical["status"],
+        META_WEIGHT: str(canonical["weight"]),
+    }
+    if canonical["zone"] is not None:
+        meta[META_ZONE] = canonical["zone"]
+    if canonical["ports"]:
+        meta[META_PORTS] = ",".join(f"{name}={port}" for name, port in sorted(canonical["ports"].items()))
+    for key, value in canonical["labels"].items():
+        meta[escape_label_key(key)] = value
+    return meta
+
+
+def check_meta_limits(meta: Mapping[str, str]) -> None:
+    """Raise ``ValidationError`` if ``meta`` breaks a Consul limit (guards the layout, never expected to fire)."""
+    if len(meta) > CONSUL_MAX_META_KEYS:
+        raise ValidationError("labels", f"needs {len(meta)} Consul Meta keys; Consul allows {CONSUL_MAX_META_KEYS}")
+    for key, value in meta.items():
+        if len(key) > CONSUL_MAX_META_KEY_LENGTH or len(value) > CONSUL_MAX_META_VALUE_LENGTH:
+            raise ValidationError("labels", f"Consul Meta entry {key[:20]!r}... is too long")
+
+
+def _parse_ports(text: str) -> dict[str, int]:
+    ports: dict[str, int] = {}
+    for item in filter(None, text.split(",")):
+        name, equals, number = item.partition("=")
+        if not equals or not number.isdigit():
+            raise ValidationError("ports", f"malformed Consul Meta {META_PORTS} entry {item!r}")
+        ports[name] = int(number)
+    return ports
+
+
+def instance_from_service(service: Mapping[str, Any]) -> Instance:
+    """Rebuild the instance from a Consul ``Service`` object (``ValidationError`` if it is not ours)."""
+    meta: Mapping[str, str] = service.get("Meta") or {}
+    if META_SCHEMA not in meta or META_ID not in meta:
+        raise ValidationError("instance", f"Consul service {service.get('ID')!r} was not written by discovery")
+    try:
+        weight = int(meta.get(META_WEIGHT, "1"))
+    except ValueError:
+        raise ValidationError("weight", f"{meta[META_WEIGHT]!r} is not an integer") from None
+    canonical = {
+        "schema": SCHEMA_VERSION,
+        "namespace": meta.get(META_NAMESPACE),
+        "service": service.get("Service"),
+        "id": meta[META_ID],
+        "address": service.get("Address"),
+        "port": service.get("Port"),
+        "labels": {unescape_label_key(k): v for k, v in meta.items() if k.startswith(LABEL_PREFIX)},
+        "ports": _parse_ports(meta.get(META_PORTS, "")),
+        "status": meta.get(META_STATUS, Status.UP.value),
+        "weight": weight,
+        "zone": meta.get(META_ZONE),
+    }
+    return instance_from_dict(canonical)
+
+
+def _check_status(checks: list[Mapping[str, Any]], check_id: str) -> str | None:
+    for check in checks:
+        if check.get("CheckID") == check_id:
+            return str(check.get("Status"))
+    return None
+
+
+def instance_from_health_entry(entry: Mapping[str, Any]) -> Instance | None:
+    """The instance of one ``/v1/health/service`` entry with its live status, or None if it is not alive.
+
+    Not alive: the liveness check is missing or critical (heartbeat stopped), or a node check is critical
+    (the node failed). Status: maintenance mode → DRAINING; a critical status check → the declared DOWN or
+    STARTING (DOWN if the declared status says neither); otherwise UP. The checks, not ``Meta``, decide, so
+    an operator's ``consul maint`` shows as DRAINING and every update moves through consistent states.
+    Raises ``ValidationError`` for a service discovery did not write.
+    """
+    service: Mapping[str, Any] = entry.get("Service") or {}
+    checks: list[Mapping[str, Any]] = list(entry.get("Checks") or ())
+    instance = instance_from_service(service)
+    service_id = str(service.get("ID"))
+    if _check_status(checks, liveness_check_id(service_id)) in (None, "critical"):
+        return None
+    if any(not check.get("ServiceID") and check.get("Status") == "critical" for check in checks):
+        return None
+    if _check_status(checks, maintenance_check_id(service_id)) is not None:
+        status = Status.DRAINING
+    elif _check_status(checks, status_check_id(service_id)) == "critical":
+        status = instance.status if instance.status in (Status.DOWN, Status.STARTING) else Status.DOWN
+    else:
+        status = Status.UP
+    return instance if status == instance.status else instance.with_changes(status=status)
