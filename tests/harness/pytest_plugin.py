@@ -29,6 +29,7 @@ from .servers import DEFAULT_ARTIFACTS_DIR, PROVIDERS, ServerError, ServerHandle
 from .specs import KINDS
 
 _POOL_KEY = pytest.StashKey["ServerPool"]()
+_PROVIDER_KEY = pytest.StashKey[str]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -47,6 +48,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "servers: needs real servers from the harness")
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"real servers: {resolve_provider(config)} (logs: {artifacts_dir()})"
+
+
 def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
 
@@ -62,6 +67,14 @@ def docker_answers() -> bool:
 
 
 def resolve_provider(config: pytest.Config) -> str:
+    """The provider for this session (resolved once, then cached on the config)."""
+    cached = config.stash.get(_PROVIDER_KEY, None)
+    if cached is None:
+        cached = config.stash[_PROVIDER_KEY] = _resolve_provider(config)
+    return cached
+
+
+def _resolve_provider(config: pytest.Config) -> str:
     chosen = config.getoption("--servers") or os.environ.get("DISCOVERY_TEST_SERVERS")
     if chosen:
         if chosen not in PROVIDERS:

@@ -235,7 +235,8 @@ class ContainerRunner:
             else:
                 self._wrapped().start()
         except Exception as exc:
-            raise ServerError(f"container did not start: {exc}") from exc
+            hint = " (build the local images: scripts/build-images.sh)" if "discovery-test/" in str(exc) else ""
+            raise ServerError(f"container did not start: {exc}{hint}") from exc
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.alive():
@@ -311,8 +312,9 @@ class ServerHandle:
     (all services, checks and KV entries are gone) - which is what the Consul backend's tests want;
     ``wipe_data()`` is a no-op for it.
 
-    External servers (``provider="external"``) only have kind/host/port/ports/url; lifecycle calls raise
-    :class:`ExternalServerError`.
+    External servers (``provider="external"``) only have kind/host/port/ports/url (``ports`` holds the client
+    port plus any ``DISCOVERY_TEST_<KIND>_<NAME>_PORT`` given, e.g. ``DISCOVERY_TEST_CONSUL_DNS_PORT``);
+    lifecycle calls raise :class:`ExternalServerError`.
     """
 
     def __init__(
@@ -441,8 +443,12 @@ def _external(spec: ServerSpec) -> ServerHandle:
     parts = urlsplit(url)
     if parts.hostname is None:
         raise ServerError(f"{spec.url_env}={url!r} has no host")
-    port = parts.port or spec.standard_ports[spec.client_port]
-    return ServerHandle(spec, "external", parts.hostname, {spec.client_port: port}, url=url)
+    ports = {spec.client_port: parts.port or spec.standard_ports[spec.client_port]}
+    for name in spec.port_names:  # other ports only when given, e.g. DISCOVERY_TEST_CONSUL_DNS_PORT=8600
+        value = os.environ.get(f"{spec.env_prefix}_{name.upper()}_PORT")
+        if value and name != spec.client_port:
+            ports[name] = int(value)
+    return ServerHandle(spec, "external", parts.hostname, ports, url=url)
 
 
 def _use_published_ports(image: str) -> bool:
