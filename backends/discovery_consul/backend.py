@@ -28,7 +28,7 @@ DETECTION_SLACK = 1.0
 
 
 class ConsulBackend(Backend):
-    """``consul://host:8500?dc=&token=&ttl=&timeout=&wait=&deregister_after=`` on py-consul's ``consul.aio``."""
+    """``consul://host:8500[/scope]?dc=&token=&ttl=&timeout=&wait=&deregister_after=`` on ``consul.aio``."""
 
     scheme = "consul"
 
@@ -122,7 +122,9 @@ class ConsulBackend(Backend):
         previous = self._registrations.pop(instance.key, None)
         if previous is not None:
             await previous.stop()
-        registration = Registration(client, instance, ttl, on_state, self._settings.deregister_after)
+        registration = Registration(
+            client, instance, ttl, on_state, self._settings.deregister_after, self._settings.scope
+        )
         await registration.write(fresh=True)
         self._registrations[instance.key] = registration
         registration.start()
@@ -142,13 +144,13 @@ class ConsulBackend(Backend):
         registration = self._registrations.pop(instance.key, None)
         if registration is not None:
             await registration.stop()
-        await client.deregister_service(records.consul_service_id(instance))
+        await client.deregister_service(records.consul_service_id(instance, self._settings.scope))
 
     async def list(self, namespace: str, service: str) -> tuple[Instance, ...]:
         """The live instances of a service in a namespace (every status; dead registrants excluded)."""
         client = self._require_client()
         _, entries = await client.health_service(service, namespace)
-        return decode_entries(namespace, service, entries)
+        return decode_entries(self._settings.scope, namespace, service, entries)
 
     async def services(self, namespace: str) -> tuple[str, ...]:
         """Services tagged with the namespace that have at least one live instance of it, sorted."""
@@ -160,7 +162,7 @@ class ConsulBackend(Backend):
     async def watch(self, namespace: str, service: str) -> AsyncIterator[Snapshot]:
         """The current snapshot, then one per change; ``stale`` copies of the last set while Consul is away."""
         client = self._require_client()
-        health_watch = HealthWatch(client, namespace, service, self._settings.wait)
+        health_watch = HealthWatch(client, self._settings.scope, namespace, service, self._settings.wait)
         task = asyncio.create_task(health_watch.run(), name=watch_task_name(namespace, service))
         self._watch_tasks.add(task)
         task.add_done_callback(self._watch_tasks.discard)

@@ -46,11 +46,13 @@ class Registration:
         ttl: float,
         on_state: StateListener,
         deregister_after: float,
+        scope: str | None = None,
     ) -> None:
         self.instance = instance
+        self.scope = scope
         self.ttl = ttl
         self.on_state = on_state
-        self.service_id = records.consul_service_id(instance)
+        self.service_id = records.consul_service_id(instance, scope)
         self._client = client
         self._deregister_after = deregister_after
         self._lock = asyncio.Lock()
@@ -92,7 +94,7 @@ class Registration:
         """
         async with self._lock:
             instance = self.instance
-            meta = records.instance_meta(instance)
+            meta = records.instance_meta(instance, self.scope)
             records.check_meta_limits(meta)
             await self._client.register_service(
                 name=instance.service,

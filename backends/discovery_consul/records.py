@@ -25,6 +25,7 @@ from discovery.errors import ValidationError
 from discovery.models import Instance, Status
 
 META_SCHEMA = "discovery-schema"
+META_SCOPE = "discovery-scope"
 META_NAMESPACE = "discovery-namespace"
 META_ID = "discovery-id"
 META_STATUS = "discovery-status"
@@ -71,9 +72,10 @@ def unescape_label_key(meta_key: str) -> str:
     return "".join(chars)
 
 
-def consul_service_id(instance: Instance) -> str:
-    """The agent service id of an instance: ``<namespace>:<service>:<id>``."""
-    return f"{instance.namespace}:{instance.service}:{instance.id}"
+def consul_service_id(instance: Instance, scope: str | None = None) -> str:
+    """The agent service id of an instance: ``[<scope>:]<namespace>:<service>:<id>``."""
+    unscoped = f"{instance.namespace}:{instance.service}:{instance.id}"
+    return unscoped if scope is None else f"{scope}:{unscoped}"
 
 
 def liveness_check_id(service_id: str) -> str:
@@ -96,10 +98,11 @@ def status_check_passing(status: Status) -> bool:
     return status not in (Status.DOWN, Status.STARTING)
 
 
-def instance_meta(instance: Instance) -> dict[str, str]:
+def instance_meta(instance: Instance, scope: str | None = None) -> dict[str, str]:
     """The ``Meta`` mapping of an instance (fits Consul's limits for every valid instance)."""
     canonical = instance_to_dict(instance)
-    meta = {
+    meta = {} if scope is None else {META_SCOPE: scope}
+    meta |= {
         META_SCHEMA: str(canonical["schema"]),
         META_NAMESPACE: canonical["namespace"],
         META_ID: canonical["id"],
@@ -164,6 +167,12 @@ def _check_status(checks: list[Mapping[str, Any]], check_id: str) -> str | None:
         if check.get("CheckID") == check_id:
             return str(check.get("Status"))
     return None
+
+
+def scope_of(entry: Mapping[str, Any]) -> str | None:
+    """The scope a health entry's service was written in (None: unscoped)."""
+    meta: Mapping[str, str] = (entry.get("Service") or {}).get("Meta") or {}
+    return meta.get(META_SCOPE)
 
 
 def instance_from_health_entry(entry: Mapping[str, Any]) -> Instance | None:

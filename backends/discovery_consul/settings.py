@@ -1,7 +1,12 @@
-"""``consul://host:8500?dc=dc1&token=...&ttl=10&timeout=5&wait=60&deregister_after=60``: the backend's options."""
+"""``consul://host:8500[/scope]?dc=dc1&token=...&ttl=10&timeout=5&wait=60&deregister_after=60``: the options.
+
+The optional path is a *scope*: registries with different scopes on one Consul never see each other's
+instances (like a ZooKeeper root or an etcd prefix); see docs/decisions/consul-scope.md.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from discovery.errors import ConfigurationError
@@ -16,6 +21,9 @@ DEFAULT_WAIT = 60.0
 # Consul will not reap a critical service sooner than one minute.
 MIN_DEREGISTER_AFTER = 60.0
 
+# The scope becomes part of agent service ids (":"-separated, used in URL paths) and a Meta value.
+_SCOPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+
 PARAMETERS = frozenset({"dc", "token", "ttl", "timeout", "wait", "deregister_after"})
 
 
@@ -26,6 +34,7 @@ class ConsulSettings:
     url: BackendURL
     host: str
     port: int
+    scope: str | None
     dc: str | None
     token: str | None = field(repr=False)
     default_ttl: float
@@ -43,8 +52,11 @@ class ConsulSettings:
             )
         if url.username or url.password:
             raise ConfigurationError("consul:// takes no user:password; pass an ACL token as ?token=...")
-        if url.path not in ("", "/"):
-            raise ConfigurationError(f"consul:// takes no path (got {url.path!r})")
+        scope = url.path.strip("/") or None
+        if scope is not None and not _SCOPE.fullmatch(scope):
+            raise ConfigurationError(
+                f"consul:// scope (the URL path) must be 1-63 letters, digits, '_' or '-' (got {url.path!r})"
+            )
         (endpoint,) = url.endpoints_or(DEFAULT_HOST, DEFAULT_PORT)
         assert endpoint.port is not None
         token = url.get_str("token")
@@ -55,6 +67,7 @@ class ConsulSettings:
             url=url,
             host=endpoint.host,
             port=endpoint.port,
+            scope=scope,
             dc=dc,
             token=token or None,
             default_ttl=url.get_float("ttl", DEFAULT_TTL, minimum=MIN_TTL),

@@ -54,10 +54,14 @@ class TokenBucket:
         self._tokens -= 1.0
 
 
-def decode_entries(namespace: str, service: str, entries: list[dict[str, object]]) -> tuple[Instance, ...]:
-    """The live instances of one namespace in a health answer; foreign or undecodable entries are skipped."""
+def decode_entries(
+    scope: str | None, namespace: str, service: str, entries: list[dict[str, object]]
+) -> tuple[Instance, ...]:
+    """The live instances of one scope and namespace in a health answer; foreign or undecodable ones are skipped."""
     found: list[Instance] = []
     for entry in entries:
+        if records.scope_of(entry) != scope:
+            continue
         try:
             instance = records.instance_from_health_entry(entry)
         except ValidationError as error:
@@ -71,8 +75,9 @@ def decode_entries(namespace: str, service: str, entries: list[dict[str, object]
 class HealthWatch:
     """The blocking-query loop of one service; :meth:`snapshots` yields what it publishes."""
 
-    def __init__(self, client: ConsulClient, namespace: str, service: str, wait: float) -> None:
+    def __init__(self, client: ConsulClient, scope: str | None, namespace: str, service: str, wait: float) -> None:
         self._client = client
+        self._scope = scope
         self._namespace = namespace
         self._service = service
         self._wait = wait
@@ -122,7 +127,7 @@ class HealthWatch:
                     )
             # An index that went backwards (agent restart, snapshot restore) starts over with a re-list.
             index = 0 if new_index < query_index else max(new_index, 1)
-            self._publish(decode_entries(self._namespace, self._service, entries), stale=False)
+            self._publish(decode_entries(self._scope, self._namespace, self._service, entries), stale=False)
 
     async def snapshots(self, task: asyncio.Task[None]) -> AsyncIterator[Snapshot]:
         """Yield every snapshot :meth:`run` (running as ``task``) publishes, bursts coalesced."""
