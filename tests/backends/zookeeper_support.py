@@ -1,0 +1,60 @@
+"""Helpers shared by the ZooKeeper backend tests and the measurement script."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from discovery_zookeeper import ZooKeeperBackend
+from kazoo.client import KazooClient
+
+from tests.harness import ServerHandle
+from tests.harness.specs import ZK_TICK_MS
+
+T = TypeVar("T")
+
+SESSION_TIMEOUT = 2.0
+TICK = ZK_TICK_MS / 1000
+
+
+def backend_url(server: ServerHandle, root: str | None = None, **params: object) -> str:
+    """A URL with a private root, the short test session timeout and the harness tick."""
+    query = {"session_timeout": SESSION_TIMEOUT, "tick": TICK, **params}
+    text = "&".join(f"{k}={v}" for k, v in query.items())
+    return f"{server.url}/{root or 'zk-' + uuid.uuid4().hex[:12]}?{text}"
+
+
+def raw_client(server: ServerHandle) -> KazooClient:
+    """A plain started kazoo client (blocking API; call from a thread or in test set-up only)."""
+    client = KazooClient(hosts=f"{server.host}:{server.port}", timeout=SESSION_TIMEOUT)
+    client.start(timeout=15)
+    return client
+
+
+def expire_session_now(server: ServerHandle, backend: ZooKeeperBackend) -> int:
+    """Force the backend's session to expire: attach a second client to it (same id and password), close that.
+
+    Returns the expired session id.
+    """
+    session_id, password = backend.session_id, backend.session_password
+    assert session_id is not None and password is not None, "backend has no live session"
+    twin = KazooClient(hosts=f"{server.host}:{server.port}", client_id=(session_id, password), timeout=SESSION_TIMEOUT)
+    twin.start(timeout=15)
+    twin.stop()
+    twin.close()
+    return session_id
+
+
+async def eventually(probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], timeout: float) -> T:
+    """Poll ``probe`` until ``accept`` holds (deadline ``timeout``); AssertionError with the last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if accept(value):
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not met within {timeout:.1f}s; last value {value!r}")
+        await asyncio.sleep(0.02)
