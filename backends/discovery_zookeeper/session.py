@@ -45,15 +45,22 @@ class ZooKeeperSession:
         self._listeners: list[SessionListener] = []
         self._session_id: int | None = None
         self.connected = asyncio.Event()
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        self._stopping = False
+        self.client = self._new_client()
+
+    def _new_client(self) -> KazooClient:
         # kazoo's own reconnect loop: quick first retries, capped well below any session timeout so a restarted
         # server is found again before the session expires; kazoo adds random jitter to every delay.
         retry = KazooRetry(max_tries=-1, delay=0.05, backoff=2, max_jitter=0.3, max_delay=1.0)
-        self.client = KazooClient(
-            hosts=config.hosts,
-            timeout=config.session_timeout,
+        client = KazooClient(
+            hosts=self._config.hosts,
+            timeout=self._config.session_timeout,
             connection_retry=retry,
             command_retry=None,
         )
+        client.add_listener(lambda state: self._on_kazoo_state(client, state))
+        return client
 
     @property
     def session_id(self) -> int | None:
@@ -79,7 +86,6 @@ class ZooKeeperSession:
     async def start(self) -> None:
         """Connect, or raise ``BackendUnavailableError`` after ``connect_timeout``."""
         self._loop = asyncio.get_running_loop()
-        self.client.add_listener(self._on_kazoo_state)
         started = self.client.start_async()
         ready = await self._loop.run_in_executor(None, started.wait, self._config.connect_timeout)
         if not ready or not self.client.connected:
@@ -92,7 +98,8 @@ class ZooKeeperSession:
 
     async def stop(self) -> None:
         """Close the session (ephemeral nodes are deleted by the server at once) and free kazoo's threads."""
-        self.client.remove_listener(self._on_kazoo_state)
+        self._stopping = True
+        self._cancel_expiry_timer()
         self.connected.clear()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self._stop_quietly)
@@ -105,24 +112,10 @@ class ZooKeeperSession:
         connection drop and exits without ever queueing CloseSession. The server keeps the session until it
         times out, so its ephemeral nodes vanish only by expiry. See docs/decisions/zookeeper-abort.md.
         """
-        self.client.remove_listener(self._on_kazoo_state)
+        self._stopping = True
+        self._cancel_expiry_timer()
         self.connected.clear()
-        connection = self.client._connection
-        self.client._stopped.set()
-        sock: socket.socket | None = getattr(connection, "_socket", None)
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self._release_after_drop)
-
-    def _release_after_drop(self) -> None:
-        connection = self.client._connection
-        connection.connection_stopped.wait(self._config.session_timeout)
-        with contextlib.suppress(Exception):
-            self.client.handler.stop()
-        with contextlib.suppress(Exception):
-            self.client.close()
+        await asyncio.get_running_loop().run_in_executor(None, _drop_client, self.client, self._config.session_timeout)
 
     def _stop_quietly(self) -> None:
         try:
@@ -134,31 +127,67 @@ class ZooKeeperSession:
 
     # -- kazoo thread → loop -------------------------------------------------------------------------------------
 
-    def _on_kazoo_state(self, state: str) -> None:
+    def _on_kazoo_state(self, client: KazooClient, state: str) -> None:
         if self._loop is not None:
-            call_in_loop(self._loop, self._on_state, state)
+            call_in_loop(self._loop, self._on_state, client, state)
 
-    def _on_state(self, state: str) -> None:
+    def _on_state(self, client: KazooClient, state: str) -> None:
+        if client is not self.client or self._stopping:
+            return  # a replaced client's last words
         if state == KazooState.CONNECTED:
             # Read now, on the loop: the id kazoo reports after this event tells old session from new.
             current = self.session_id
             if current is None:
                 return  # already gone again; the next event will tell
+            self._cancel_expiry_timer()
             self.connected.set()
             event = SessionEvent.RECONNECTED if current == self._session_id else SessionEvent.NEW_SESSION
             self._session_id = current
         elif state == KazooState.SUSPENDED:
             self.connected.clear()
+            self._arm_expiry_timer()
             event = SessionEvent.SUSPENDED
         else:
             self.connected.clear()
             event = SessionEvent.EXPIRED
+        self._emit(event)
+
+    def _emit(self, event: SessionEvent) -> None:
         logger.debug("ZooKeeper session event %s (session %s)", event.value, self._session_id)
         for listener in list(self._listeners):
             try:
                 listener(event)
             except Exception:
                 logger.exception("session listener failed")
+
+    # -- Curator-style simulated expiry --------------------------------------------------------------------------
+
+    def _arm_expiry_timer(self) -> None:
+        if self._expiry_timer is None and self._loop is not None:
+            self._expiry_timer = self._loop.call_later(self.negotiated_timeout, self._simulate_expiry)
+
+    def _cancel_expiry_timer(self) -> None:
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+
+    def _simulate_expiry(self) -> None:
+        """No server has answered for a whole session timeout: treat the session as expired and start a new one.
+
+        The server expires a session it has not heard from for its timeout, so ours is (almost certainly) gone.
+        Waiting for the server to say so can take forever: a server that lost its data refuses a client that
+        has seen a newer zxid, and kazoo would retry that session endlessly. Curator does the same by default
+        (``StandardConnectionHandlingPolicy``). See docs/decisions/zookeeper-simulated-expiry.md.
+        """
+        self._expiry_timer = None
+        if self.connected.is_set() or self._stopping or self._loop is None:
+            return
+        logger.warning("no ZooKeeper server answered for %gs: treating session as expired", self.negotiated_timeout)
+        old = self.client
+        self.client = self._new_client()
+        self.client.start_async()
+        self._loop.run_in_executor(None, _drop_client, old, self._config.session_timeout)
+        self._emit(SessionEvent.EXPIRED)
 
     # -- requests ------------------------------------------------------------------------------------------------
 
@@ -170,3 +199,23 @@ class ZooKeeperSession:
             # kazoo raises synchronously e.g. when the client is already stopped.
             raise BackendUnavailableError(f"ZooKeeper {what} failed: {type(error).__name__}: {error}") from error
         return await await_kazoo(async_result, self._config.request_timeout, what)
+
+
+def _drop_client(client: KazooClient, wait: float) -> None:
+    """Stop a kazoo client *without* sending CloseSession, and free its threads (blocking; run in an executor).
+
+    kazoo has no public call for this: ``stop()`` always queues CloseSession. We mark the client stopped (so its
+    connection loop does not reconnect), then shut its TCP socket down; the loop sees the connection drop and
+    exits without ever sending CloseSession.
+    """
+    connection = client._connection
+    client._stopped.set()
+    sock: socket.socket | None = getattr(connection, "_socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    connection.connection_stopped.wait(wait)
+    with contextlib.suppress(Exception):
+        client.handler.stop()
+    with contextlib.suppress(Exception):
+        client.close()
