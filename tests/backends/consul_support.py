@@ -1,0 +1,92 @@
+"""Helpers for the Consul backend tests: following a backend watch, Consul DNS, the agent's HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import dns.message
+import dns.query
+import dns.rdatatype
+
+from discovery.backend import Backend, RegistrationState
+from discovery.models import Snapshot
+from discovery.plugins import create_backend
+
+
+class Follower:
+    """Reads a backend watch and keeps every snapshot it yielded."""
+
+    def __init__(self, stream: AsyncIterator[Snapshot]) -> None:
+        self.stream = stream
+        self.seen: list[Snapshot] = []
+
+    async def until(self, accept: Callable[[Snapshot], bool], timeout: float) -> Snapshot:
+        """The first snapshot (the last one seen included) that ``accept`` holds for; AssertionError on time-out."""
+        if self.seen and accept(self.seen[-1]):
+            return self.seen[-1]
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                snapshot = await asyncio.wait_for(anext(self.stream), max(0.001, remaining))
+            except TimeoutError:
+                last = self.seen[-1] if self.seen else None
+                raise AssertionError(f"no matching snapshot within {timeout:.1f} s; last: {last!r}") from None
+            self.seen.append(snapshot)
+            if accept(snapshot):
+                return snapshot
+
+    async def close(self) -> None:
+        """Stop the watch."""
+        await self.stream.aclose()  # type: ignore[attr-defined]
+
+
+async def started_backend(url: str) -> Backend:
+    """A started backend for ``url``."""
+    backend = create_backend(url)
+    await backend.start()
+    return backend
+
+
+def unique(name: str) -> str:
+    """A service name no other test uses (DNS and the catalog are not scoped)."""
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+class StateLog:
+    """Collects ``on_state`` calls with their times."""
+
+    def __init__(self) -> None:
+        self.states: list[RegistrationState] = []
+        self.times: list[float] = []
+
+    def __call__(self, state: RegistrationState) -> None:
+        self.states.append(state)
+        self.times.append(time.monotonic())
+
+
+def http_json(host: str, port: int, path: str, method: str = "GET") -> Any:
+    """Call the agent's HTTP API (bypassing the backend)."""
+    body = b"" if method == "PUT" else None
+    request = urllib.request.Request(f"http://{host}:{port}{path}", method=method, data=body)
+    with urllib.request.urlopen(request, timeout=5) as response:
+        body = response.read()
+    return json.loads(body) if body else None
+
+
+def dns_answers(host: str, port: int, name: str, rdtype: str) -> list[str]:
+    """The answer records (as text) of one query to Consul's DNS interface."""
+    query = dns.message.make_query(name, dns.rdatatype.from_text(rdtype))
+    response = dns.query.udp(query, host, port=port, timeout=2)
+    return sorted(item.to_text() for rrset in response.answer for item in rrset)
+
+
+def srv_ports(host: str, port: int, name: str) -> set[int]:
+    """The ports of the SRV answers for ``name``."""
+    return {int(record.split()[2]) for record in dns_answers(host, port, name, "SRV")}
