@@ -1,0 +1,115 @@
+"""The Curator ServiceInstance record and the URL, without a server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from discovery_zookeeper import ZooKeeperBackend
+from discovery_zookeeper.config import SPRING_PAYLOAD_CLASS, ZooKeeperConfig
+from discovery_zookeeper.curator import decode_record, encode_record, status_from_spring, status_to_spring
+
+from discovery.errors import ConfigurationError, ValidationError
+from discovery.models import Instance, Status
+from discovery.plugins import create_backend
+from discovery.urls import parse_url
+
+FULL = Instance(
+    "orders", "o-1", "host.example.org", 8080, namespace="shop", labels={"team": "a", "instance_status": "x"},
+    ports={"grpc": 9090}, status=Status.DRAINING, weight=5, zone="z1",
+)
+
+
+def _decode(raw: bytes | str, node: str = "o-1") -> Instance:
+    data = raw.encode() if isinstance(raw, str) else raw
+    return decode_record(data, namespace="shop", service="orders", node_name=node)
+
+
+def test_record_has_curator_fields_and_round_trips() -> None:
+    raw = encode_record(FULL, payload_class=SPRING_PAYLOAD_CLASS, registered_at_ms=1234)
+    record = json.loads(raw)
+    assert {k: record[k] for k in ("name", "id", "address", "port", "sslPort", "registrationTimeUTC",
+                                   "serviceType", "uriSpec")} == {
+        "name": "orders", "id": "o-1", "address": "host.example.org", "port": 8080, "sslPort": None,
+        "registrationTimeUTC": 1234, "serviceType": "DYNAMIC", "uriSpec": None,
+    }
+    payload = record["payload"]
+    assert payload["@class"] == SPRING_PAYLOAD_CLASS
+    assert payload["metadata"] == {"team": "a", "instance_status": "OUT_OF_SERVICE"}
+    assert _decode(raw) == FULL
+
+
+def test_no_payload_class_when_disabled() -> None:
+    assert "@class" not in json.loads(encode_record(FULL, payload_class=None))["payload"]
+
+
+@pytest.mark.parametrize("status", list(Status))
+def test_status_maps_to_spring_and_back(status: Status) -> None:
+    assert status_from_spring(status_to_spring(status)) is status
+
+
+def test_spring_status_words() -> None:
+    assert status_from_spring(None) is Status.UP
+    assert status_from_spring("OUT_OF_SERVICE") is Status.DRAINING
+    assert status_from_spring("UNKNOWN") is Status.DOWN
+    assert status_from_spring("whatever") is Status.DOWN
+
+
+def test_spring_tool_changing_instance_status_wins_over_our_copy() -> None:
+    record = json.loads(encode_record(FULL.with_changes(status=Status.UP), payload_class=None))
+    record["payload"]["metadata"]["instance_status"] = "OUT_OF_SERVICE"
+    assert _decode(json.dumps(record)).status is Status.DRAINING
+
+
+def test_foreign_spring_record_with_unknown_fields() -> None:
+    raw = json.dumps({
+        "name": "orders", "id": "ignored-top-level-id", "address": "10.0.0.5", "port": 8080, "sslPort": None,
+        "payload": {"@class": SPRING_PAYLOAD_CLASS, "id": "orders", "name": "orders",
+                    "metadata": {"instance_status": "STARTING", "zone": "eu", "bad key": "v", "n": 1}},
+        "registrationTimeUTC": 1, "serviceType": "DYNAMIC", "enabled": True, "futureField": {"x": 1},
+        "uriSpec": {"parts": [{"value": "scheme", "variable": True}]},
+    })
+    found = _decode(raw, node="abc-123")
+    assert (found.id, found.address, found.port, found.namespace) == ("abc-123", "10.0.0.5", 8080, "shop")
+    assert found.status is Status.STARTING
+    assert found.labels == {"zone": "eu"}
+
+
+def test_foreign_record_with_ssl_port_only_and_no_payload() -> None:
+    found = _decode('{"name":"orders","id":"x","address":"10.0.0.5","port":null,"sslPort":8443}', node="x")
+    assert found.port == 8443 and found.status is Status.UP
+
+
+@pytest.mark.parametrize("raw", ["not json", "[]", '{"address": "10.0.0.1"}', '{"address": "bad host", "port": 1}'])
+def test_unusable_records_raise_validation_error(raw: str) -> None:
+    with pytest.raises(ValidationError):
+        _decode(raw)
+
+
+def test_url_parameters() -> None:
+    config = ZooKeeperConfig.from_url(parse_url("zookeeper://h1:2181,h2/base/dir/?session_timeout=4&tick=0.5"))
+    assert config.hosts == "h1:2181,h2:2181"
+    assert config.root == "/base/dir"
+    assert (config.session_timeout, config.tick, config.request_timeout) == (4.0, 0.5, 4.0)
+    assert config.payload_class == SPRING_PAYLOAD_CLASS
+    defaults = ZooKeeperConfig.from_url(parse_url("zookeeper://"))
+    assert (defaults.hosts, defaults.root, defaults.session_timeout) == ("127.0.0.1:2181", "/discovery", 10.0)
+    assert ZooKeeperConfig.from_url(parse_url("zookeeper://h/?payload_class=")).payload_class is None
+
+
+@pytest.mark.parametrize("url", [
+    "zookeeper://h/?nope=1", "zookeeper://h/?session_timeout=x", "zookeeper://h/?session_timeout=0",
+    "zookeeper://h/zookeeper", "zookeeper://h/a/../b", "zookeeper://u:p@h/",
+])
+def test_bad_urls(url: str) -> None:
+    with pytest.raises(ConfigurationError):
+        create_backend(url)
+
+
+def test_capabilities_follow_session_timeout() -> None:
+    backend = create_backend("zookeeper://h/?session_timeout=3&tick=0.5")
+    assert isinstance(backend, ZooKeeperBackend)
+    caps = backend.capabilities
+    assert (caps.default_ttl, caps.min_ttl, caps.detection_slack, caps.ttl_per_registration) == (3.0, 3.0, 0.5, False)
+    assert backend.effective_ttl(30) == 3.0
+    assert backend.detection_bound(30) == 3.5
