@@ -95,8 +95,10 @@ class HealthWatch:
 
     def _mark_stale(self, retry_state: RetryCallState) -> None:
         error = retry_state.outcome.exception() if retry_state.outcome else None
-        log.warning("watch of %s/%s: %s; keeping the last set (stale)", self._namespace, self._service, error)
         latest = self._latest
+        # Warn once per outage; every retry after that is only debug noise.
+        level = logging.DEBUG if latest is not None and latest.stale else logging.WARNING
+        log.log(level, "watch of %s/%s: %s; keeping the last set (stale)", self._namespace, self._service, error)
         self._publish(latest.instances if latest is not None else (), stale=True)
 
     async def run(self) -> None:
