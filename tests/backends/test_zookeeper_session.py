@@ -36,7 +36,7 @@ async def test_forced_expiry_restores_registrations_and_watchers_converge(zookee
         registrations = [await owner.register(_instance(n)) for n in range(3)]
         async with reader.watch("svc") as watch, owner.watch("svc") as own_watch:
             await watch.until(lambda s: len(s) == 3, CONVERGE)
-            old_session = expire_session_now(zookeeper_server, _zk(owner))
+            old_session = await asyncio.to_thread(expire_session_now, zookeeper_server, _zk(owner))
             for registration in registrations:
                 await registration.wait_for(RegistrationState.RESTORED, CONVERGE)
                 assert RegistrationState.LOST in registration.history
@@ -92,11 +92,11 @@ async def test_abort_leaves_nodes_until_session_expiry(zookeeper_server: ServerH
         assert time.monotonic() - started > 0.5 * bound - 1.0
 
 
-async def test_update_while_expired_is_written_by_the_healer(zookeeper_server: ServerHandle) -> None:
+async def test_update_after_restore_is_written_under_the_new_session(zookeeper_server: ServerHandle) -> None:
     url = backend_url(zookeeper_server)
     async with await AsyncRegistry.connect(url) as owner:
         registration = await owner.register(_instance(1, labels={"gen": "1"}))
-        expire_session_now(zookeeper_server, _zk(owner))
+        await asyncio.to_thread(expire_session_now, zookeeper_server, _zk(owner))
         await registration.wait_for(RegistrationState.RESTORED, CONVERGE)
         updated = await registration.update(labels={"gen": "2"})
         found = await eventually(lambda: owner.instances("svc"), lambda f: f == (updated,), CONVERGE)
