@@ -1,0 +1,71 @@
+"""The blocking-query loop's index rules and stale handling, against a scripted stand-in for the agent."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from discovery_consul.watching import HealthWatch
+
+from discovery.errors import BackendUnavailableError
+from discovery.models import Instance
+from tests.backends.test_consul_records import live_entry
+
+INSTANCE = Instance("web", "w1", "127.0.0.1", 80)
+
+
+class ScriptedAgent:
+    """Answers ``health_service`` from a script of (index, entries) or exceptions; records the indexes asked."""
+
+    def __init__(self, script: list[tuple[int, list[dict[str, Any]]] | Exception]) -> None:
+        self.script = script
+        self.asked: list[int] = []
+        self.exhausted = asyncio.Event()
+
+    async def health_service(self, service: str, tag: str, index: int = 0, wait: float = 0.0) -> Any:
+        self.asked.append(index)
+        if not self.script:
+            self.exhausted.set()
+            await asyncio.Event().wait()  # block like a blocking query with nothing new
+        step = self.script.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+
+async def run_script(agent: ScriptedAgent) -> list[tuple[frozenset[str], bool]]:
+    watch = HealthWatch(agent, None, "default", "web", wait=60.0)  # type: ignore[arg-type]
+    task = asyncio.create_task(watch.run())
+    seen: list[tuple[frozenset[str], bool]] = []
+
+    async def collect() -> None:
+        async for snapshot in watch.snapshots(task):
+            seen.append((snapshot.ids(), snapshot.stale))
+
+    collector = asyncio.create_task(collect())
+    await asyncio.wait_for(agent.exhausted.wait(), 30)
+    await asyncio.sleep(0)  # let the collector take the last published snapshot
+    task.cancel()
+    await asyncio.gather(task, collector, return_exceptions=True)
+    return seen
+
+
+async def test_index_is_kept_at_least_one_and_reset_when_it_goes_backwards() -> None:
+    entry = live_entry(INSTANCE)
+    agent = ScriptedAgent([(0, []), (7, [entry]), (3, [entry]), (4, [entry])])
+    seen = await run_script(agent)
+    # 0 → first query; index 0 answered → next index 1 (never 0); 7 → 7; 3 < 7 → reset to 0; then 4.
+    assert agent.asked == [0, 1, 7, 0, 4]
+    assert seen[-1] == (frozenset({"w1"}), False)
+
+
+async def test_errors_publish_the_last_set_stale_then_relist_fresh() -> None:
+    entry = live_entry(INSTANCE)
+    down = BackendUnavailableError("agent down")
+    agent = ScriptedAgent([(5, [entry]), down, down, (9, [entry])])
+    seen = await run_script(agent)
+    assert agent.asked == [0, 5, 0, 0, 9]  # after a failure: a re-list, not the old index
+    # Bursts coalesce, so the first fresh set may be overtaken by the stale copy before the reader wakes.
+    assert (frozenset({"w1"}), True) in seen
+    assert seen[-1] == (frozenset({"w1"}), False)
+    assert seen.count((frozenset({"w1"}), True)) == 1, "one stale snapshot per outage, not one per retry"
