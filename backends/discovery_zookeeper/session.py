@@ -18,7 +18,7 @@ from kazoo.client import KazooClient, KazooState
 from kazoo.retry import KazooRetry
 
 from discovery.errors import BackendUnavailableError
-from discovery_zookeeper.bridge import await_kazoo, call_in_loop
+from discovery_zookeeper.bridge import CONNECTION_ERRORS, await_kazoo, call_in_loop
 from discovery_zookeeper.config import ZooKeeperConfig
 
 logger = logging.getLogger(__name__)
@@ -195,8 +195,7 @@ class ZooKeeperSession:
         """Run a kazoo ``*_async`` call and await it with the request timeout."""
         try:
             async_result = call(*args, **kwargs)
-        except Exception as error:
-            # kazoo raises synchronously e.g. when the client is already stopped.
+        except CONNECTION_ERRORS as error:
             raise BackendUnavailableError(f"ZooKeeper {what} failed: {type(error).__name__}: {error}") from error
         return await await_kazoo(async_result, self._config.request_timeout, what)
 

@@ -47,11 +47,13 @@ class ServiceWatch:
         self._full_resync = True
         self._disconnected = False
         self._stopped = False
+        self._stop_requested = asyncio.Event()
         self._revision = 0
 
     def stop(self) -> None:
         """End the stream (the backend is closing)."""
         self._stopped = True
+        self._stop_requested.set()
         self._wake.set()
 
     async def snapshots(self) -> AsyncIterator[Snapshot]:
@@ -59,6 +61,8 @@ class ServiceWatch:
         self._session.add_listener(self._on_session_event)
         try:
             await self._sync_until_done()
+            if self._stopped:
+                return
             yield self._snapshot(stale=False)
             last = self._members_tuple()
             stale_sent = False
@@ -75,6 +79,8 @@ class ServiceWatch:
                 if self._full_resync:
                     await asyncio.sleep(random.uniform(0, RESYNC_JITTER))
                 await self._sync_until_done()
+                if self._stopped:
+                    break
                 if self._disconnected:
                     continue
                 current = self._members_tuple()
@@ -123,10 +129,23 @@ class ServiceWatch:
             reraise=True,
         ):
             with attempt:
-                if self._stopped:
+                if not await self._connected_unless_stopped():
                     return
-                await self._session.connected.wait()
                 await self._sync()
+
+    async def _connected_unless_stopped(self) -> bool:
+        """Wait for a connection; False if the stream was stopped first."""
+        if self._stopped:
+            return False
+        if not self._session.connected.is_set():
+            waiters = {asyncio.ensure_future(self._session.connected.wait()),
+                       asyncio.ensure_future(self._stop_requested.wait())}
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+        return not self._stopped
 
     async def _sync(self) -> None:
         if self._full_resync:
