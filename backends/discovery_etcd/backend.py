@@ -1,0 +1,208 @@
+"""``EtcdBackend``: the discovery contract on etcd v3 (aetcd, asyncio)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from discovery.backend import Backend, Capabilities, StateListener
+from discovery.errors import ClosedError, DiscoveryError, NotRegisteredError
+from discovery.models import Instance, Snapshot
+from discovery.urls import BackendURL
+from discovery_etcd.connection import EndpointPool
+from discovery_etcd.keys import KeyLayout
+from discovery_etcd.leases import LeasedKey, LeaseGroup, lease_ttl
+from discovery_etcd.settings import DETECTION_SLACK, MIN_TTL, EtcdSettings
+from discovery_etcd.values import decode_endpoint, encode_endpoint
+from discovery_etcd.watches import ServiceWatch, iterate
+
+log = logging.getLogger(__name__)
+
+
+class EtcdBackend(Backend):
+    """``etcd://host1:2379,host2:2379/prefix?ttl=10&timeout=5``: registrations are leased keys.
+
+    Keys are ``<prefix>/<namespace>/<service>/<id>`` (prefix default ``/discovery``) holding the JSON that
+    etcd's ``naming/endpoints`` package writes, so a gRPC ``etcd:///`` resolver pointed at
+    ``<prefix>/<namespace>/<service>`` finds our instances. Registrations with the same TTL share one lease.
+    """
+
+    scheme = "etcd"
+
+    def __init__(self, settings: EtcdSettings) -> None:
+        self._settings = settings
+        self._layout = KeyLayout(settings.prefix)
+        self._pool = EndpointPool(settings)
+        self._groups: dict[int, LeaseGroup] = {}
+        self._owner: dict[bytes, LeaseGroup] = {}
+        self._watches: dict[tuple[str, str], ServiceWatch] = {}
+        self._closed = False
+        self._capabilities = Capabilities(
+            name="etcd",
+            default_ttl=float(lease_ttl(settings.ttl)),
+            min_ttl=MIN_TTL,
+            detection_slack=DETECTION_SLACK,
+        )
+
+    @classmethod
+    def from_url(cls, url: BackendURL) -> EtcdBackend:
+        """Parameters: ``ttl`` (seconds, default 10, at least 2) and ``timeout`` (seconds, default 5)."""
+        return cls(EtcdSettings.from_url(url))
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """TTL per registration (whole seconds, at least 2); detection within TTL + 1 s."""
+        return self._capabilities
+
+    @property
+    def layout(self) -> KeyLayout:
+        """The key layout under this backend's prefix."""
+        return self._layout
+
+    @property
+    def pool(self) -> EndpointPool:
+        """The connection pool (tests use it to reach the raw client)."""
+        return self._pool
+
+    def effective_ttl(self, requested: float | None) -> float:
+        """etcd leases have whole-second TTLs: the requested TTL (at least 2 s) rounded up."""
+        return float(lease_ttl(super().effective_ttl(requested)))
+
+    def lease_ids(self) -> dict[int, int | None]:
+        """The current lease id for each TTL in use."""
+        return {ttl: group.lease_id for ttl, group in self._groups.items()}
+
+    def shared_watch(self, namespace: str, service: str) -> ServiceWatch | None:
+        """The shared watch of a service, while anyone watches it."""
+        return self._watches.get((namespace, service))
+
+    async def start(self) -> None:
+        """Check that some endpoint answers within ``timeout``."""
+        await self._pool.call("connect", lambda client: client.status())
+
+    async def close(self) -> None:
+        """Revoke every lease (which deletes its keys), stop the watches and disconnect."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._stop_watches()
+        for group in list(self._groups.values()):
+            try:
+                await group.revoke()
+            except DiscoveryError as error:
+                log.warning("could not revoke an etcd lease on close; its keys expire with the TTL: %s", error)
+        self._groups.clear()
+        self._owner.clear()
+        await self._pool.close()
+
+    async def abort(self) -> None:
+        """Stop the keepalives and drop the connection; the leases expire on the server as after a crash."""
+        self._closed = True
+        for group in list(self._groups.values()):
+            await group.stop()
+        self._groups.clear()
+        self._owner.clear()
+        await self._stop_watches()
+        await self._pool.close()
+
+    async def register(self, instance: Instance, ttl: float, on_state: StateListener) -> None:
+        """Put the instance's key on the lease of its TTL (replacing any previous value of that key)."""
+        self._check_open()
+        key = self._key(instance)
+        group = self._group(lease_ttl(ttl))
+        previous = self._owner.get(key)
+        await group.put(LeasedKey(key, encode_endpoint(instance), on_state))
+        self._owner[key] = group
+        if previous is not None and previous is not group:
+            previous.forget(key)
+            await self._drop_if_empty(previous)
+
+    async def update(self, instance: Instance) -> None:
+        """Rewrite a registered instance on its current lease."""
+        self._check_open()
+        key = self._key(instance)
+        group = self._owner.get(key)
+        leased = group.leased(key) if group is not None else None
+        if group is None or leased is None:
+            raise NotRegisteredError(f"{instance.namespace}/{instance.service}/{instance.id} is not registered here")
+        await group.put(LeasedKey(key, encode_endpoint(instance), leased.on_state))
+
+    async def deregister(self, instance: Instance) -> None:
+        """Delete the key; the lease is revoked once no key uses it."""
+        self._check_open()
+        key = self._key(instance)
+        group = self._owner.pop(key, None)
+        if group is None:
+            # Not ours (never registered here, or already removed): another process may own that key now.
+            return
+        await group.delete(key)
+        await self._drop_if_empty(group)
+
+    async def list(self, namespace: str, service: str) -> tuple[Instance, ...]:
+        """A linearizable read of ``<target>/``."""
+        self._check_open()
+        result = await self._pool.call(
+            "list a service", lambda client: client.get_prefix(self._layout.service_prefix(namespace, service))
+        )
+        found = []
+        for kv in result:
+            parsed = self._layout.parse(kv.key)
+            if parsed is None or parsed[:2] != (namespace, service):
+                continue
+            instance = decode_endpoint(kv.value, *parsed)
+            if instance is not None:
+                found.append(instance)
+        return tuple(found)
+
+    async def services(self, namespace: str) -> tuple[str, ...]:
+        """Services with at least one decodable instance under ``<prefix>/<namespace>/``."""
+        self._check_open()
+        result = await self._pool.call(
+            "list services", lambda client: client.get_prefix(self._layout.namespace_prefix(namespace))
+        )
+        names = set()
+        for kv in result:
+            parsed = self._layout.parse(kv.key)
+            if parsed is not None and parsed[0] == namespace and decode_endpoint(kv.value, *parsed) is not None:
+                names.add(parsed[1])
+        return tuple(sorted(names))
+
+    def watch(self, namespace: str, service: str) -> AsyncIterator[Snapshot]:
+        """Snapshots from the shared watch of ``<target>/`` (see :mod:`discovery_etcd.watches`)."""
+        self._check_open()
+        shared = self._watches.get((namespace, service))
+        if shared is None:
+            shared = ServiceWatch(self._pool, self._layout, namespace, service, self._forget_watch)
+            self._watches[(namespace, service)] = shared
+        return iterate(shared, self._settings.timeout)
+
+    def _forget_watch(self, shared: ServiceWatch) -> None:
+        if self._watches.get((shared.namespace, shared.service)) is shared:
+            del self._watches[(shared.namespace, shared.service)]
+
+    async def _stop_watches(self) -> None:
+        watches, self._watches = list(self._watches.values()), {}
+        for shared in watches:
+            await shared.stop()
+            shared.fail_all(ClosedError("the etcd backend is closed"))
+
+    def _key(self, instance: Instance) -> bytes:
+        return self._layout.instance_key(instance.namespace, instance.service, instance.id)
+
+    def _group(self, ttl: int) -> LeaseGroup:
+        group = self._groups.get(ttl)
+        if group is None:
+            group = self._groups[ttl] = LeaseGroup(self._pool, ttl)
+        return group
+
+    async def _drop_if_empty(self, group: LeaseGroup) -> None:
+        if len(group) == 0 and self._groups.get(group.ttl) is group:
+            del self._groups[group.ttl]
+            with contextlib.suppress(DiscoveryError):
+                await group.revoke()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("this etcd backend is closed")
+

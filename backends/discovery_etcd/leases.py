@@ -1,0 +1,205 @@
+"""Leases: one per distinct TTL, kept alive by our own loop, re-granted (with every key re-written) when lost.
+
+aetcd runs no keepalive of its own. Each :class:`LeaseGroup` refreshes its lease every TTL/3 (jittered).
+A refresh answered with TTL 0 means the lease is gone (expired during a partition or pause, or revoked
+from outside): the group emits ``LOST``, grants a new lease, re-puts every key it holds and emits
+``RESTORED``. When no refresh has succeeded for a whole TTL the lease has expired as far as this client can
+know, so ``LOST`` is emitted then already; if the lease survived after all (an etcd restart extends leases),
+the next successful refresh emits ``RESTORED``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
+
+from discovery.backend import RegistrationState, StateListener
+from discovery.errors import BackendUnavailableError, DiscoveryError
+from discovery_etcd.connection import EndpointPool, is_lease_not_found
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class LeasedKey:
+    """One key this client keeps alive, with its value and the registration's state listener."""
+
+    key: bytes
+    value: bytes
+    on_state: StateListener
+
+
+def _retry_keepalive(error: BaseException) -> bool:
+    return isinstance(error, BackendUnavailableError)
+
+
+class LeaseGroup:
+    """One lease of one TTL and every key of this client attached to it."""
+
+    def __init__(self, pool: EndpointPool, ttl: int) -> None:
+        self.ttl = ttl
+        self._pool = pool
+        self._lease_id: int | None = None
+        self._keys: dict[bytes, LeasedKey] = {}
+        # Serialises writes with re-grants, so a key deleted meanwhile is never re-put by a recovery.
+        self._lock = asyncio.Lock()
+        self._lost = False
+        # Set from the moment a lease is known lost until every key is on the new lease.
+        self._rewrite_pending = False
+        self._last_refresh = time.monotonic()
+        self._keepalive: asyncio.Task[None] | None = None
+
+    @property
+    def lease_id(self) -> int | None:
+        """The current lease (``None`` before the first registration)."""
+        return self._lease_id
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._keys
+
+    async def put(self, leased: LeasedKey) -> None:
+        """Write a key attached to this group's lease (granting the lease first if needed)."""
+        async with self._lock:
+            if self._lease_id is None:
+                await self._grant_locked()
+            try:
+                await self._put_locked(leased)
+            except DiscoveryError as error:
+                if not is_lease_not_found(error.__cause__ or error):
+                    raise
+                # The lease vanished before the keepalive noticed: recover the others, then write this one.
+                await self._recover_locked()
+                await self._put_locked(leased)
+            self._keys[leased.key] = leased
+        self._ensure_keepalive()
+
+    async def delete(self, key: bytes) -> None:
+        """Delete a key and stop keeping it alive (missing keys are fine)."""
+        async with self._lock:
+            self._keys.pop(key, None)
+            await self._pool.call("delete a registration", lambda client: client.delete(key))
+
+    def leased(self, key: bytes) -> LeasedKey | None:
+        """The record of a key this group keeps alive."""
+        return self._keys.get(key)
+
+    def forget(self, key: bytes) -> None:
+        """Stop keeping a key alive without deleting it (it moved to another lease)."""
+        self._keys.pop(key, None)
+
+    async def revoke(self) -> None:
+        """Stop the keepalive and revoke the lease, which deletes every key attached to it."""
+        await self.stop()
+        lease_id, self._lease_id = self._lease_id, None
+        self._keys.clear()
+        if lease_id is not None:
+            await self._pool.call("revoke a lease", lambda client: client.revoke_lease(lease_id))
+
+    async def stop(self) -> None:
+        """Stop the keepalive loop, leaving the lease to expire on its own."""
+        task, self._keepalive = self._keepalive, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _ensure_keepalive(self) -> None:
+        if self._keepalive is None or self._keepalive.done():
+            self._keepalive = asyncio.get_running_loop().create_task(
+                self._keepalive_loop(), name=f"etcd-keepalive-ttl{self.ttl}"
+            )
+
+    async def _grant_locked(self) -> None:
+        lease = await self._pool.call("grant a lease", lambda client: client.lease(self.ttl))
+        self._lease_id = int(lease.id)
+        self._last_refresh = time.monotonic()
+
+    async def _put_locked(self, leased: LeasedKey) -> None:
+        lease_id = self._lease_id
+        await self._pool.call(
+            "write a registration", lambda client: client.put(leased.key, leased.value, lease=lease_id)
+        )
+
+    async def _recover_locked(self) -> None:
+        self._mark_lost()
+        self._rewrite_pending = True
+        await self._grant_locked()
+        for leased in list(self._keys.values()):
+            await self._put_locked(leased)
+        self._rewrite_pending = False
+        self._mark_restored()
+
+    def _mark_lost(self) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        log.warning("etcd lease %s (ttl %ss) lost; %d registration(s) affected", self._lease_id, self.ttl, len(self))
+        self._emit(RegistrationState.LOST)
+
+    def _mark_restored(self) -> None:
+        if not self._lost:
+            return
+        self._lost = False
+        log.info("etcd lease %s (ttl %ss) restored", self._lease_id, self.ttl)
+        self._emit(RegistrationState.RESTORED)
+
+    def _emit(self, state: RegistrationState) -> None:
+        for leased in list(self._keys.values()):
+            try:
+                leased.on_state(state)
+            except Exception:  # a listener's bug must not stop the keepalive
+                log.exception("registration state listener failed")
+
+    def _cadence(self) -> float:
+        return self.ttl / 3 * random.uniform(0.8, 1.0)
+
+    async def _keepalive_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._cadence())
+            retrying = AsyncRetrying(
+                retry=retry_if_exception(_retry_keepalive),
+                wait=wait_random_exponential(multiplier=0.05, max=self.ttl / 6),
+                before_sleep=self._note_failure,
+                reraise=True,
+            )
+            try:
+                async for attempt in retrying:
+                    with attempt:
+                        await self._refresh_once()
+            except Exception:  # not a connection problem (e.g. permissions): keep trying at the normal pace
+                log.exception("etcd lease keepalive failed")
+
+    def _note_failure(self, state: RetryCallState) -> None:
+        if time.monotonic() - self._last_refresh > self.ttl:
+            self._mark_lost()
+
+    async def _refresh_once(self) -> None:
+        lease_id = self._lease_id
+        if lease_id is None:
+            return
+        if not self._rewrite_pending:
+            reply = await self._pool.call(
+                "refresh a lease", lambda client: client.refresh_lease(lease_id), timeout=max(self.ttl / 3, 0.5)
+            )
+            if reply is not None and int(reply.TTL) > 0:
+                self._last_refresh = time.monotonic()
+                self._mark_restored()
+                return
+        async with self._lock:
+            if self._lease_id == lease_id or self._rewrite_pending:
+                await self._recover_locked()
+
+
+def lease_ttl(ttl: float) -> int:
+    """etcd leases have whole-second TTLs: round a requested TTL up."""
+    return max(1, int(-(-ttl // 1)))
+
