@@ -21,10 +21,10 @@ from discovery.errors import (
     UnknownBackendError,
     ValidationError,
 )
+from discovery.label_selector import Selector, parse_selector
 from discovery.models import DEFAULT_NAMESPACE, Instance, Snapshot, Status
 from discovery.registration import AsyncRegistration
 from discovery.registry import AsyncRegistry, AsyncWatch
-from discovery.label_selector import Selector, parse_selector
 from discovery.sync import Registration, Registry, Watch
 from discovery.urls import BackendURL, parse_url
 

@@ -258,7 +258,8 @@ class MemoryBackend(Backend):
         while True:
             period = min((o.ttl for o in self._owned.values()), default=_DEFAULT_TTL) / 3
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=period)
+                async with asyncio.timeout(period):
+                    await self._wakeup.wait()
             self._wakeup.clear()
             for key, owned in list(self._owned.items()):
                 if self._owned.get(key) is not owned:

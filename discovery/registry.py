@@ -10,10 +10,10 @@ from typing import Any
 
 from discovery.backend import Backend, Capabilities, RegistrationState
 from discovery.errors import ClosedError
+from discovery.label_selector import Selector, parse_selector
 from discovery.models import DEFAULT_NAMESPACE, Instance, Snapshot, Status
 from discovery.plugins import create_backend
 from discovery.registration import AsyncRegistration
-from discovery.label_selector import Selector, parse_selector
 from discovery.urls import BackendURL
 from discovery.validation import validate_namespace, validate_service_name, validate_ttl
 from discovery.watching import SnapshotCallback, WatchHub

@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Any
 
 from discovery.backend import Capabilities, RegistrationState
+from discovery.label_selector import parse_selector
 from discovery.loop_thread import LoopThread
 from discovery.models import DEFAULT_NAMESPACE, Instance, Snapshot
 from discovery.plugins import create_backend
@@ -24,7 +25,6 @@ from discovery.registry import (
     _status_set,
     filter_instances,
 )
-from discovery.label_selector import parse_selector
 from discovery.urls import BackendURL
 from discovery.validation import validate_namespace, validate_service_name
 from discovery.watching import SnapshotCallback

@@ -21,7 +21,7 @@ log = logging.getLogger("discovery.watching")
 SnapshotCallback = Callable[[Snapshot], None]
 ServiceKey = tuple[str, str]
 
-_retry_wait = wait_exponential_jitter(initial=0.1, max=5.0, jitter=0.5)
+_retry_wait = wait_exponential_jitter(multiplier=0.1, max=5.0, jitter=0.5)
 
 
 class SharedWatch:

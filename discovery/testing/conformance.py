@@ -1,0 +1,455 @@
+"""The backend conformance suite, shipped so that any backend author can run it.
+
+Subclass :class:`ConformanceSuite` in a test module and provide a ``discovery_url`` fixture that returns a
+URL isolated for each test (a fresh root / prefix / store), then run pytest::
+
+    class TestMyBackend(ConformanceSuite):
+        short_ttl = 2.0
+
+        @pytest.fixture
+        def discovery_url(self) -> str:
+            return f"mine://127.0.0.1:1234/test-{uuid.uuid4().hex}"
+
+Every timing assertion is made against the backend's own declared ``detection_bound``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, ClassVar, TypeVar
+
+import pytest
+import pytest_asyncio
+
+from discovery.backend import RegistrationState
+from discovery.errors import ConfigurationError, DiscoveryError, SelectorError, ValidationError
+from discovery.models import Instance, Snapshot, Status
+from discovery.plugins import create_backend
+from discovery.registry import AsyncRegistry
+from discovery.urls import parse_url
+from discovery.validation import (
+    MAX_ID_LENGTH,
+    MAX_LABEL_VALUE_LENGTH,
+    MAX_LABELS,
+    MAX_NAME_LENGTH,
+    MAX_NAMED_PORTS,
+)
+
+T = TypeVar("T")
+
+#: How long a healthy backend may take to show a change to a watcher or a lookup (not a performance bound).
+CONVERGENCE_TIMEOUT = 15.0
+#: Scheduling allowance on top of a declared detection bound (a loaded 2-core CI machine).
+SCHEDULING_ALLOWANCE = 1.0
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], timeout: float, interval: float = 0.05
+) -> T:
+    """Poll ``probe`` until ``accept`` holds for its result; raise AssertionError with the last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if accept(value):
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not met within {timeout:.1f} s; last value: {value!r}")
+        await asyncio.sleep(interval)
+
+
+def make_instance(service: str, number: int, **fields: Any) -> Instance:
+    """A plain instance ``<service>-<number>`` on 127.0.0.1."""
+    return Instance(service, f"{service}-{number}", "127.0.0.1", 20000 + number, **fields)
+
+
+def maximal_instance(service: str, status: Status = Status.UP) -> Instance:
+    """An instance with every field at its largest allowed size, and a non-ASCII id."""
+    unicode_id = ("ünïcødé-日本-" * 20)[: MAX_ID_LENGTH - 3] + "end"
+    labels = {}
+    for n in range(MAX_LABELS):
+        prefix = f"k{n:02d}.example.org/"
+        key = prefix + ("n" * (63 - len(prefix) - 1)) + "z"
+        labels[key] = ("v" * (MAX_LABEL_VALUE_LENGTH - 3)) + f"{n:03d}"
+    ports = {f"port-name-{n:05d}": 30000 + n for n in range(MAX_NAMED_PORTS)}
+    hostname = ".".join(["h" * 61 + f"{n:02d}" for n in range(3)] + ["x" * 61])
+    return Instance(
+        service,
+        unicode_id,
+        hostname,
+        65535,
+        labels=labels,
+        ports=ports,
+        status=status,
+        weight=1000,
+        zone="zone-" + "z" * (MAX_LABEL_VALUE_LENGTH - 5),
+    )
+
+
+class ConformanceSuite:
+    """The shared behaviour every backend must show. Subclasses provide the ``discovery_url`` fixture."""
+
+    #: TTL used by the death tests (seconds); backends whose TTL is fixed by the URL ignore it.
+    short_ttl: ClassVar[float] = 2.0
+    #: How many concurrent registrations the bulk case makes.
+    concurrent_registrations: ClassVar[int] = 100
+
+    pytestmark = pytest.mark.asyncio
+
+    @pytest.fixture
+    def discovery_url(self) -> str:
+        raise NotImplementedError("a ConformanceSuite subclass must provide the discovery_url fixture")
+
+    @pytest_asyncio.fixture
+    async def open_registry(self, discovery_url: str) -> AsyncIterator[Callable[[], Awaitable[AsyncRegistry]]]:
+        opened: list[AsyncRegistry] = []
+
+        async def open_one() -> AsyncRegistry:
+            registry = await AsyncRegistry.connect(discovery_url)
+            opened.append(registry)
+            return registry
+
+        yield open_one
+        for registry in opened:
+            await registry.close()
+
+    @pytest_asyncio.fixture
+    async def registry(self, open_registry: Callable[[], Awaitable[AsyncRegistry]]) -> AsyncRegistry:
+        return await open_registry()
+
+    # -- fields -------------------------------------------------------------------------------------------
+
+    async def test_round_trip_of_every_field_and_status(
+        self, registry: AsyncRegistry, open_registry: Callable[[], Awaitable[AsyncRegistry]]
+    ) -> None:
+        reader = await open_registry()
+        written = []
+        for n, status in enumerate(Status):
+            instance = maximal_instance(f"roundtrip-{n}", status)
+            await registry.register(instance)
+            written.append(instance)
+        plain = Instance("roundtrip-plain", "p", "::1", 1, labels={"app": ""})
+        await registry.register(plain)
+        written.append(plain)
+        for instance in written:
+            found = await reader.instances(instance.service, statuses=None)
+            assert found == (instance,), f"{instance.service} did not round-trip"
+            if instance.status is Status.UP:
+                assert await reader.instances(instance.service) == (instance,)
+            else:
+                assert await reader.instances(instance.service) == ()
+
+    async def test_update_changes_fields_everywhere(
+        self, registry: AsyncRegistry, open_registry: Callable[[], Awaitable[AsyncRegistry]]
+    ) -> None:
+        reader = await open_registry()
+        registration = await registry.register(make_instance("upd", 1, labels={"v": "1"}))
+        async with reader.watch("upd") as watch:
+            await watch.until(lambda s: len(s) == 1, CONVERGENCE_TIMEOUT)
+            updated = await registration.update(status=Status.DRAINING, labels={"v": "2"}, weight=7, zone="z1")
+            seen = await watch.until(lambda s: s.get("upd-1") == updated, CONVERGENCE_TIMEOUT)
+        assert seen.get("upd-1") == updated
+        assert await reader.instances("upd", statuses=None) == (updated,)
+        assert await reader.instances("upd") == ()
+        with pytest.raises(ValidationError):
+            await registration.update(id="other")
+        with pytest.raises(ValidationError):
+            await registration.update(weight=0)
+        assert await reader.instances("upd", statuses=None) == (updated,)
+
+    # -- deregistration -----------------------------------------------------------------------------------
+
+    async def test_deregister_removes_and_is_idempotent(self, registry: AsyncRegistry) -> None:
+        registration = await registry.register(make_instance("dereg", 1))
+        other = await registry.register(make_instance("dereg", 2))
+        await registration.deregister()
+        await registration.deregister()
+        assert registration.state is RegistrationState.DEREGISTERED
+        assert registration.history[0] is RegistrationState.REGISTERED
+        assert [i.id for i in await registry.instances("dereg")] == ["dereg-2"]
+        await other.deregister()
+        assert await registry.instances("dereg", statuses=None) == ()
+
+    async def test_reregister_same_id_after_deregister(self, registry: AsyncRegistry) -> None:
+        first = await registry.register(make_instance("rereg", 1, labels={"gen": "1"}))
+        await first.deregister()
+        second_instance = make_instance("rereg", 1, labels={"gen": "2"})
+        second = await registry.register(second_instance)
+        assert second.state is RegistrationState.REGISTERED
+        assert await registry.instances("rereg") == (second_instance,)
+
+    async def test_register_same_id_twice_replaces(self, registry: AsyncRegistry) -> None:
+        await registry.register(make_instance("twice", 1, labels={"gen": "1"}))
+        newer = make_instance("twice", 1, labels={"gen": "2"})
+        await registry.register(newer)
+        assert await registry.instances("twice") == (newer,)
+
+    # -- liveness -----------------------------------------------------------------------------------------
+
+    async def test_abrupt_close_disappears_within_bound(
+        self, registry: AsyncRegistry, open_registry: Callable[[], Awaitable[AsyncRegistry]]
+    ) -> None:
+        doomed = await open_registry()
+        survivor = await registry.register(make_instance("death", 1))
+        await doomed.register(make_instance("death", 2), ttl=self.short_ttl)
+        bound = doomed.detection_bound(self.short_ttl)
+        async with registry.watch("death") as watch:
+            await watch.until(lambda s: s.ids() == {"death-1", "death-2"}, CONVERGENCE_TIMEOUT)
+            started = time.monotonic()
+            await doomed.close(deregister=False)
+            await watch.until(lambda s: s.ids() == {"death-1"}, bound + SCHEDULING_ALLOWANCE)
+            elapsed = time.monotonic() - started
+        assert elapsed <= bound + SCHEDULING_ALLOWANCE
+        assert [i.id for i in await registry.instances("death")] == ["death-1"]
+        assert survivor.state is RegistrationState.REGISTERED
+
+    async def test_killed_registrant_process_disappears_within_bound(
+        self, registry: AsyncRegistry, discovery_url: str
+    ) -> None:
+        if not registry.capabilities.cross_process:
+            pytest.skip(f"{registry.capabilities.name} declares no cross-process visibility")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "discovery.testing.registrant", discovery_url, "default", "killed", "3",
+             str(self.short_ttl)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 60)  # type: ignore[union-attr]
+            assert line.startswith("READY"), f"registrant failed: {line!r} {process.stderr.read()}"  # type: ignore[union-attr]
+            ids = set(line.split()[1:])
+            async with registry.watch("killed") as watch:
+                await watch.until(lambda s: s.ids() == ids, CONVERGENCE_TIMEOUT)
+                started = time.monotonic()
+                os.kill(process.pid, signal.SIGKILL)
+                bound = registry.detection_bound(self.short_ttl)
+                await watch.until(lambda s: not s.ids(), bound + SCHEDULING_ALLOWANCE)
+                elapsed = time.monotonic() - started
+            assert elapsed <= bound + SCHEDULING_ALLOWANCE
+            assert await registry.instances("killed", statuses=None) == ()
+        finally:
+            process.kill()
+            process.wait()
+
+    # -- watches ------------------------------------------------------------------------------------------
+
+    async def test_watch_starts_with_current_then_follows_changes_in_order(self, registry: AsyncRegistry) -> None:
+        await registry.register(make_instance("order", 0))
+        expected_sequence = [{"order-0"}, {"order-0", "order-1"}, {"order-0", "order-1", "order-2"},
+                             {"order-0", "order-2"}]
+        seen: list[Snapshot] = []
+        async with registry.watch("order") as watch:
+            first = await watch.next(CONVERGENCE_TIMEOUT)
+            seen.append(first)
+            assert first.ids() == {"order-0"}
+            one = await registry.register(make_instance("order", 1))
+            await registry.register(make_instance("order", 2))
+            await one.deregister()
+            while seen[-1].ids() != expected_sequence[-1]:
+                seen.append(await watch.next(CONVERGENCE_TIMEOUT))
+        revisions = [s.revision for s in seen]
+        assert revisions == sorted(set(revisions)), f"revisions not strictly increasing: {revisions}"
+        positions = [expected_sequence.index(set(s.ids())) for s in seen]
+        assert positions == sorted(positions), f"snapshots out of order: {[sorted(s.ids()) for s in seen]}"
+        assert not seen[-1].stale
+
+    async def test_two_watchers_agree(
+        self, registry: AsyncRegistry, open_registry: Callable[[], Awaitable[AsyncRegistry]]
+    ) -> None:
+        other = await open_registry()
+        async with registry.watch("agree") as first, other.watch("agree") as second:
+            registrations = [await registry.register(make_instance("agree", n)) for n in range(5)]
+            await registrations[2].deregister()
+            await registrations[3].update(status=Status.DOWN)
+            truth = Snapshot("agree", "default", await other.backend.list("default", "agree"))
+            one = await first.until(lambda s: s.same_members(truth), CONVERGENCE_TIMEOUT)
+            two = await second.until(lambda s: s.same_members(truth), CONVERGENCE_TIMEOUT)
+        assert one.same_members(two)
+        assert one.ids() == {"agree-0", "agree-1", "agree-3", "agree-4"}
+
+    async def test_watched_service_is_answered_from_cache(self, registry: AsyncRegistry) -> None:
+        await registry.register(make_instance("cached", 1))
+        async with registry.watch("cached") as watch:
+            current = await watch.until(lambda s: len(s) == 1, CONVERGENCE_TIMEOUT)
+            assert registry.cached_snapshot("cached") is current
+            assert await registry.snapshot("cached") is current
+        assert registry.cached_snapshot("cached") is None
+
+    async def test_subscribe_delivers_current_and_changes(self, registry: AsyncRegistry) -> None:
+        received: list[Snapshot] = []
+        changed = asyncio.Event()
+
+        def on_snapshot(snapshot: Snapshot) -> None:
+            received.append(snapshot)
+            changed.set()
+
+        unsubscribe = registry.subscribe("subs", on_snapshot)
+        try:
+            await asyncio.wait_for(changed.wait(), CONVERGENCE_TIMEOUT)
+            assert received[0].ids() == set()
+            await registry.register(make_instance("subs", 1))
+            deadline = time.monotonic() + CONVERGENCE_TIMEOUT
+            while received[-1].ids() != {"subs-1"}:
+                changed.clear()
+                await asyncio.wait_for(changed.wait(), max(0.01, deadline - time.monotonic()))
+        finally:
+            await unsubscribe()
+
+    # -- listing and isolation ----------------------------------------------------------------------------
+
+    async def test_services_lists_names_per_namespace(self, registry: AsyncRegistry) -> None:
+        assert await registry.services() == ()
+        await registry.register(make_instance("alpha", 1))
+        beta = await registry.register(make_instance("beta", 1))
+        await registry.register(make_instance("gamma", 1, namespace="other"))
+        assert await registry.services() == ("alpha", "beta")
+        assert await registry.services("other") == ("gamma",)
+        await beta.deregister()
+        assert await registry.services() == ("alpha",)
+
+    async def test_namespaces_are_isolated(self, registry: AsyncRegistry) -> None:
+        in_a = await registry.register(Instance("shared", "same-id", "127.0.0.1", 1000, namespace="team-a"))
+        in_b_instance = Instance("shared", "same-id", "127.0.0.2", 2000, namespace="team-b")
+        await registry.register(in_b_instance)
+        assert await registry.instances("shared") == ()
+        assert await registry.instances("shared", namespace="team-a") == (in_a.instance,)
+        async with registry.watch("shared", namespace="team-b") as watch:
+            await in_a.deregister()
+            await registry.register(Instance("shared", "x", "127.0.0.3", 3000, namespace="team-a"))
+            await eventually(
+                lambda: registry.instances("shared", namespace="team-a"),
+                lambda found: [i.id for i in found] == ["x"],
+                CONVERGENCE_TIMEOUT,
+            )
+            snapshot = await watch.next(CONVERGENCE_TIMEOUT)
+            assert snapshot.instances == (in_b_instance,)
+        assert await registry.instances("shared", namespace="team-b") == (in_b_instance,)
+
+    async def test_service_name_prefixes_never_leak(self, registry: AsyncRegistry) -> None:
+        api = make_instance("api", 1)
+        await registry.register(api)
+        async with registry.watch("api") as watch:
+            await watch.until(lambda s: len(s) == 1, CONVERGENCE_TIMEOUT)
+            for name in ("api-v2", "api2", "ap", "api-v2-x"):
+                await registry.register(make_instance(name, 1))
+            marker = await registry.register(make_instance("api", 2))
+            seen = await watch.until(lambda s: "api-2" in s.ids(), CONVERGENCE_TIMEOUT)
+            await marker.deregister()
+        assert {i.service for i in seen} == {"api"}
+        assert await registry.instances("api") == (api,)
+        assert await registry.instances("ap") == (make_instance("ap", 1),)
+
+    async def test_selectors_and_status_filters(self, registry: AsyncRegistry) -> None:
+        rows = {
+            1: {"app": "web", "tier": "front", "env": "prod"},
+            2: {"app": "web", "tier": "db", "env": "stage"},
+            3: {"app": "api", "env": "prod", "legacy": "true"},
+            4: {"app": "web", "app.kubernetes.io/name": "shop"},
+        }
+        for n, labels in rows.items():
+            await registry.register(make_instance("sel", n, labels=labels))
+        await registry.register(make_instance("sel", 5, labels={"app": "web"}, status=Status.DRAINING))
+
+        async def ids(selector: str, **kwargs: Any) -> set[int]:
+            return {int(i.id.split("-")[1]) for i in await registry.instances("sel", selector=selector, **kwargs)}
+
+        assert await ids("") == {1, 2, 3, 4}
+        assert await ids("app=web") == {1, 2, 4}
+        assert await ids("app==web,tier!=db") == {1, 4}
+        assert await ids("env in (prod, stage)") == {1, 2, 3}
+        assert await ids("env notin (prod)") == {2, 4}
+        assert await ids("legacy") == {3}
+        assert await ids("!legacy,app") == {1, 2, 4}
+        assert await ids("app.kubernetes.io/name=shop") == {4}
+        assert await ids("app=web", statuses=None) == {1, 2, 4, 5}
+        assert await ids("app=web", statuses=[Status.DRAINING]) == {5}
+        assert await ids("app=web", statuses=["UP", "DRAINING"]) == {1, 2, 4, 5}
+        with pytest.raises(SelectorError):
+            await registry.instances("sel", selector="app in web")
+
+    async def test_concurrent_registrations_are_all_visible(
+        self, registry: AsyncRegistry, open_registry: Callable[[], Awaitable[AsyncRegistry]]
+    ) -> None:
+        count = self.concurrent_registrations
+        reader = await open_registry()
+        async with reader.watch("bulk") as watch:
+            await asyncio.gather(*(registry.register(make_instance("bulk", n)) for n in range(count)))
+            final = await watch.until(lambda s: len(s) == count, CONVERGENCE_TIMEOUT * 2)
+        assert final.ids() == {f"bulk-{n}" for n in range(count)}
+        assert len(await reader.instances("bulk")) == count
+
+    # -- bad input ----------------------------------------------------------------------------------------
+
+    async def test_every_bad_input_is_rejected_and_nothing_is_written(
+        self, registry: AsyncRegistry, discovery_url: str
+    ) -> None:
+        good: dict[str, Any] = {"service": "ok", "id": "ok-1", "address": "127.0.0.1", "port": 80}
+        bad_fields: list[dict[str, Any]] = [
+            {"service": "Bad"}, {"service": "a/b"}, {"service": ""}, {"service": "x" * (MAX_NAME_LENGTH + 1)},
+            {"service": "-a"}, {"service": "a.b"}, {"service": ".."}, {"namespace": "../etc"},
+            {"namespace": "Default"}, {"id": "a/b"}, {"id": ".."}, {"id": "."}, {"id": "a\x00b"}, {"id": ""},
+            {"id": "x" * (MAX_ID_LENGTH + 1)}, {"id": "with space"}, {"id": "-lead"}, {"address": ""},
+            {"address": "bad host"}, {"address": "a..b"}, {"port": 0}, {"port": 65536}, {"port": "80"},
+            {"port": True}, {"labels": {"bad key": "v"}}, {"labels": {"k": "bad value"}}, {"labels": {"k": 1}},
+            {"labels": {f"k{n}": "v" for n in range(MAX_LABELS + 1)}}, {"labels": {"a/b/c": "v"}},
+            {"ports": {"HTTP": 80}}, {"ports": {"http": 0}}, {"ports": {"1234": 80}},
+            {"ports": {f"p{n}": 80 + n for n in range(MAX_NAMED_PORTS + 1)}}, {"status": "RUNNING"},
+            {"weight": 0}, {"weight": 1001}, {"weight": 1.5}, {"zone": ""}, {"zone": "has space"},
+        ]
+        for overrides in bad_fields:
+            with pytest.raises(ValidationError):
+                Instance(**{**good, **overrides})
+        forged = object.__new__(Instance)
+        for name, value in {**good, "namespace": "default", "labels": {}, "ports": {}, "status": Status.UP,
+                            "weight": 1, "zone": None, "id": "../../escape"}.items():
+            object.__setattr__(forged, name, value)
+        with pytest.raises(ValidationError):
+            await registry.register(forged)
+        with pytest.raises(ValidationError):
+            await registry.register(Instance(**good), ttl=-1)
+        with pytest.raises(ValidationError):
+            await registry.register("not an instance")  # type: ignore[arg-type]
+        for call in (
+            lambda: registry.instances("Bad"),
+            lambda: registry.instances("ok", namespace="../x"),
+            lambda: registry.services("a/b"),
+            lambda: registry.snapshot(""),
+        ):
+            with pytest.raises(ValidationError):
+                await call()
+        with pytest.raises(ValidationError):
+            registry.watch("a/../b")
+        with pytest.raises(SelectorError):
+            await registry.instances("ok", selector="a=b=c")
+        with pytest.raises(ValidationError):
+            await registry.instances("ok", statuses=["RUNNING"])
+        url = parse_url(discovery_url)
+        bad_url = f"{discovery_url}{'&' if url.params else '?'}no_such_parameter=1"
+        with pytest.raises(ConfigurationError):
+            create_backend(bad_url)
+        assert isinstance(ConfigurationError("x"), DiscoveryError)
+        for namespace in ("default", "etc", "x"):
+            assert await registry.services(namespace) == ()
+
+    async def test_failed_update_leaves_the_stored_instance_unchanged(self, registry: AsyncRegistry) -> None:
+        original = make_instance("keep", 1, labels={"a": "1"})
+        registration = await registry.register(original)
+        for bad in ({"labels": {"bad key": "1"}}, {"port": 0}, {"status": "NOPE"}, {"service": "other"}):
+            with pytest.raises(ValidationError):
+                await registration.update(**bad)
+        assert registration.instance == original
+        assert await registry.instances("keep") == (original,)
+
+    async def test_declared_bound_is_concrete(self, registry: AsyncRegistry) -> None:
+        caps = registry.capabilities
+        bound = registry.detection_bound(self.short_ttl)
+        assert caps.min_ttl > 0 and caps.default_ttl >= caps.min_ttl
+        assert registry.backend.effective_ttl(self.short_ttl) <= bound < 600
+        registration = await registry.register(make_instance("bound", 1), ttl=self.short_ttl)
+        assert registration.detection_bound == bound

@@ -1,0 +1,3 @@
+"""Test configuration: the real-server harness plugin (``--servers``) and shared settings."""
+
+pytest_plugins = ["tests.harness.pytest_plugin"]
