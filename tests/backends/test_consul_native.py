@@ -14,13 +14,13 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 import pytest_asyncio
-from discovery_consul import ConsulBackend, records
 
 from discovery.backend import Backend, RegistrationState
 from discovery.errors import BackendUnavailableError
 from discovery.models import Instance, Status
 from discovery.testing.conformance import CONVERGENCE_TIMEOUT, SCHEDULING_ALLOWANCE, eventually
 from discovery.urls import parse_url
+from discovery_consul import ConsulBackend, records
 from tests.backends.consul_support import (
     Follower,
     StateLog,

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from discovery_consul import ConsulBackend, records
-from discovery_consul.settings import ConsulSettings
 
 from discovery.errors import ConfigurationError, ValidationError
 from discovery.models import Instance, Status
 from discovery.plugins import create_backend
 from discovery.testing.conformance import maximal_instance
 from discovery.urls import parse_url
+from discovery_consul import ConsulBackend, records
+from discovery_consul.settings import ConsulSettings
 
 META_KEY_CHARACTERS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from discovery_zookeeper import ZooKeeperBackend
-from discovery_zookeeper.config import SPRING_PAYLOAD_CLASS, ZooKeeperConfig
-from discovery_zookeeper.curator import decode_record, encode_record, status_from_spring, status_to_spring
 
 from discovery.errors import ConfigurationError, ValidationError
 from discovery.models import Instance, Status
 from discovery.plugins import create_backend
 from discovery.urls import parse_url
+from discovery_zookeeper import ZooKeeperBackend
+from discovery_zookeeper.config import SPRING_PAYLOAD_CLASS, ZooKeeperConfig
+from discovery_zookeeper.curator import decode_record, encode_record, status_from_spring, status_to_spring
 
 FULL = Instance(
     "orders", "o-1", "host.example.org", 8080, namespace="shop", labels={"team": "a", "instance_status": "x"},

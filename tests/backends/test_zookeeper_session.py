@@ -7,11 +7,11 @@ import time
 from collections.abc import Callable
 
 import pytest
-from discovery_zookeeper import ZooKeeperBackend
 
 from discovery.backend import RegistrationState
 from discovery.models import Instance
 from discovery.registry import AsyncRegistry
+from discovery_zookeeper import ZooKeeperBackend
 from tests.backends.zookeeper_support import backend_url, eventually, expire_session_now, raw_client
 from tests.harness import ServerHandle
 

@@ -15,11 +15,10 @@ import subprocess
 import sys
 import time
 
-from discovery_zookeeper import ZooKeeperBackend
-
 from discovery.backend import RegistrationState
 from discovery.models import Instance
 from discovery.registry import AsyncRegistry
+from discovery_zookeeper import ZooKeeperBackend
 from tests.backends.zookeeper_support import SESSION_TIMEOUT, backend_url, expire_session_now
 from tests.harness import ServerHandle, start_server
 

@@ -8,9 +8,9 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from discovery_zookeeper import ZooKeeperBackend
 from kazoo.client import KazooClient
 
+from discovery_zookeeper import ZooKeeperBackend
 from tests.harness import ServerHandle
 from tests.harness.specs import ZK_TICK_MS
 
