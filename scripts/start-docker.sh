@@ -25,7 +25,7 @@ if [ -f /var/run/docker.pid ] && ! kill -0 "$(cat /var/run/docker.pid)" 2>/dev/n
 fi
 
 echo "start-docker: starting $DOCKERD (log: $LOG)"
-nohup "$DOCKERD" --bridge=none --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false \
+setsid nohup "$DOCKERD" --bridge=none --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false \
   >>"$LOG" 2>&1 </dev/null &
 pid=$!
 echo "$pid" > /tmp/dockerd.start-docker.pid
