@@ -105,6 +105,8 @@ class ServiceWatch:
         self.list_count = 0
         #: How many watch streams were opened with a resume revision (after a loss).
         self.resume_count = 0
+        #: How many times etcd cancelled the watch because its start revision was compacted.
+        self.compacted_count = 0
 
     @property
     def current(self) -> Snapshot | None:
@@ -186,6 +188,7 @@ class ServiceWatch:
                             await self._connect()
                     await self._follow()
                 except _Compacted:
+                    self.compacted_count += 1
                     log.info("etcd watch of %s resumed below the compaction point; re-listing", self._prefix)
                     self._listed = False
                 except Exception as error:

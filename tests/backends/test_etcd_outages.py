@@ -1,0 +1,118 @@
+"""etcd outages against a private server: restart during a watch, compaction past a watcher's revision."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import pytest
+from aetcd import rpc
+
+from discovery.backend import RegistrationState
+from discovery.models import Instance
+from discovery_etcd import EtcdBackend
+from tests.backends.etcd_support import Follower, ReconnectGate, eventually, raw_client, started_backend, unique_prefix
+from tests.harness import ServerHandle
+
+pytestmark = [pytest.mark.servers, pytest.mark.asyncio, pytest.mark.slow]
+
+TTL = 4.0
+CONVERGENCE = 20.0
+T = TypeVar("T")
+
+
+def instance(service: str, number: int) -> Instance:
+    return Instance(service, f"{service}-{number}", "127.0.0.1", 20000 + number)
+
+
+async def _open(server: ServerHandle, prefix: str) -> EtcdBackend:
+    return await started_backend(f"etcd://{server.host}:{server.port}{prefix}?ttl={TTL}&timeout=5")
+
+
+def _async(read: Callable[[], T]) -> Callable[[], Awaitable[T]]:
+    async def probe() -> T:
+        return read()
+
+    return probe
+
+
+async def _restart(server: ServerHandle) -> None:
+    await asyncio.to_thread(server.kill)
+    await asyncio.to_thread(server.start)
+
+
+async def test_restart_during_watch_misses_no_event(fresh_server: Callable[[str], ServerHandle]) -> None:
+    server = fresh_server("etcd")
+    prefix = unique_prefix()
+    registrant = await _open(server, prefix)
+    writer = await _open(server, prefix)
+    watcher = await _open(server, prefix)
+    states: list[RegistrationState] = []
+    try:
+        for n in (1, 2):
+            await registrant.register(instance("restart", n), TTL, states.append)
+        follower = Follower(watcher.watch("default", "restart"))
+        await follower.until(lambda s: s.ids() == {"restart-1", "restart-2"}, CONVERGENCE)
+        shared = watcher.shared_watch("default", "restart")
+        assert shared is not None
+        gate = ReconnectGate(shared)
+        await _restart(server)
+        stale = await follower.until(lambda s: s.stale, CONVERGENCE)
+        assert stale.ids() == {"restart-1", "restart-2"}, "a stale snapshot keeps the last set"
+        await asyncio.wait_for(gate.waiting.wait(), CONVERGENCE)
+        # While the watcher is away: one instance leaves, two arrive, one is updated.
+        await writer.register(instance("restart", 3), TTL, lambda state: None)
+        await writer.register(instance("restart", 4), TTL, lambda state: None)
+        await registrant.deregister(instance("restart", 1))
+        await registrant.update(instance("restart", 2).with_changes(weight=7))
+        gate.open()
+        fresh = await follower.until(lambda s: not s.stale, CONVERGENCE)
+        listed = await writer.list("default", "restart")
+        assert fresh.same_members(listed)
+        assert fresh.ids() == {"restart-2", "restart-3", "restart-4"}
+        assert fresh.get("restart-2").weight == 7  # type: ignore[union-attr]
+        assert shared.resume_count == 1
+        # Registrations survive the restart: etcd keeps leases across restarts and our keepalive goes on.
+        await follower.until(lambda s: s.ids() == {"restart-2", "restart-3", "restart-4"}, CONVERGENCE)
+        assert RegistrationState.LOST not in states or states[-1] is RegistrationState.RESTORED
+        await follower.close()
+    finally:
+        for backend in (registrant, writer, watcher):
+            await backend.close()
+
+
+async def test_compaction_past_the_watch_revision_relists(fresh_server: Callable[[str], ServerHandle]) -> None:
+    server = fresh_server("etcd")
+    prefix = unique_prefix()
+    registrant = await _open(server, prefix)
+    watcher = await _open(server, prefix)
+    raw = raw_client(server.host, server.port)
+    try:
+        await registrant.register(instance("compact", 1), TTL, lambda state: None)
+        follower = Follower(watcher.watch("default", "compact"))
+        await follower.until(lambda s: s.ids() == {"compact-1"}, CONVERGENCE)
+        shared = watcher.shared_watch("default", "compact")
+        assert shared is not None
+        lists_before = shared.list_count
+        gate = ReconnectGate(shared)
+        await _restart(server)
+        await follower.until(lambda s: s.stale, CONVERGENCE)
+        await asyncio.wait_for(gate.waiting.wait(), CONVERGENCE)
+        await registrant.register(instance("compact", 2), TTL, lambda state: None)
+        await registrant.deregister(instance("compact", 1))
+        head = await raw.put(b"/unrelated", b"x")
+        await raw.kvstub.Compact(rpc.CompactionRequest(revision=head.header.revision, physical=True))
+        gate.open()
+        fresh = await follower.until(lambda s: not s.stale and s.ids() == {"compact-2"}, CONVERGENCE)
+        assert fresh.same_members(await watcher.list("default", "compact"))
+        # etcd cancels the resumed watch as compacted (possibly just after the gap re-list was delivered).
+        await eventually(_async(lambda: shared.compacted_count), lambda count: count == 1, CONVERGENCE)
+        final = await follower.until(lambda s: not s.stale, CONVERGENCE)
+        assert final.same_members(await watcher.list("default", "compact"))
+        assert shared.list_count > lists_before, "the watcher must re-list after compaction"
+        await follower.close()
+    finally:
+        await raw.close()
+        for backend in (registrant, watcher):
+            await backend.close()
