@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The full test suite on a fresh Debian 12 machine (run as root): installs what it needs, starts the
+# Docker daemon, builds the server images, checks types and lint, then runs pytest against real
+# ZooKeeper, etcd and Consul servers in containers. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-system.sh
+bash scripts/setup-python.sh
+
+servers=${DISCOVERY_TEST_SERVERS:-container}
+if [ "$servers" = container ]; then
+  bash scripts/start-docker.sh
+  bash scripts/build-images.sh
+fi
+
+echo "== ruff" && .venv/bin/ruff check discovery backends tests benchmarks
+echo "== mypy --strict" && .venv/bin/mypy
+echo "== docker-compose.yml" && docker-compose -f docker-compose.yml config -q && echo "valid"
+
+echo "== pytest (servers: $servers)"
+export CI=${CI:-false}
+exec .venv/bin/python -m pytest --servers="$servers" -p no:cacheprovider -ra "$@"
