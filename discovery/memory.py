@@ -17,7 +17,15 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from discovery.backend import Backend, Capabilities, RegistrationState, StateListener
+from discovery.backend import (
+    Backend,
+    Capabilities,
+    DefinitionSnapshot,
+    RegistrationState,
+    StateListener,
+    StoredDefinition,
+    validate_definition_kind,
+)
 from discovery.errors import ClosedError
 from discovery.models import Instance, Snapshot
 from discovery.urls import BackendURL
@@ -126,7 +134,60 @@ class MemoryStore:
                 self._lock.wait(None if next_deadline is None else max(0.0, next_deadline - time.monotonic()))
 
 
+class MemoryDefinitions:
+    """The durable definitions of one memory store (they live as long as the process)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: dict[tuple[str, str, str], bytes] = {}
+        self._watchers: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+
+    def put(self, kind: str, namespace: str, name: str, data: bytes) -> None:
+        """Create or replace a definition."""
+        with self._lock:
+            self._items[(kind, namespace, name)] = bytes(data)
+            self._notify()
+
+    def get(self, kind: str, namespace: str, name: str) -> bytes | None:
+        """The bytes of a definition, if stored."""
+        with self._lock:
+            return self._items.get((kind, namespace, name))
+
+    def delete(self, kind: str, namespace: str, name: str) -> bool:
+        """Remove a definition; ``True`` if it existed."""
+        with self._lock:
+            existed = self._items.pop((kind, namespace, name), None) is not None
+            if existed:
+                self._notify()
+            return existed
+
+    def list(self, kind: str, namespace: str | None) -> tuple[StoredDefinition, ...]:
+        """Definitions of a kind, in a namespace or all (``None``), sorted."""
+        with self._lock:
+            return tuple(
+                StoredDefinition(k, ns, name, data)
+                for (k, ns, name), data in sorted(self._items.items())
+                if k == kind and (namespace is None or ns == namespace)
+            )
+
+    def add_watcher(self, loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> None:
+        """Set ``event`` (on ``loop``) after every change."""
+        with self._lock:
+            self._watchers.add((loop, event))
+
+    def remove_watcher(self, loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> None:
+        """Stop notifying ``event``."""
+        with self._lock:
+            self._watchers.discard((loop, event))
+
+    def _notify(self) -> None:
+        for loop, event in list(self._watchers):
+            with contextlib.suppress(RuntimeError):  # that loop is closed; its watcher is gone
+                loop.call_soon_threadsafe(event.set)
+
+
 _stores: dict[str, MemoryStore] = {}
+_definitions: dict[str, MemoryDefinitions] = {}
 _stores_lock = threading.Lock()
 _owner_ids = itertools.count(1)
 
@@ -138,6 +199,15 @@ def memory_store(name: str = "default") -> MemoryStore:
         if store is None:
             store = _stores[name] = MemoryStore(name)
         return store
+
+
+def memory_definitions(name: str = "default") -> MemoryDefinitions:
+    """The process-wide definitions of the store called ``name``."""
+    with _stores_lock:
+        found = _definitions.get(name)
+        if found is None:
+            found = _definitions[name] = MemoryDefinitions()
+        return found
 
 
 @dataclass(slots=True)
@@ -252,6 +322,52 @@ class MemoryBackend(Backend):
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError("this memory backend is closed")
+
+    # -- durable definitions (process lifetime) ----------------------------------------------------------------
+
+    @property
+    def supports_definitions(self) -> bool:
+        """The memory backend stores definitions for the life of the process."""
+        return True
+
+    async def put_definition(self, kind: str, namespace: str, name: str, data: bytes) -> None:
+        """Create or replace a definition."""
+        self._check_open()
+        memory_definitions(self._store.name).put(validate_definition_kind(kind), namespace, name, data)
+
+    async def get_definition(self, kind: str, namespace: str, name: str) -> bytes | None:
+        """A definition's bytes, or ``None``."""
+        self._check_open()
+        return memory_definitions(self._store.name).get(validate_definition_kind(kind), namespace, name)
+
+    async def delete_definition(self, kind: str, namespace: str, name: str) -> bool:
+        """Delete a definition; ``True`` if it existed."""
+        self._check_open()
+        return memory_definitions(self._store.name).delete(validate_definition_kind(kind), namespace, name)
+
+    async def list_definitions(self, kind: str, namespace: str | None = None) -> tuple[StoredDefinition, ...]:
+        """Definitions of a kind, sorted by namespace and name."""
+        self._check_open()
+        return memory_definitions(self._store.name).list(validate_definition_kind(kind), namespace)
+
+    async def watch_definitions(self, kind: str, namespace: str | None = None) -> AsyncIterator[DefinitionSnapshot]:
+        """The current set, then the whole set after every change (identical sets are not repeated)."""
+        validate_definition_kind(kind)
+        definitions = memory_definitions(self._store.name)
+        loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+        definitions.add_watcher(loop, changed)
+        last: tuple[StoredDefinition, ...] | None = None
+        try:
+            while True:
+                changed.clear()
+                items = definitions.list(kind, namespace)
+                if items != last:
+                    last = items
+                    yield DefinitionSnapshot(kind, namespace, items)
+                await changed.wait()
+        finally:
+            definitions.remove_watcher(loop, changed)
 
     async def _keep_alive(self) -> None:
         assert self._wakeup is not None
