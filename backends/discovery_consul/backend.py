@@ -8,12 +8,13 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-from discovery.backend import Backend, Capabilities, StateListener
+from discovery.backend import Backend, Capabilities, DefinitionSnapshot, StateListener, StoredDefinition
 from discovery.errors import ClosedError, DiscoveryError
 from discovery.models import Instance, Snapshot
 from discovery.urls import BackendURL
 from discovery_consul import records
 from discovery_consul.client import ConsulClient
+from discovery_consul.definitions import ConsulDefinitions
 from discovery_consul.keepalive import Registration
 from discovery_consul.settings import MIN_TTL, ConsulSettings
 from discovery_consul.watching import HealthWatch, decode_entries, watch_task_name
@@ -172,6 +173,37 @@ class ConsulBackend(Backend):
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+    # -- durable definitions: Consul KV, see discovery_consul.definitions ---------------------------------------
+
+    @property
+    def supports_definitions(self) -> bool:
+        """Definitions are KV entries under ``discovery/_definitions/<scope>/``."""
+        return True
+
+    def _definitions(self) -> ConsulDefinitions:
+        self._require_client()
+        return ConsulDefinitions(self._require_client, self._settings.scope, self._settings.wait)
+
+    async def put_definition(self, kind: str, namespace: str, name: str, data: bytes) -> None:
+        """Create or overwrite a definition."""
+        await self._definitions().put(kind, namespace, name, data)
+
+    async def get_definition(self, kind: str, namespace: str, name: str) -> bytes | None:
+        """A definition's bytes, or ``None``."""
+        return await self._definitions().get(kind, namespace, name)
+
+    async def delete_definition(self, kind: str, namespace: str, name: str) -> bool:
+        """Delete a definition; ``True`` if it existed."""
+        return await self._definitions().delete(kind, namespace, name)
+
+    async def list_definitions(self, kind: str, namespace: str | None = None) -> tuple[StoredDefinition, ...]:
+        """Every definition of a kind."""
+        return await self._definitions().read_all(kind, namespace)
+
+    def watch_definitions(self, kind: str, namespace: str | None = None) -> AsyncIterator[DefinitionSnapshot]:
+        """The set of definitions of a kind, then again after every change."""
+        return self._definitions().watch(kind, namespace)
 
 
 __all__ = ["ConsulBackend"]

@@ -6,11 +6,12 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from discovery.backend import Backend, Capabilities, StateListener
+from discovery.backend import Backend, Capabilities, DefinitionSnapshot, StateListener, StoredDefinition
 from discovery.errors import ClosedError, DiscoveryError, NotRegisteredError
 from discovery.models import Instance, Snapshot
 from discovery.urls import BackendURL
 from discovery_etcd.connection import EndpointPool
+from discovery_etcd.definitions import EtcdDefinitions
 from discovery_etcd.keys import KeyLayout
 from discovery_etcd.leases import LeasedKey, LeaseGroup, lease_ttl
 from discovery_etcd.settings import DETECTION_SLACK, MIN_TTL, EtcdSettings
@@ -205,4 +206,35 @@ class EtcdBackend(Backend):
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError("this etcd backend is closed")
+
+    # -- durable definitions: plain keys without lease, see discovery_etcd.definitions --------------------------
+
+    @property
+    def supports_definitions(self) -> bool:
+        """Definitions are keys without a lease under ``<prefix>/_definitions/``."""
+        return True
+
+    def _definitions(self) -> EtcdDefinitions:
+        self._check_open()
+        return EtcdDefinitions(self._pool, self._layout.prefix, lambda: self._closed)
+
+    async def put_definition(self, kind: str, namespace: str, name: str, data: bytes) -> None:
+        """Create or overwrite a definition."""
+        await self._definitions().put(kind, namespace, name, data)
+
+    async def get_definition(self, kind: str, namespace: str, name: str) -> bytes | None:
+        """A definition's bytes, or ``None``."""
+        return await self._definitions().get(kind, namespace, name)
+
+    async def delete_definition(self, kind: str, namespace: str, name: str) -> bool:
+        """Delete a definition; ``True`` if it existed."""
+        return await self._definitions().delete(kind, namespace, name)
+
+    async def list_definitions(self, kind: str, namespace: str | None = None) -> tuple[StoredDefinition, ...]:
+        """Every definition of a kind."""
+        return await self._definitions().read_all(kind, namespace)
+
+    def watch_definitions(self, kind: str, namespace: str | None = None) -> AsyncIterator[DefinitionSnapshot]:
+        """The set of definitions of a kind, then again after every change."""
+        return self._definitions().watch(kind, namespace)
 

@@ -9,11 +9,12 @@ from collections.abc import AsyncIterator
 from kazoo.exceptions import NoNodeError
 
 from discovery import validation
-from discovery.backend import Backend, Capabilities, StateListener
+from discovery.backend import Backend, Capabilities, DefinitionSnapshot, StateListener, StoredDefinition
 from discovery.errors import ClosedError, DiscoveryError, NotRegisteredError, ValidationError
 from discovery.models import Instance, Snapshot
 from discovery.urls import BackendURL
 from discovery_zookeeper.config import ZooKeeperConfig
+from discovery_zookeeper.definitions import ZooKeeperDefinitions
 from discovery_zookeeper.layout import Layout
 from discovery_zookeeper.registrations import Registrations
 from discovery_zookeeper.session import ZooKeeperSession
@@ -169,6 +170,36 @@ class ZooKeeperBackend(Backend):
                 yield snapshot
         finally:
             self._watches.discard(stream)
+
+    # -- durable definitions: persistent znodes, see discovery_zookeeper.definitions ----------------------------
+
+    @property
+    def supports_definitions(self) -> bool:
+        """Definitions are persistent znodes under ``<root>/_definitions``."""
+        return True
+
+    async def put_definition(self, kind: str, namespace: str, name: str, data: bytes) -> None:
+        """Create or overwrite a definition."""
+        await self._definitions().put(kind, namespace, name, data)
+
+    async def get_definition(self, kind: str, namespace: str, name: str) -> bytes | None:
+        """A definition's bytes, or ``None``."""
+        return await self._definitions().get(kind, namespace, name)
+
+    async def delete_definition(self, kind: str, namespace: str, name: str) -> bool:
+        """Delete a definition; ``True`` if it existed."""
+        return await self._definitions().delete(kind, namespace, name)
+
+    async def list_definitions(self, kind: str, namespace: str | None = None) -> tuple[StoredDefinition, ...]:
+        """Every definition of a kind."""
+        return await self._definitions().read_all(kind, namespace)
+
+    def watch_definitions(self, kind: str, namespace: str | None = None) -> AsyncIterator[DefinitionSnapshot]:
+        """The set of definitions of a kind, then again after every change."""
+        return self._definitions().watch(kind, namespace)
+
+    def _definitions(self) -> ZooKeeperDefinitions:
+        return ZooKeeperDefinitions(self._live_session(), self.config.root)
 
     # -- helpers -------------------------------------------------------------------------------------------------
 
