@@ -81,6 +81,7 @@ class ServiceCache:
         self._ready = threading.Event()
         self._listeners: list[Callable[[ServiceCache], None]] = []
         self._unsubscribe: Callable[[], Any] | None = None
+        self._opened_async = False
         self._closed = False
 
     @staticmethod
@@ -126,6 +127,7 @@ class ServiceCache:
         arrived (``TimeoutError`` after ``ready_timeout``). Close it with :meth:`aclose`.
         """
         cache = cls(service, namespace, **options)
+        cache._opened_async = True
         ready = asyncio.Event()
         remove = cache.on_update(lambda _cache: ready.set())
         cache._unsubscribe = registry.subscribe(service, cache.feed, namespace)
@@ -142,13 +144,12 @@ class ServiceCache:
 
     def close(self) -> None:
         """Stop following the service (for a cache made by :meth:`open`)."""
+        if self._opened_async:
+            raise RuntimeError("this cache was opened with open_async(); close it with aclose()")
         self._closed = True
         unsubscribe, self._unsubscribe = self._unsubscribe, None
         if unsubscribe is not None:
-            result = unsubscribe()
-            if asyncio.iscoroutine(result):
-                result.close()
-                raise RuntimeError("this cache was opened with open_async(); close it with aclose()")
+            unsubscribe()
 
     async def aclose(self) -> None:
         """Stop following the service (for a cache made by :meth:`open_async`)."""
@@ -316,4 +317,3 @@ class ServiceCache:
             self.note_success(instance)
         finally:
             self.finished(instance)
-
