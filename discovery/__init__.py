@@ -8,6 +8,17 @@
 """
 
 from discovery.backend import Backend, Capabilities, RegistrationState
+from discovery.balancing import (
+    Balancer,
+    ConsistentHash,
+    NoInstanceAvailableError,
+    PowerOfTwoChoices,
+    RandomChoice,
+    RoundRobin,
+    WeightedRoundRobin,
+    ZoneAware,
+)
+from discovery.cache import ServiceCache
 from discovery.errors import (
     AuthenticationError,
     BackendUnavailableError,
@@ -21,7 +32,9 @@ from discovery.errors import (
     UnknownBackendError,
     ValidationError,
 )
+from discovery.feedback import DownInstancePolicy, FailureTracker
 from discovery.label_selector import Selector, parse_selector
+from discovery.lifecycle import AsyncHealthCheck, DrainResult, HealthCheck, drain, drain_async
 from discovery.models import DEFAULT_NAMESPACE, Instance, Snapshot, Status
 from discovery.registration import AsyncRegistration
 from discovery.registry import AsyncRegistry, AsyncWatch
@@ -30,6 +43,7 @@ from discovery.urls import BackendURL, parse_url
 
 __all__ = [
     "DEFAULT_NAMESPACE",
+    "AsyncHealthCheck",
     "AsyncRegistration",
     "AsyncRegistry",
     "AsyncWatch",
@@ -37,24 +51,39 @@ __all__ = [
     "Backend",
     "BackendURL",
     "BackendUnavailableError",
+    "Balancer",
     "Capabilities",
     "ClosedError",
     "ConfigurationError",
+    "ConsistentHash",
     "DiscoveryError",
     "DiscoveryTLSError",
+    "DownInstancePolicy",
+    "DrainResult",
+    "FailureTracker",
+    "HealthCheck",
     "Instance",
+    "NoInstanceAvailableError",
     "NotRegisteredError",
     "PermissionDeniedError",
+    "PowerOfTwoChoices",
+    "RandomChoice",
     "Registration",
     "RegistrationState",
     "Registry",
+    "RoundRobin",
     "Selector",
     "SelectorError",
+    "ServiceCache",
     "Snapshot",
     "Status",
     "UnknownBackendError",
     "ValidationError",
     "Watch",
+    "WeightedRoundRobin",
+    "ZoneAware",
+    "drain",
+    "drain_async",
     "parse_selector",
     "parse_url",
 ]
