@@ -40,7 +40,11 @@ CHANNEL_OPTIONS: dict[str, Any] = {
     "grpc.keepalive_timeout_ms": 5_000,
 }
 
-_CONNECTION_CODES = frozenset({rpc.StatusCode.UNAVAILABLE, rpc.StatusCode.DEADLINE_EXCEEDED})
+# CANCELLED: the channel was closed under the call (failover to another endpoint); INTERNAL: gRPC core's
+# "Internal error from Core" when a message is sent on a connection that just broke.
+_CONNECTION_CODES = frozenset(
+    {rpc.StatusCode.UNAVAILABLE, rpc.StatusCode.DEADLINE_EXCEEDED, rpc.StatusCode.CANCELLED, rpc.StatusCode.INTERNAL}
+)
 
 
 def is_connection_error(error: BaseException) -> bool:
@@ -49,6 +53,8 @@ def is_connection_error(error: BaseException) -> bool:
         return True
     if isinstance(error, TimeoutError | ConnectionError) and not isinstance(error, DiscoveryError):
         return True
+    if isinstance(error, aetcd.exceptions.ClientError) and isinstance(error.__cause__, rpc.AioRpcError):
+        error = error.__cause__
     if isinstance(error, rpc.AioRpcError):
         return error.code() in _CONNECTION_CODES
     return False

@@ -16,6 +16,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
@@ -24,6 +25,9 @@ from discovery.errors import BackendUnavailableError, DiscoveryError
 from discovery_etcd.connection import EndpointPool, is_lease_not_found
 
 log = logging.getLogger(__name__)
+
+#: etcd's default --max-txn-ops.
+MAX_TXN_OPS = 128
 
 
 @dataclass(slots=True)
@@ -129,12 +133,24 @@ class LeaseGroup:
             "write a registration", lambda client: client.put(leased.key, leased.value, lease=lease_id)
         )
 
+    async def _put_all_locked(self) -> None:
+        # One transaction per chunk: watchers see the whole set come back at one revision, not key by key.
+        lease_id = self._lease_id
+        records = list(self._keys.values())
+        for start in range(0, len(records), MAX_TXN_OPS):
+            chunk = records[start : start + MAX_TXN_OPS]
+
+            async def put_chunk(client: Any, chunk: list[LeasedKey] = chunk) -> None:
+                puts = [client.transactions.put(leased.key, leased.value, lease=lease_id) for leased in chunk]
+                await client.transaction(compare=[], success=puts, failure=[])
+
+            await self._pool.call("re-write registrations", put_chunk)
+
     async def _recover_locked(self) -> None:
         self._mark_lost()
         self._rewrite_pending = True
         await self._grant_locked()
-        for leased in list(self._keys.values()):
-            await self._put_locked(leased)
+        await self._put_all_locked()
         self._rewrite_pending = False
         self._mark_restored()
 

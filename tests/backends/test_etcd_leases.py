@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import pytest
 import pytest_asyncio
@@ -21,6 +22,7 @@ pytestmark = [pytest.mark.servers, pytest.mark.asyncio]
 
 TTL = 2.0
 CONVERGENCE = 15.0
+T = TypeVar("T")
 
 
 @pytest_asyncio.fixture
@@ -44,6 +46,13 @@ async def raw(etcd_server: ServerHandle) -> AsyncIterator[object]:
     client = raw_client(etcd_server.host, etcd_server.port)
     yield client
     await client.close()
+
+
+def _async(read: Callable[[], T]) -> Callable[[], Awaitable[T]]:
+    async def probe() -> T:
+        return read()
+
+    return probe
 
 
 def instance(service: str, number: int) -> Instance:
@@ -119,8 +128,11 @@ async def test_lease_revoked_from_outside_is_restored_and_watchers_converge(
         await raw.revoke_lease(old_lease)  # type: ignore[attr-defined]
         await follower.until(lambda s: not s.ids(), CONVERGENCE)
         bound = registrant.detection_bound(TTL)
-        await follower.until(lambda s: s.ids() == {"revoked-1", "revoked-2"}, bound + 1.0)
-        assert states == [RegistrationState.LOST] * 2 + [RegistrationState.RESTORED] * 2
+        back = await follower.until(lambda s: s.ids() == {"revoked-1", "revoked-2"}, bound + 1.0)
+        assert all(len(s) in (0, 2) for s in follower.seen), "keys leave and come back together (one transaction)"
+        assert back.ids() == {"revoked-1", "revoked-2"}
+        expected = [RegistrationState.LOST] * 2 + [RegistrationState.RESTORED] * 2
+        await eventually(_async(lambda: list(states)), lambda seen: seen == expected, CONVERGENCE)
         new_lease = registrant.lease_ids()[2]
         assert new_lease not in (None, old_lease)
         info = await raw.get_lease_info(new_lease, keys=True)  # type: ignore[attr-defined]
