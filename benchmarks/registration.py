@@ -1,0 +1,71 @@
+"""Scenario 2: registration latency and throughput, 1 and 16 concurrent registrants on one client.
+
+Each registrant is a thread calling the blocking ``register`` in turn (this library's ``Registry`` and the raw
+tools are all blocking-facade clients, see :mod:`benchmarks.tools`). The TTL is long (30 s) so that keep-alive
+traffic of the registrations made so far does not compete with the writes being timed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from benchmarks.context import RunContext
+from benchmarks.report import Report, Row
+from benchmarks.stats import summarize
+from benchmarks.tools import Tool, make_tool
+
+TTL = 30.0
+RAW_NAMES = {"zookeeper": "kazoo create", "etcd": "aetcd put (shared lease)", "consul": "py-consul register+pass"}
+
+
+def _timed(tool: Tool, count: int, registrants: int) -> tuple[list[float], float]:
+    latencies: list[float] = []
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def registrant(worker: int) -> None:
+        mine = []
+        try:
+            for n in range(worker, count, registrants):
+                t0 = time.perf_counter()
+                tool.register(f"r{n}")
+                mine.append(time.perf_counter() - t0)
+        except BaseException as error:  # reported after join
+            errors.append(error)
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=registrant, args=(w,)) for w in range(registrants)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    if errors:
+        raise errors[0]
+    return latencies, wall
+
+
+def run(context: RunContext, report: Report, backend: str) -> None:
+    """Both registrant counts, ours and the raw client."""
+    tools = ["ours"] if backend == "memory" else ["ours", "raw"]
+    for scenario, registrants, count in (
+        ("2-register-1", 1, context.profile.register_count),
+        ("2-register-16", 16, context.profile.register_concurrent_count),
+    ):
+        for name in tools:
+            label = "ours" if name == "ours" else RAW_NAMES[backend]
+            tool = make_tool(name, context.target(backend, "reg", ttl=TTL))
+            try:
+                latencies, wall = _timed(tool, count, registrants)
+            except Exception as error:
+                note = f"{type(error).__name__}: {error}"
+                report.add(Row(scenario, backend, label, "ms", status="failed", note=note))
+                continue
+            finally:
+                tool.close()
+            values = summarize(latencies, 1e3)
+            values["rate"] = count / wall
+            report.add(Row(scenario, backend, label, "ms", values, note="rate = registrations/s"))

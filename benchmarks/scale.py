@@ -1,0 +1,71 @@
+"""Scenario 6: scale — N instances over N/10 services, N/10 subscribers in one process, for each N of the
+profile. Measured in a fresh process (:mod:`benchmarks.scale_probe`); on real backends the instances are held
+by a second process, so the measured process only watches. Consul is not run: every instance is an agent service
+with its own TTL heartbeat, so N = 10 000 means ~7 000 check updates/s to one dev agent on this 2-core machine —
+a measurement of the agent, not of this library.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from benchmarks.context import RunContext
+from benchmarks.procs import Worker, WorkerError
+from benchmarks.report import Report, Row
+from benchmarks.stats import summarize
+
+SCENARIO = "6-scale"
+
+
+def _probe(context: RunContext, backend: str, size: int) -> dict[str, object]:
+    services = max(1, size // 10)
+    target = context.target(backend, "scale", ttl=30.0)
+    url = target.ours_url
+    holder = None
+    if backend != "memory":
+        holder = Worker([sys.executable, "-m", "benchmarks.scale_probe", "register", url, str(size), str(services)],
+                        label=f"scale registrant ({backend})")
+        holder.expect("READY", 900)
+    try:
+        argv = [sys.executable, "-m", "benchmarks.scale_probe", "watch", url, str(size), str(services), str(services),
+                str(context.profile.scale_fanout_changes), f"--idle={3.0 if context.profile.anchors else 0.5}"]
+        if backend == "memory":
+            argv.append("--local")
+        probe = Worker(argv, label=f"scale probe ({backend}, {size})")
+        try:
+            fields = probe.expect("RESULT", 1800)
+        finally:
+            probe.close()
+        return dict(json.loads(" ".join(fields[1:])))
+    finally:
+        if holder is not None:
+            holder.close(120)
+
+
+def run(context: RunContext, report: Report, backend: str) -> None:
+    """Every size of the profile on this backend (memory and the profile's real backends)."""
+    if backend not in ("memory", *context.profile.scale_real_backends):
+        report.add(Row(SCENARIO, backend, "ours", "", status="skipped",
+                       note="not run on this backend (one TTL heartbeat per instance to one dev agent); see scale.py"))
+        return
+    for size in context.profile.scale_sizes:
+        try:
+            result = _probe(context, backend, size)
+        except (WorkerError, OSError, ValueError) as error:
+            report.add(Row(SCENARIO, backend, "ours", "ms", status="failed",
+                           note=f"N={size}: {str(error).splitlines()[0][:200]}"))
+            continue
+        delays = summarize(result["fanout_delays_s"], 1e3)  # type: ignore[arg-type]
+        values = {
+            "instances": float(size),
+            "n": delays["n"],
+            "p50": delays["p50"],
+            "p99": delays["p99"],
+            "rss_mb": float(result["rss_mb"]),  # type: ignore[arg-type]
+            "sync_s": float(result["sync_s"]),  # type: ignore[arg-type]
+            "sync_cpu_s": float(result["sync_cpu_s"]),  # type: ignore[arg-type]
+            "idle_cpu_pct": float(result["idle_cpu_pct"]),  # type: ignore[arg-type]
+        }
+        note = f"{size // 10} services, {size // 10} subscribers + all on one hot service; p50/p99 = fan-out"
+        report.add(Row(SCENARIO, backend, f"ours N={size}", "ms", values, note=note))
