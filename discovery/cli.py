@@ -1,15 +1,17 @@
-"""The ``discovery`` command: ``demo``, ``services``, ``list``, ``watch`` and ``register``."""
+"""The ``discovery`` command: the entry point and the demo (the README's main job).
+
+The subcommands live in :mod:`discovery.cli_commands` (click + rich, from the ``[cli]`` extra); this module
+imports them only after checking that the extra is installed, so a missing extra is one clear message.
+"""
 
 from __future__ import annotations
 
-import argparse
 import sys
 import threading
 import time
 from collections.abc import Sequence
 
 from discovery.balancing import RoundRobin
-from discovery.errors import DiscoveryError
 from discovery.models import Instance, Snapshot, Status
 from discovery.sync import Registry
 from discovery.tables import INSTANCE_HEADERS, instance_rows, render_snapshot, render_table
@@ -102,80 +104,22 @@ def run_demo(url: str | None, ttl: float) -> int:
     return 0
 
 
-def _print_list(registry: Registry, args: argparse.Namespace) -> int:
-    statuses = None if args.all else (Status.UP,)
-    found = registry.instances(args.service, args.namespace, selector=args.selector, statuses=statuses)
-    print(render_table(INSTANCE_HEADERS, instance_rows(found)))
-    return 0
-
-
-def _watch(registry: Registry, args: argparse.Namespace) -> int:
-    with registry.watch(args.service, args.namespace) as watch:
-        for snapshot in watch:
-            print(render_snapshot(snapshot), flush=True)
-    return 0
-
-
-def _register(registry: Registry, args: argparse.Namespace) -> int:
-    labels = dict(item.split("=", 1) for item in args.label)
-    instance = Instance(args.service, args.id, args.address, args.port, namespace=args.namespace, labels=labels)
-    registration = registry.register(instance, ttl=args.ttl)
-    print(f"registered {registration!r}; Ctrl-C deregisters", flush=True)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        registration.deregister()
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``discovery`` command."""
-    parser = argparse.ArgumentParser(prog="discovery", description="Service discovery over ZooKeeper, etcd, Consul.")
-    parser.add_argument("--url", default=None, help="backend URL (default: $DISCOVERY_URL or memory://)")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    demo = commands.add_parser("demo", help="register, watch, kill, drain and pick, printed as tables")
-    demo.add_argument("--ttl", type=float, default=2.0, help="TTL of the demo registrations (seconds)")
-
-    services = commands.add_parser("services", help="list service names")
-    services.add_argument("-n", "--namespace", default="default")
-
-    for name, helptext in (("list", "list instances"), ("watch", "print every snapshot of a service")):
-        sub = commands.add_parser(name, help=helptext)
-        sub.add_argument("service")
-        sub.add_argument("-n", "--namespace", default="default")
-        if name == "list":
-            sub.add_argument("-l", "--selector", default=None, help="label selector, e.g. 'app=web,tier!=db'")
-            sub.add_argument("--all", action="store_true", help="every status, not only UP")
-
-    register = commands.add_parser("register", help="register an instance until Ctrl-C")
-    register.add_argument("service")
-    register.add_argument("id")
-    register.add_argument("address")
-    register.add_argument("port", type=int)
-    register.add_argument("-n", "--namespace", default="default")
-    register.add_argument("--label", action="append", default=[], help="key=value (repeatable)")
-    register.add_argument("--ttl", type=float, default=None)
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``discovery`` command."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``discovery`` command (subcommands in :mod:`discovery.cli_commands`)."""
     try:
-        if args.command == "demo":
-            return run_demo(args.url, args.ttl)
-        with Registry.connect(args.url) as registry:
-            if args.command == "services":
-                print("\n".join(registry.services(args.namespace)))
-                return 0
-            handler = {"list": _print_list, "watch": _watch, "register": _register}[args.command]
-            return handler(registry, args)
-    except DiscoveryError as error:
-        print(f"discovery: {type(error).__name__}: {error}", file=sys.stderr)
+        import click  # noqa: F401
+        import rich  # noqa: F401
+        import yaml  # noqa: F401
+    except ImportError as missing:
+        print(
+            f"discovery: the command line needs the [cli] extra ({missing.name} is missing): "
+            "pip install 'service-discovery[cli]'",
+            file=sys.stderr,
+        )
         return 2
-    except KeyboardInterrupt:
-        return 130
+    from discovery.cli_commands import run
+
+    return run(argv)
 
 
 if __name__ == "__main__":
