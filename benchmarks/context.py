@@ -19,7 +19,8 @@ REAL_BACKENDS = ("zookeeper", "etcd", "consul")
 ALL_BACKENDS = ("memory", *REAL_BACKENDS)
 VENVS = REPO_ROOT / "benchmarks" / ".venvs"
 CURATOR_JARS = (
-    "curator-x-discovery", "curator-framework", "curator-client", "zookeeper", "zookeeper-jute", "guava",
+    "curator-x-discovery", "curator-recipes", "curator-framework", "curator-client", "zookeeper", "zookeeper-jute",
+    "guava",
     "jackson-core", "jackson-databind", "jackson-annotations", "slf4j-api", "slf4j-nop",
 )
 #: Each backend's smallest TTL (ZooKeeper: 2 x the harness tick of 0.5 s; etcd: its 2 s lease floor).

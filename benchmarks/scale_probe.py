@@ -5,8 +5,9 @@
 
 ``watch``: subscriber k subscribes to service ``svc-<k mod SERVICES>`` and to the shared service ``hot``; it prints
 one ``RESULT <json>`` line: RSS, CPU and wall time to the initial sync (every subscriber has seen its service's
-full set), idle CPU over an idle window (default 3 s), and the fan-out of CHANGES single changes to ``hot`` (register() called →
-each subscriber's callback). ``--local`` registers the INSTANCES in this process first (the memory backend).
+full set), idle CPU over an idle window (default 3 s), and the fan-out of CHANGES single changes to ``hot``
+(register() called → each subscriber's callback). ``--local`` registers the INSTANCES in this process first
+(the memory backend).
 """
 
 from __future__ import annotations

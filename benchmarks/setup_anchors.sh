@@ -5,6 +5,7 @@
 #   benchmarks/.venvs/tooz         tooz 9.x (zookeeper via kazoo, etcd3gw drivers) + matplotlib for the plots
 #   benchmarks/.venvs/tooz-consul  tooz 8.1.0, the last release with a Consul driver (pulls python-consul2,
 #                                  which would overwrite py-consul in the main venv)
+#   /usr/share/java/curator-recipes.jar  (Debian libcurator-recipes-java) for the Curator ServiceCache anchor
 #
 # Usage: bash benchmarks/setup_anchors.sh [PYTHON]   (default python3.11, else python3)
 set -euo pipefail
@@ -32,6 +33,12 @@ make_venv() {
 
 make_venv tooz "tooz>=9,<10 kazoo etcd3gw matplotlib"
 make_venv tooz-consul "tooz[consul]==8.1.0"
+
+# Curator's ServiceCache needs curator-recipes, which the interop test's packages do not pull in.
+if [[ ! -f /usr/share/java/curator-recipes.jar ]] && command -v apt-get >/dev/null; then
+    echo "installing libcurator-recipes-java (Curator ServiceCache anchor)"
+    apt-get install -y -q libcurator-recipes-java >/dev/null || echo "could not install libcurator-recipes-java"
+fi
 
 if command -v javac >/dev/null; then
     echo "javac: $(javac -version 2>&1)"
