@@ -519,6 +519,9 @@ def proxy(settings: Settings, namespace: str | None, node_address: str, rescan_i
     """Serve Services as an L4 TCP proxy (ClusterIP, node ports, local load-balancer / external IPs)."""
     from discovery.proxy import ServiceProxy
 
+    # Listener changes are the proxy's news: show them without -v.
+    logging.getLogger("discovery.proxy").setLevel(min(logging.INFO, logging.getLogger().getEffectiveLevel()))
+
     async def serve(catalog: ServiceCatalog) -> Callable[[], Awaitable[None]]:
         server = ServiceProxy(catalog, node_address=node_address)
         await server.start()
@@ -527,8 +530,6 @@ def proxy(settings: Settings, namespace: str | None, node_address: str, rescan_i
             table.add_row(f"{spec.address}:{spec.port}", f"{spec.namespace}/{spec.service}", spec.service_port,
                           spec.kind.value)
         out().print(table)
-        for spec, reason in server.failures.items():
-            err().print(f"not serving {spec.kind.value} of {spec.namespace}/{spec.service}: {reason}")
         out().print("proxy ready; Ctrl-C stops")
         return server.close
 
