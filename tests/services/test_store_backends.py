@@ -5,16 +5,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dns.asyncquery
+import dns.message
+
 from discovery import AsyncRegistry, Instance
+from discovery.dns import DnsServer
+from discovery.proxy import ServiceProxy
 from discovery.services import (
     ApplyAction,
     ServiceCatalog,
+    ServicePort,
     ServiceStore,
     ServiceType,
     parse_manifests,
     read_endpoints,
 )
-from tests.services.conftest import private_ranges
+from tests.services.conftest import free_port, private_ranges
+from tests.services.support import NamedServer, eventually, greeting_of
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "examples" / "manifests"
 
@@ -86,3 +93,39 @@ async def test_definitions_are_durable_and_watched(backend_url: str) -> None:
             await catalog.wait_until(lambda c: len(c.endpoints("team-b", "second") or ()) == 1, 10)
         finally:
             await catalog.close()
+
+
+async def test_seed_service_served_by_proxy_and_dns(registry: AsyncRegistry, store: ServiceStore) -> None:
+    [loaded] = parse_manifests(seed("externalips"))
+    port = free_port()
+    service = (await store.apply(loaded.service.with_changes(
+        ports=(ServicePort(port, "http", name="http"),)))).service
+    assert service.virtual_ip is not None
+    backend = await NamedServer("hello-1").start()
+    catalog = ServiceCatalog(registry, store, rescan_interval=0.2)
+    await catalog.start()
+    proxy = ServiceProxy(catalog)
+    dns_server = DnsServer(catalog, port=0)
+    try:
+        await proxy.start()
+        await dns_server.start()
+        registration = await registry.register(Instance("hello-node", "hello-1", "127.0.0.1", 1,
+                                                        labels={"app": "hello-node"}, ports={"http": backend.port}))
+        await catalog.wait_until(lambda c: len(c.endpoints("default", "hello-node-svc") or ()) == 1, 15)
+        assert await greeting_of(service.virtual_ip, port) == "hello-1"
+
+        async def srv() -> list[str]:
+            query = dns.message.make_query("_http._tcp.hello-node-svc.default.svc.cluster.local", "SRV")
+            response = await dns.asyncquery.udp(query, "127.0.0.1", port=dns_server.port, timeout=3)
+            return [r.to_text() for rrset in response.answer for r in rrset]
+
+        assert await srv() == [f"0 1 {backend.port} hello-1.hello-node-svc.default.svc.cluster.local."]
+        await registration.deregister()
+        await eventually(srv, lambda records: records == [], 15)
+        assert await greeting_of(service.virtual_ip, port) == "", "no endpoint: closed at once"
+        assert proxy.stats("default", "hello-node-svc", "http").no_endpoint == 1
+    finally:
+        await dns_server.close()
+        await proxy.close()
+        await catalog.close()
+        await backend.stop()
