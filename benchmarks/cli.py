@@ -1,4 +1,5 @@
-"""``python -m benchmarks run --backend all --quick|--full [--servers process|container] [--out DIR]``.
+"""``python -m benchmarks run --backend all --quick|--full [--servers process|container] [--out DIR]``;
+``python -m benchmarks table RESULTS_JSON`` prints a run as markdown.
 
 Starts the servers with the test harness, runs every scenario for every chosen backend, prints the table and
 writes ``results.json`` (and, when the anchor venv has matplotlib, the PNG plots) into ``--out``.
@@ -20,7 +21,7 @@ from pathlib import Path
 from benchmarks import detection, lookup, propagation, registration, restore, scale
 from benchmarks.context import ALL_BACKENDS, PROFILES, VENVS, RunContext
 from benchmarks.procs import REPO_ROOT
-from benchmarks.report import Report, Row, print_table
+from benchmarks.report import Report, Row, markdown_table, print_table
 
 SCENARIO_RUNNERS: tuple[tuple[str, Callable[[RunContext, Report, str], None]], ...] = (
     ("1 propagation", propagation.run),
@@ -150,7 +151,25 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results"))
     run_parser.add_argument("--only", default="", help="comma list of scenario numbers, e.g. 1,5 (debugging)")
     run_parser.add_argument("--no-plots", action="store_true")
+    table_parser = commands.add_parser("table", help="print the markdown table and facts of a results.json")
+    table_parser.add_argument("json")
     arguments = parser.parse_args(argv)
     if arguments.command == "run":
         return run(arguments)
-    return 2
+    return table(Path(arguments.json))
+
+
+def table(json_path: Path) -> int:
+    """Print a results.json as the markdown of docs/benchmarks.md (facts, then the table)."""
+    import json
+
+    document = json.loads(json_path.read_text(encoding="utf-8"))
+    meta = document["meta"]
+    print(f"Command: `{meta['command']}` ({meta['profile']} profile, {meta.get('duration_s', '?')} s, "
+          f"started {meta['started']})\n")
+    print("| fact | value |\n| --- | --- |")
+    for key, value in meta["machine"].items():
+        print(f"| {key} | {value} |")
+    print()
+    print(markdown_table([Row(**row) for row in document["rows"]]))
+    return 0
