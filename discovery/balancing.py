@@ -239,6 +239,7 @@ class ZoneAware:
         self.zone = zone
         self.min_local = min_local
         self._inner: Balancer = inner if inner is not None else RoundRobin()
+        self._tracking: RequestTracking | None = self._inner if isinstance(self._inner, RequestTracking) else None
         self._choice: _PerTuple[Sequence[Instance]] = _PerTuple(self._choose)
 
     def _choose(self, instances: Sequence[Instance]) -> Sequence[Instance]:
@@ -252,13 +253,13 @@ class ZoneAware:
 
     def started(self, instance: Instance) -> None:
         """Forwarded to ``inner`` when it tracks requests."""
-        if isinstance(self._inner, RequestTracking):
-            self._inner.started(instance)
+        if self._tracking is not None:
+            self._tracking.started(instance)
 
     def finished(self, instance: Instance) -> None:
         """Forwarded to ``inner`` when it tracks requests."""
-        if isinstance(self._inner, RequestTracking):
-            self._inner.finished(instance)
+        if self._tracking is not None:
+            self._tracking.finished(instance)
 
 
 def _hash64(text: str) -> int:

@@ -70,6 +70,8 @@ class ServiceCache:
         self.service = validate_service_name(service)
         self.namespace = validate_namespace(namespace)
         self.balancer: Balancer = balancer if balancer is not None else RoundRobin()
+        # Checked once: isinstance against a runtime-checkable Protocol costs microseconds per call.
+        self._tracking: RequestTracking | None = self.balancer if isinstance(self.balancer, RequestTracking) else None
         self._selector = parse_selector(selector)
         self._statuses = _status_set(statuses)
         if isinstance(failures, FailureTracker):
@@ -288,13 +290,13 @@ class ServiceCache:
 
     def started(self, instance: Instance) -> None:
         """Tell a request-tracking balancer that a request to ``instance`` started."""
-        if isinstance(self.balancer, RequestTracking):
-            self.balancer.started(instance)
+        if self._tracking is not None:
+            self._tracking.started(instance)
 
     def finished(self, instance: Instance) -> None:
         """Tell a request-tracking balancer that a request to ``instance`` finished."""
-        if isinstance(self.balancer, RequestTracking):
-            self.balancer.finished(instance)
+        if self._tracking is not None:
+            self._tracking.finished(instance)
 
     @contextlib.contextmanager
     def track(self, key: str | None = None) -> Iterator[Instance]:

@@ -45,6 +45,8 @@ BalancerFactory = Callable[[], Balancer]
 RETRYABLE_ERRORS: tuple[type[Exception], ...] = (httpx.ConnectError, httpx.ConnectTimeout)
 
 ServiceTarget = tuple[str, str]  # (namespace, service)
+#: Hosts whose resolution is remembered (the rule is pure, so this only bounds memory).
+_RESOLVED_HOSTS_KEPT = 1024
 
 
 def _is_dns_label(text: str) -> bool:
@@ -76,9 +78,21 @@ class ServiceRouter:
         self.balancers = dict(balancers or {})
         self.hash_key = hash_key
         self.port_name = port_name
+        self._resolved: dict[str, ServiceTarget | None] = {}
 
     def resolve(self, host: str) -> ServiceTarget | None:
         """``(namespace, service)`` for a host naming a service, else ``None`` (sent as it is)."""
+        try:
+            return self._resolved[host]
+        except KeyError:
+            pass
+        target = self._resolve(host)
+        if len(self._resolved) >= _RESOLVED_HOSTS_KEPT:
+            self._resolved.clear()
+        self._resolved[host] = target
+        return target
+
+    def _resolve(self, host: str) -> ServiceTarget | None:
         host = host.lower()
         if host in self.passthrough:
             return None
@@ -191,6 +205,11 @@ class DiscoveryTransport(httpx.BaseTransport):
         self._inner = transport if transport is not None else httpx.HTTPTransport()
         self._caches: dict[ServiceTarget, ServiceCache] = {}
         self._lock = threading.Lock()
+        # One Retrying for all requests: tenacity keeps its per-call state thread-local, and a blocking client
+        # runs one request at a time per thread.
+        self._retrying = Retrying(
+            stop=stop_after_attempt(self.attempts), retry=retry_if_exception_type(RETRYABLE_ERRORS), reraise=True
+        )
 
     def cache(self, service: str, namespace: str | None = None) -> ServiceCache:
         """The cache of a service (opened on first use)."""
@@ -217,10 +236,7 @@ class DiscoveryTransport(httpx.BaseTransport):
         cache = self.cache(target[1], target[0])
         key = self.router.key_of(request)
         tried: list[Instance] = []
-        retrying = Retrying(
-            stop=stop_after_attempt(self.attempts), retry=retry_if_exception_type(RETRYABLE_ERRORS), reraise=True
-        )
-        for attempt in retrying:
+        for attempt in self._retrying:
             with attempt:
                 instance = cache.pick_excluding(tried, key)
                 tried.append(instance)
