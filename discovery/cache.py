@@ -80,6 +80,7 @@ class ServiceCache:
             self._check_policy(failures)
             self.failures = FailureTracker(failures)
         self._state = _EMPTY
+        self._write_lock = threading.Lock()
         self._ready = threading.Event()
         self._listeners: list[Callable[[ServiceCache], None]] = []
         self._unsubscribe: Callable[[], Any] | None = None
@@ -183,7 +184,8 @@ class ServiceCache:
         if self._closed:
             return
         candidates = filter_instances(snapshot.instances, self._selector, self._statuses)
-        self._state = self._derive(snapshot, candidates)
+        with self._write_lock:
+            self._state = self._derive(snapshot, candidates)
         self._ready.set()
         self._notify()
 
@@ -212,9 +214,12 @@ class ServiceCache:
         return PickState(snapshot, candidates, pickable or candidates, recheck_at)
 
     def _refresh(self) -> PickState:
-        state = self._state
-        self._state = state = self._derive(state.snapshot, state.candidates)
-        return state
+        # Writers (the loop's feed, callers' feedback) serialise so a refresh never overwrites a newer
+        # snapshot with one derived from an older one; readers never take the lock.
+        with self._write_lock:
+            state = self._state
+            self._state = state = self._derive(state.snapshot, state.candidates)
+            return state
 
     # -- reading ------------------------------------------------------------------------------------------
 

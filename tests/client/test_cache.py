@@ -136,3 +136,37 @@ async def test_an_async_cache_of_an_unknown_service_opens_empty_and_unsubscribes
         assert registry.cached_snapshot("web") is not None
         await cache.aclose()
         assert registry.cached_snapshot("web") is None
+
+
+def test_feedback_from_other_threads_never_replaces_a_newer_snapshot() -> None:
+    from discovery import Snapshot
+
+    cache = ServiceCache("web", failures=DownInstancePolicy(error_threshold=1))
+    members = [web(n) for n in range(4)]
+    cache.feed(Snapshot("web", "default", tuple(members), revision=0))
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def hammer() -> None:
+        try:
+            while not stop.is_set():
+                for member in members:
+                    cache.note_error(member)
+                    cache.pick()
+                    cache.note_success(member)
+        except BaseException as error:
+            errors.append(error)
+
+    workers = [threading.Thread(target=hammer) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    try:
+        for revision in range(1, 2001):
+            cache.feed(Snapshot("web", "default", tuple(members[: 1 + revision % 4]), revision=revision))
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(10)
+    assert errors == []
+    assert cache.snapshot is not None and cache.snapshot.revision == 2000
+    assert [i.id for i in cache.instances()] == ["web-0"]
