@@ -17,6 +17,7 @@ from discovery_zookeeper.config import ZooKeeperConfig
 from discovery_zookeeper.definitions import ZooKeeperDefinitions
 from discovery_zookeeper.layout import Layout
 from discovery_zookeeper.registrations import Registrations
+from discovery_zookeeper.security import verify_root
 from discovery_zookeeper.session import ZooKeeperSession
 from discovery_zookeeper.watching import ServiceWatch, decode_or_none
 
@@ -78,6 +79,11 @@ class ZooKeeperBackend(Backend):
             raise ClosedError("this ZooKeeper backend was closed")
         session = ZooKeeperSession(self.config)
         await session.start()
+        try:
+            await verify_root(session, self.config.root, self.config.security)
+        except BaseException:
+            await session.stop()
+            raise
         granted = session.negotiated_timeout
         if abs(granted - self.config.session_timeout) > 1e-3:
             logger.warning(

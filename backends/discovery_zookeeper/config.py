@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from discovery.errors import ConfigurationError
 from discovery.urls import BackendURL
+from discovery_zookeeper.security import SECURITY_PARAMETERS, ZooKeeperSecurity
 
 DEFAULT_PORT = 2181
 DEFAULT_ROOT = "/discovery"
@@ -17,7 +18,9 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 #: Spring Cloud Zookeeper's payload class: written as ``payload["@class"]`` so that Spring can read our records.
 SPRING_PAYLOAD_CLASS = "org.springframework.cloud.zookeeper.discovery.ZookeeperInstance"
 
-KNOWN_PARAMETERS = ("session_timeout", "connect_timeout", "request_timeout", "tick", "payload_class")
+KNOWN_PARAMETERS = (
+    "session_timeout", "connect_timeout", "request_timeout", "tick", "payload_class", *SECURITY_PARAMETERS
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,13 +38,14 @@ class ZooKeeperConfig:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     request_timeout: float = DEFAULT_SESSION_TIMEOUT
     payload_class: str | None = SPRING_PAYLOAD_CLASS
+    #: TLS, digest auth and ACLs (``tls``, ``ca``, ``cert``, ``key``, ``username``, ``password[_file]``, ``read``).
+    security: ZooKeeperSecurity = field(default_factory=ZooKeeperSecurity)
 
     @classmethod
     def from_url(cls, url: BackendURL) -> ZooKeeperConfig:
         """Read a parsed URL; raise ``ConfigurationError`` for unknown or malformed parameters."""
         url.check_parameters(KNOWN_PARAMETERS)
-        if url.username or url.password:
-            raise ConfigurationError("zookeeper:// does not support credentials in the URL")
+        security = ZooKeeperSecurity.from_url(url)
         hosts = ",".join(str(endpoint) for endpoint in url.endpoints_or("127.0.0.1", DEFAULT_PORT))
         session_timeout = url.get_float("session_timeout", DEFAULT_SESSION_TIMEOUT, minimum=0.5, maximum=3600.0)
         payload_class = url.get_str("payload_class", SPRING_PAYLOAD_CLASS)
@@ -53,6 +57,7 @@ class ZooKeeperConfig:
             connect_timeout=url.get_float("connect_timeout", DEFAULT_CONNECT_TIMEOUT, minimum=0.1, maximum=3600.0),
             request_timeout=url.get_float("request_timeout", session_timeout, minimum=0.1, maximum=3600.0),
             payload_class=payload_class or None,
+            security=security,
         )
 
 

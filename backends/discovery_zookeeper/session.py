@@ -15,11 +15,13 @@ from collections.abc import Callable
 from typing import Any
 
 from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import AuthFailedError, NoAuthError
 from kazoo.retry import KazooRetry
 
-from discovery.errors import BackendUnavailableError
+from discovery.errors import AuthenticationError, BackendUnavailableError, PermissionDeniedError
 from discovery_zookeeper.bridge import CONNECTION_ERRORS, await_kazoo, call_in_loop
 from discovery_zookeeper.config import ZooKeeperConfig
+from discovery_zookeeper.security import kazoo_logger, tls_preflight
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,8 @@ class ZooKeeperSession:
             timeout=self._config.session_timeout,
             connection_retry=retry,
             command_retry=None,
+            logger=kazoo_logger(self._config.security),
+            **self._config.security.kazoo_arguments(),
         )
         client.add_listener(lambda state: self._on_kazoo_state(client, state))
         return client
@@ -86,6 +90,11 @@ class ZooKeeperSession:
     async def start(self) -> None:
         """Connect, or raise ``BackendUnavailableError`` after ``connect_timeout``."""
         self._loop = asyncio.get_running_loop()
+        tls = self._config.security.tls
+        if tls is not None:
+            await self._loop.run_in_executor(
+                None, tls_preflight, self._config.hosts, tls, min(self._config.connect_timeout, 5.0)
+            )
         started = self.client.start_async()
         ready = await self._loop.run_in_executor(None, started.wait, self._config.connect_timeout)
         if not ready or not self.client.connected:
@@ -197,7 +206,12 @@ class ZooKeeperSession:
             async_result = call(*args, **kwargs)
         except CONNECTION_ERRORS as error:
             raise BackendUnavailableError(f"ZooKeeper {what} failed: {type(error).__name__}: {error}") from error
-        return await await_kazoo(async_result, self._config.request_timeout, what)
+        try:
+            return await await_kazoo(async_result, self._config.request_timeout, what)
+        except NoAuthError:
+            raise PermissionDeniedError(f"ZooKeeper denied {what}: the ACL does not allow our identity") from None
+        except AuthFailedError:
+            raise AuthenticationError(f"ZooKeeper rejected our credentials during {what}") from None
 
 
 def _drop_client(client: KazooClient, wait: float) -> None:
