@@ -10,6 +10,8 @@
   URL ``http://127.0.0.1:<port>/`` versus ``http://bench/`` through ``DiscoveryTransport`` (sync) and
   ``AsyncDiscoveryTransport`` (async); blocks of the two alternate so drift hits both alike. Then the
   transport's own cost without the network: both clients wrap ``httpx.MockTransport`` answering in memory.
+* drain: ``update(status=DRAINING)`` → the instance is gone from a second registry's ``ServiceCache``, on the
+  memory backend or each ``--drain-url`` (e.g. the test harness's servers).
 """
 
 from __future__ import annotations
@@ -217,11 +219,45 @@ async def _measure_async(port: int, requests: int) -> list[tuple[object, ...]]:
     ]
 
 
+def measure_drain(url: str, trials: int) -> tuple[object, ...]:
+    """Seconds from ``update(status=DRAINING)`` (call start) to a second registry's cache no longer listing it."""
+    from discovery import Status
+
+    samples = []
+    with Registry.connect(url) as server_side, Registry.connect(url) as client_side:
+        registration = server_side.register(Instance("drain-bench", "drain-1", "127.0.0.1", 9000), ttl=5)
+        with ServiceCache.open(client_side, "drain-bench") as cache:
+            for _ in range(trials):
+                _wait(lambda: len(cache.instances()) == 1)
+                started = time.perf_counter()
+                registration.update(status=Status.DRAINING)
+                _wait(lambda: len(cache.instances()) == 0)
+                samples.append((time.perf_counter() - started) * 1000)
+                registration.update(status=Status.UP)
+    scheme = url.split(":", 1)[0]
+    return (scheme, trials, f"{statistics.median(samples):.1f}", f"{max(samples):.1f}")
+
+
+def _wait(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the cache did not follow the change")
+        time.sleep(0.0005)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--picks", type=int, default=200_000, help="timed picks per balancer")
     parser.add_argument("--requests", type=int, default=2000, help="timed requests per client")
     parser.add_argument("--instances", type=int, default=10, help="instances of the benchmarked service")
+    parser.add_argument(
+        "--drain-url",
+        action="append",
+        default=[],
+        help="also measure update(DRAINING) -> out of a second registry's picks on this backend URL (repeatable)",
+    )
+    parser.add_argument("--drain-trials", type=int, default=20)
     args = parser.parse_args()
     print(f"Cached pick, {args.instances} instances, {args.picks} picks each (µs per pick, timer cost removed)")
     print(render_table(("BALANCER", "MEDIAN µs", "P99 µs"), measure_picks(args.picks, args.instances)))
@@ -232,6 +268,11 @@ def main() -> None:
     print()
     print(f"The transport alone: the wrapped transport answers in memory, {args.requests * 5} requests each (µs)")
     print(render_table(headers, measure_transport_in_memory(args.requests * 5)))
+    urls = args.drain_url or ["memory:///bench-drain"]
+    print()
+    print("update(status=DRAINING) -> the instance leaves another registry's ServiceCache (ms)")
+    rows = [measure_drain(url, args.drain_trials) for url in urls]
+    print(render_table(("BACKEND", "TRIALS", "MEDIAN ms", "MAX ms"), rows))
 
 
 if __name__ == "__main__":
