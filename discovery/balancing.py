@@ -76,8 +76,8 @@ def _require(instances: Sequence[Instance]) -> None:
 class _PerTuple(Generic[D]):
     """A value derived from one instance tuple, rebuilt when a different tuple comes in.
 
-    The (tuple, value) pair lives in one attribute, so readers in other threads see a consistent pair; two
-    threads racing on a new tuple both compute it, which is harmless.
+    Only tuples are remembered. The (tuple, value) pair lives in one attribute, so readers in other threads
+    see a consistent pair; two threads racing on a new tuple both compute it, which is harmless.
     """
 
     def __init__(self, build: Callable[[Sequence[Instance]], D]) -> None:
@@ -89,7 +89,8 @@ class _PerTuple(Generic[D]):
         if memo is not None and memo[0] is instances:
             return memo[1]
         value = self._build(instances)
-        self._memo = (instances, value)
+        if isinstance(instances, tuple):  # a list could change in place under the same identity
+            self._memo = (instances, value)
         return value
 
 

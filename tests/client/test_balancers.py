@@ -197,3 +197,12 @@ def test_consistent_hash_needs_a_key_and_sane_replicas() -> None:
     assert error.value.field == "key"
     with pytest.raises(ValidationError):
         ConsistentHash(replicas=0)
+
+
+def test_a_list_changed_in_place_is_not_served_from_a_stale_memo() -> None:
+    instances = list(members(3))
+    balancer = ConsistentHash()
+    before = key_owners(balancer, instances, KEYS[:500])
+    instances.append(Instance("svc", "svc-99", "127.0.0.1", 20099))
+    after = key_owners(balancer, instances, KEYS[:500])
+    assert "svc-99" in set(after.values()) and before != after
