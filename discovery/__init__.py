@@ -30,6 +30,7 @@ from discovery.errors import (
     PermissionDeniedError,
     SelectorError,
     UnknownBackendError,
+    UnsupportedOperationError,
     ValidationError,
 )
 from discovery.feedback import DownInstancePolicy, FailureTracker
@@ -78,6 +79,7 @@ __all__ = [
     "Snapshot",
     "Status",
     "UnknownBackendError",
+    "UnsupportedOperationError",
     "ValidationError",
     "Watch",
     "WeightedRoundRobin",

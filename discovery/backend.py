@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
-from discovery.errors import DiscoveryError, ValidationError
+from discovery.errors import UnsupportedOperationError, ValidationError
 from discovery.models import Instance, Snapshot
 from discovery.urls import BackendURL
 
@@ -29,10 +29,6 @@ class RegistrationState(enum.StrEnum):
     LOST = "lost"
     RESTORED = "restored"
     DEREGISTERED = "deregistered"
-
-
-class UnsupportedOperationError(DiscoveryError, NotImplementedError):
-    """The backend does not offer an optional capability (e.g. durable definitions)."""
 
 
 StateListener = Callable[[RegistrationState], None]

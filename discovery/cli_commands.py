@@ -23,8 +23,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from discovery.backend import UnsupportedOperationError
-from discovery.errors import BackendUnavailableError, DiscoveryError
+from discovery.errors import BackendUnavailableError, DiscoveryError, UnsupportedOperationError
 from discovery.models import Instance, Snapshot, Status
 from discovery.registry import AsyncRegistry
 from discovery.services import (

@@ -56,3 +56,7 @@ class NotRegisteredError(DiscoveryError):
 
 class ClosedError(DiscoveryError):
     """The registry has been closed."""
+
+
+class UnsupportedOperationError(DiscoveryError, NotImplementedError):
+    """The backend does not offer an optional capability (e.g. durable definitions)."""

@@ -12,8 +12,8 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 
-from discovery.backend import Backend, StoredDefinition, UnsupportedOperationError
-from discovery.errors import ValidationError
+from discovery.backend import Backend, StoredDefinition
+from discovery.errors import UnsupportedOperationError, ValidationError
 from discovery.models import DEFAULT_NAMESPACE
 from discovery.services.allocation import AllocationRanges
 from discovery.services.manifest import decode_service, encode_service
