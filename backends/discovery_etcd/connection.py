@@ -23,6 +23,7 @@ from discovery.errors import (
     DiscoveryError,
     PermissionDeniedError,
 )
+from discovery_etcd.security import SecureClient, is_authentication_failure, is_tls_error, tls_error
 from discovery_etcd.settings import EtcdSettings
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ _CONNECTION_CODES = frozenset(
 
 def is_connection_error(error: BaseException) -> bool:
     """Whether ``error`` means the server could not be reached (worth retrying, maybe elsewhere)."""
+    if is_tls_error(error):
+        return False  # wrong certificates do not get better by retrying
     if isinstance(error, aetcd.exceptions.ConnectionFailedError | aetcd.exceptions.ConnectionTimeoutError):
         return True
     if isinstance(error, TimeoutError | ConnectionError) and not isinstance(error, DiscoveryError):
@@ -68,7 +71,9 @@ def is_lease_not_found(error: BaseException) -> bool:
 def translate(error: BaseException, action: str) -> DiscoveryError:
     """A discovery error naming what failed, for an aetcd or gRPC exception."""
     detail = str(error) or type(error).__name__
-    if isinstance(error, aetcd.exceptions.UnauthenticatedError):
+    if is_tls_error(error):
+        return tls_error(error, action, "the server")
+    if isinstance(error, aetcd.exceptions.UnauthenticatedError) or is_authentication_failure(error):
         return AuthenticationError(f"etcd rejected the credentials while trying to {action}: {detail}")
     cause = error.__cause__
     if isinstance(cause, rpc.AioRpcError) and cause.code() == rpc.StatusCode.PERMISSION_DENIED:
@@ -100,13 +105,15 @@ class EndpointPool:
             raise BackendUnavailableError("the etcd backend is closed")
         if self._client is None:
             endpoint = self._settings.endpoints[self._index]
-            self._client = aetcd.Client(
+            self._client = SecureClient(
                 host=endpoint.host,
                 port=endpoint.port,
                 username=self._settings.username,
                 password=self._settings.password,
                 timeout=self._settings.timeout,
                 options=CHANNEL_OPTIONS,
+                credentials=self._settings.security.channel_credentials(),
+                tls=self._settings.security.tls,
             )
         client = self._client
         await client.connect()
