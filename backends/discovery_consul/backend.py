@@ -72,7 +72,8 @@ class ConsulBackend(Backend):
         """Open the connection pool and prove the agent answers (``BackendUnavailableError`` if not)."""
         settings = self._settings
         client = ConsulClient(
-            settings.host, settings.port, token=settings.token, dc=settings.dc, timeout=settings.timeout
+            settings.host, settings.port, token=settings.token, dc=settings.dc, timeout=settings.timeout,
+            tls=settings.tls,
         )
         try:
             await client.agent_self()

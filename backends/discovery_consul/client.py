@@ -10,21 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar, cast
 
 import aiohttp
 import consul
 import consul.aio
+from consul.callback import CB
 from consul.exceptions import ACLDisabled, ACLPermissionDenied, BadRequest, ConsulException, NotFound
 
 from discovery.errors import (
     AuthenticationError,
     BackendUnavailableError,
     DiscoveryError,
+    DiscoveryTLSError,
     PermissionDeniedError,
     ValidationError,
 )
+from discovery.urls import TLSOptions
 
 T = TypeVar("T")
 
@@ -40,10 +44,19 @@ class UnknownToAgentError(DiscoveryError):
 class ConsulClient:
     """An async Consul client for one agent. Create it inside the running event loop."""
 
-    def __init__(self, host: str, port: int, *, token: str | None, dc: str | None, timeout: float) -> None:
+    def __init__(
+        self, host: str, port: int, *, token: str | None, dc: str | None, timeout: float, tls: TLSOptions | None = None
+    ) -> None:
         self._agent_address = f"{host}:{port}"
         self._timeout = timeout
-        self._consul = consul.aio.Consul(host=host, port=port, scheme="http", dc=dc, verify=False)
+        if tls is None:
+            self._consul = consul.aio.Consul(host=host, port=port, scheme="http", dc=dc, verify=False)
+        else:
+            # py-consul builds an ssl.create_default_context() (certificate and host name checked) and adds ca.
+            client_cert = (tls.cert, tls.key) if tls.cert and tls.key else None
+            self._consul = consul.aio.Consul(
+                host=host, port=port, scheme="https", dc=dc, verify=tls.ca or True, cert=client_cert
+            )
         if token is not None:
             # py-consul lets $CONSUL_HTTP_TOKEN win over its argument; a token in the URL must win.
             self._consul.token = token
@@ -65,10 +78,17 @@ class ConsulClient:
                 f"Consul agent {self._agent_address} did not answer {what} within {timeout:g} s"
             ) from None
         except (aiohttp.ClientError, OSError) as error:
+            if _is_tls_failure(error):
+                raise DiscoveryTLSError(
+                    f"TLS with the Consul agent {self._agent_address} failed for {what} (untrusted server certificate,"
+                    f" refused client certificate, or not an HTTPS port): {_tls_reason(error)}"
+                ) from None
             raise BackendUnavailableError(
                 f"Consul agent {self._agent_address} unreachable for {what}: {type(error).__name__}: {error}"
             ) from None
         except ACLPermissionDenied as error:
+            if "ACL not found" in str(error):  # Consul's answer to a token it does not know
+                raise AuthenticationError(f"Consul does not know the ACL token used for {what}") from None
             raise PermissionDeniedError(f"Consul refused {what}: {error}") from None
         except ACLDisabled as error:
             raise AuthenticationError(f"Consul rejected the token for {what}: {error}") from None
@@ -91,7 +111,9 @@ class ConsulClient:
 
     async def agent_self(self) -> dict[str, Any]:
         """The agent's configuration (used to prove it is reachable)."""
-        return cast(dict[str, Any], await self._call("GET /v1/agent/self", self._consul.agent.self()))
+        # py-consul's agent.self() sends no token, which an ACL default-deny agent refuses; same call with it.
+        call = self._consul.http.get(CB.json(), "/v1/agent/self", headers=self._consul.prepare_headers())
+        return cast(dict[str, Any], await self._call("GET /v1/agent/self", call))
 
     async def register_service(
         self,
@@ -164,3 +186,29 @@ class ConsulClient:
         """``GET /v1/catalog/services``: every service name with the union of its tags."""
         _, services = await self._call("GET /v1/catalog/services", self._consul.catalog.services())
         return {str(name): list(tags or ()) for name, tags in (services or {}).items()}
+
+
+def _is_tls_failure(error: BaseException) -> bool:
+    """Whether an aiohttp/OS error comes from a TLS handshake (anywhere in its cause chain)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError | aiohttp.ClientSSLError):
+            return True
+        if isinstance(seen, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError) and "SSL" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _tls_reason(error: BaseException) -> str:
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError | aiohttp.ClientConnectorCertificateError):
+            detail = getattr(seen, "verify_message", None) or getattr(seen, "certificate_error", seen)
+            return f"server certificate not trusted ({detail})"
+        if isinstance(seen, ssl.SSLError):
+            reason = seen.reason or str(seen)
+            hint = " (client certificate refused or missing)" if "CERTIFICATE" in reason.upper() else ""
+            return f"{reason}{hint}"
+        seen = seen.__cause__ or seen.__context__
+    return f"{type(error).__name__}: {error}"

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 
 from discovery.errors import ConfigurationError
-from discovery.urls import BackendURL
+from discovery.urls import BackendURL, TLSOptions
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8500
@@ -24,7 +24,10 @@ MIN_DEREGISTER_AFTER = 60.0
 # The scope becomes part of agent service ids (":"-separated, used in URL paths) and a Meta value.
 _SCOPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 
-PARAMETERS = frozenset({"dc", "token", "ttl", "timeout", "wait", "deregister_after"})
+TOKEN_ENVIRONMENT_VARIABLE = "DISCOVERY_CONSUL_TOKEN"
+PARAMETERS = frozenset(
+    {"dc", "token", "token_file", "ttl", "timeout", "wait", "deregister_after", "tls", "ca", "cert", "key"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +44,8 @@ class ConsulSettings:
     timeout: float
     wait: float
     deregister_after: float
+    #: HTTPS to the agent (``tls``, ``ca``, ``cert``, ``key``); ``None`` is plain HTTP.
+    tls: TLSOptions | None = None
 
     @classmethod
     def from_url(cls, url: BackendURL) -> ConsulSettings:
@@ -59,7 +64,7 @@ class ConsulSettings:
             )
         (endpoint,) = url.endpoints_or(DEFAULT_HOST, DEFAULT_PORT)
         assert endpoint.port is not None
-        token = url.get_str("token")
+        token = url.secret("token", env=TOKEN_ENVIRONMENT_VARIABLE)
         dc = url.get_str("dc")
         if dc == "":
             raise ConfigurationError("consul:// parameter dc must not be empty")
@@ -74,4 +79,5 @@ class ConsulSettings:
             timeout=url.get_float("timeout", DEFAULT_TIMEOUT, minimum=0.1, maximum=300.0),
             wait=url.get_float("wait", DEFAULT_WAIT, minimum=1.0, maximum=600.0),
             deregister_after=url.get_float("deregister_after", MIN_DEREGISTER_AFTER, minimum=MIN_DEREGISTER_AFTER),
+            tls=url.tls(),
         )

@@ -52,7 +52,7 @@ ETCD_PREFIX = "/sec"
 ETCD_OTHER_PREFIX = "/other"
 CONSUL_SERVICE_PREFIX = "sec-"
 CONSUL_OTHER_SERVICE_PREFIX = "other-"
-CONSUL_KV_PREFIX = "discovery/"
+CONSUL_KV_PREFIX = "discovery/_definitions/"  # + the scope: Consul definitions live in KV
 
 _OPENSSL_DAYS = "2"
 
