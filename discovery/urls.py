@@ -197,7 +197,10 @@ def parse_url(url: str | BackendURL | None = None) -> BackendURL:
     if not scheme.isidentifier() or not scheme.isascii():
         shown = f" {scheme!r}" if len(scheme) <= 20 and scheme.isalnum() else ""
         raise ConfigurationError(f"bad URL scheme{shown} (letters, digits and '_' only)")
-    parts = urlsplit(f"x://{rest}")
+    try:
+        parts = urlsplit(f"x://{rest}")
+    except ValueError:  # e.g. an unbalanced '[' in the host list
+        raise ConfigurationError(f"malformed {scheme}:// URL (unbalanced [ ] around an IPv6 host?)") from None
     userinfo, at, hosts = parts.netloc.rpartition("@")
     username = password = None
     if at:

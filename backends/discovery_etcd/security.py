@@ -102,9 +102,20 @@ def tls_preflight(host: str, port: int, tls: TLSOptions, timeout: float) -> None
             context.wrap_socket(raw, server_hostname=host) as conn,
         ):
             conn.settimeout(_PREFLIGHT_ANSWER_WAIT)
-            conn.sendall(_HTTP2_HELLO)
-            with contextlib.suppress(TimeoutError):
-                conn.recv(64)
+            try:
+                conn.sendall(_HTTP2_HELLO)
+                answer = None
+                with contextlib.suppress(TimeoutError):
+                    answer = conn.recv(64)
+                if answer == b"":
+                    raise ssl.SSLEOFError("closed after the handshake")
+            except (ssl.SSLEOFError, ConnectionResetError):
+                # The handshake passed our checks, then the server hung up: it refused our certificate
+                # (Go sometimes closes without sending the alert).
+                raise DiscoveryTLSError(
+                    f"etcd at {where} closed the connection after the TLS handshake"
+                    " (client certificate refused or missing)"
+                ) from None
     except ssl.SSLCertVerificationError as error:
         raise DiscoveryTLSError(f"etcd at {where}: server certificate not trusted ({error.verify_message})") from None
     except ssl.SSLEOFError:

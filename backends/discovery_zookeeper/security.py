@@ -165,9 +165,19 @@ def tls_preflight(hosts: str, tls: TLSOptions, timeout: float) -> None:
                 context.wrap_socket(raw, server_hostname=host) as conn,
             ):
                 conn.settimeout(_HANDSHAKE_ANSWER_WAIT)
-                conn.sendall(b"isro")
-                with contextlib.suppress(TimeoutError):
-                    conn.recv(64)  # a refused client certificate arrives as an alert here (TLS 1.3)
+                try:
+                    conn.sendall(b"isro")
+                    answer = None
+                    with contextlib.suppress(TimeoutError):
+                        answer = conn.recv(64)  # a refused client certificate arrives as an alert here (TLS 1.3)
+                    if answer == b"":
+                        raise ssl.SSLEOFError("closed after the handshake")
+                except (ssl.SSLEOFError, ConnectionResetError):
+                    failures.append(
+                        f"{entry}: the server closed the connection after the TLS handshake"
+                        " (client certificate refused or missing)"
+                    )
+                    continue
             return
         except ssl.SSLCertVerificationError as error:
             failures.append(f"{entry}: server certificate not trusted ({error.verify_message})")
