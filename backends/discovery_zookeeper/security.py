@@ -48,7 +48,7 @@ class ZooKeeperSecurity:
         if url.username or url.password:
             raise ConfigurationError("zookeeper:// takes username= and password= parameters, not user:password@")
         username = url.get_str("username") or None
-        password = url.secret("password", env=PASSWORD_ENVIRONMENT_VARIABLE)
+        password = url.secret("password", env=PASSWORD_ENVIRONMENT_VARIABLE if username else None)
         if username is not None and ":" in username:
             raise ConfigurationError("zookeeper:// username must not contain ':' (digest auth uses user:password)")
         if username is None and (url.params.get("password") or url.params.get("password_file")):
