@@ -6,7 +6,7 @@ set -euo pipefail
 
 need=()
 for pkg in zookeeper etcd-server etcd-client docker.io docker-compose libcurator-discovery-java \
-           libcurator-framework-java libslf4j-java default-jdk-headless; do
+           libcurator-framework-java libslf4j-java libnetty-java default-jdk-headless openssl; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 have_consul=1; command -v consul >/dev/null 2>&1 || have_consul=0
