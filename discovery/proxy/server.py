@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from discovery.balancing import Balancer, RoundRobin
+from discovery.models import Instance
 from discovery.services.catalog import ServiceCatalog
 from discovery.services.endpoints import Endpoint
 from discovery.services.model import Service, ServicePort
@@ -127,6 +128,7 @@ class ServiceProxy:
         self._connect_timeout = connect_timeout
         self._listeners: dict[tuple[str, int], _Listener] = {}
         self._balancers: dict[tuple[str, str, str], Balancer] = {}
+        self._instance_memo: dict[tuple[str, str, str], tuple[tuple[Endpoint, ...], tuple[Instance, ...]]] = {}
         self._stats: dict[tuple[str, str, str], PortStats] = {}
         self._connections: set[asyncio.Task[None]] = set()
         self._dirty = asyncio.Event()
@@ -261,16 +263,26 @@ class ServiceProxy:
         found = self._catalog.endpoints(spec.namespace, spec.service)
         return () if found is None else found.for_port(spec.service_port)
 
+    def _instances_of(self, target: tuple[str, str, str], endpoints: tuple[Endpoint, ...]) -> tuple[Instance, ...]:
+        memo = self._instance_memo.get(target)
+        if memo is not None and memo[0] is endpoints:
+            return memo[1]
+        instances = tuple(e.instance for e in endpoints)
+        self._instance_memo[target] = (endpoints, instances)
+        return instances
+
     async def _connect(
         self, spec: ListenerSpec, endpoints: tuple[Endpoint, ...], stats: PortStats
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Endpoint] | None:
         balancer = self._balancers.setdefault(spec.target, self._balancer_factory())
-        by_instance = {e.instance.key: e for e in endpoints}
-        remaining = list(endpoints)
+        remaining = endpoints
         while remaining:
-            picked = balancer.pick([e.instance for e in remaining])
-            endpoint = by_instance[picked.key]
-            remaining = [e for e in remaining if e is not endpoint]
+            # The first pick sees the same tuple object for as long as the endpoints are unchanged, so a
+            # balancer's per-set state (weighted cycle, hash ring) is built once, not per connection.
+            instances = self._instances_of(spec.target, remaining)
+            picked = balancer.pick(instances)
+            endpoint = remaining[instances.index(picked)]
+            remaining = tuple(e for e in remaining if e is not endpoint)
             try:
                 async with asyncio.timeout(self._connect_timeout):
                     up_reader, up_writer = await asyncio.open_connection(endpoint.address, endpoint.port)
