@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -30,6 +31,7 @@ def propagation(rows: list[dict], out: Path) -> Path | None:
             ranks = [(i + 1) / len(samples) for i in range(len(samples))]
             axis.step(samples, ranks, where="post", label=row["tool"], linewidth=1.5 if row["tool"] == "ours" else 1)
         axis.set_xscale("log")
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         axis.set_title(backend, fontsize=10)
         axis.set_xlabel("register() call → delivered in B (ms)", fontsize=8)
         axis.tick_params(labelsize=7)
@@ -56,6 +58,7 @@ def scale(rows: list[dict], out: Path) -> Path | None:
             axis.plot([x for x, _ in points], [y for _, y in points], marker="o", label=backend)
         axis.set_xscale("log")
         axis.set_yscale("log")
+        axis.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         axis.set_title(title, fontsize=9)
         axis.set_xlabel("instances (services = subscribers = N/10)", fontsize=7)
         axis.tick_params(labelsize=7)
