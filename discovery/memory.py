@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import itertools
 import threading
 import time
@@ -45,13 +46,23 @@ class _Entry:
     deadline: float
 
 
+#: The reaper never wakes more often than this, so refreshed deadlines cannot make it spin.
+_REAPER_GRANULARITY = 0.01
+
+
 class MemoryStore:
-    """A thread-safe registry store shared by every memory backend that names it."""
+    """A thread-safe registry store shared by every memory backend that names it.
+
+    Entries are indexed by service, so reads cost O(instances of that service), and expiry uses a heap of
+    deadlines checked lazily, so the reaper's work does not grow with every refresh.
+    """
 
     def __init__(self, name: str) -> None:
         self.name = name
         self._lock = threading.Condition()
-        self._entries: dict[Key, _Entry] = {}
+        self._services: dict[ServiceKey, dict[str, _Entry]] = {}
+        self._deadlines: list[tuple[float, int, _Entry]] = []
+        self._sequence = itertools.count()
         self._revision = 0
         self._watchers: dict[ServiceKey, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
         self._reaper = threading.Thread(target=self._reap_forever, name=f"discovery-memory-reaper-{name}", daemon=True)
@@ -62,17 +73,25 @@ class MemoryStore:
         """The store's revision: it grows with every change."""
         return self._revision
 
+    def _entry(self, key: Key) -> _Entry | None:
+        entries = self._services.get((key[0], key[1]))
+        return None if entries is None else entries.get(key[2])
+
     def put(self, instance: Instance, owner: int, ttl: float) -> None:
         """Insert or replace an instance, owned by ``owner``, alive for ``ttl`` seconds."""
         with self._lock:
-            self._entries[instance.key] = _Entry(instance, owner, ttl, time.monotonic() + ttl)
+            entry = _Entry(instance, owner, ttl, time.monotonic() + ttl)
+            self._services.setdefault((instance.namespace, instance.service), {})[instance.id] = entry
+            earliest = self._deadlines[0][0] if self._deadlines else None
+            heapq.heappush(self._deadlines, (entry.deadline, next(self._sequence), entry))
             self._changed(instance.namespace, instance.service)
-            self._lock.notify_all()
+            if earliest is None or entry.deadline < earliest:
+                self._lock.notify_all()
 
     def refresh(self, key: Key, owner: int) -> str:
         """Push an owned entry's deadline forward: ``"ok"``, ``"missing"``, or ``"taken"`` (another owner)."""
         with self._lock:
-            entry = self._entries.get(key)
+            entry = self._entry(key)
             if entry is None:
                 return "missing"
             if entry.owner != owner:
@@ -83,24 +102,29 @@ class MemoryStore:
     def remove(self, key: Key, owner: int | None = None) -> None:
         """Remove an entry (only if ``owner`` owns it, when given)."""
         with self._lock:
-            entry = self._entries.get(key)
+            entry = self._entry(key)
             if entry is None or (owner is not None and entry.owner != owner):
                 return
-            del self._entries[key]
-            self._changed(key[0], key[1])
+            self._delete(key)
+
+    def _delete(self, key: Key) -> None:
+        service_key = (key[0], key[1])
+        entries = self._services[service_key]
+        del entries[key[2]]
+        if not entries:
+            del self._services[service_key]
+        self._changed(key[0], key[1])
 
     def list(self, namespace: str, service: str) -> tuple[tuple[Instance, ...], int]:
         """The instances of a service and the store revision they were read at."""
         with self._lock:
-            found = tuple(
-                e.instance for (ns, svc, _), e in self._entries.items() if ns == namespace and svc == service
-            )
-            return found, self._revision
+            entries = self._services.get((namespace, service), {})
+            return tuple(e.instance for e in entries.values()), self._revision
 
     def services(self, namespace: str) -> tuple[str, ...]:
         """Service names with at least one instance in ``namespace``."""
         with self._lock:
-            return tuple(sorted({svc for (ns, svc, _) in self._entries if ns == namespace}))
+            return tuple(sorted(svc for (ns, svc) in self._services if ns == namespace))
 
     def add_watcher(self, key: ServiceKey, loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> None:
         """Set ``event`` (on ``loop``) whenever the service ``key`` changes."""
@@ -126,12 +150,19 @@ class MemoryStore:
         with self._lock:
             while True:
                 now = time.monotonic()
-                expired = [key for key, entry in self._entries.items() if entry.deadline <= now]
-                for key in expired:
-                    del self._entries[key]
-                    self._changed(key[0], key[1])
-                next_deadline = min((e.deadline for e in self._entries.values()), default=None)
-                self._lock.wait(None if next_deadline is None else max(0.0, next_deadline - time.monotonic()))
+                while self._deadlines and self._deadlines[0][0] <= now:
+                    _, _, entry = heapq.heappop(self._deadlines)
+                    key = entry.instance.key
+                    if self._entry(key) is not entry:
+                        continue  # replaced or removed since
+                    if entry.deadline > now:
+                        heapq.heappush(self._deadlines, (entry.deadline, next(self._sequence), entry))
+                    else:
+                        self._delete(key)
+                if not self._deadlines:
+                    self._lock.wait()
+                else:
+                    self._lock.wait(max(_REAPER_GRANULARITY, self._deadlines[0][0] - time.monotonic()))
 
 
 class MemoryDefinitions:

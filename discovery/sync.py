@@ -29,6 +29,8 @@ from discovery.urls import BackendURL
 from discovery.validation import validate_namespace, validate_service_name
 from discovery.watching import SnapshotCallback
 
+_MAX_REMEMBERED_LOOKUPS = 1024
+
 
 class Registration:
     """Blocking handle of a registration (see :class:`discovery.registration.AsyncRegistration`)."""
@@ -137,6 +139,8 @@ class Registry:
     def __init__(self, core: AsyncRegistry, loop: LoopThread) -> None:
         self._core = core
         self._loop = loop
+        # (service, namespace, selector, statuses) -> (snapshot, filtered result); valid while the snapshot is.
+        self._lookups: dict[tuple[object, ...], tuple[Snapshot, tuple[Instance, ...]]] = {}
 
     @classmethod
     def connect(cls, url: str | BackendURL | None = None, *, timeout: float | None = 30.0) -> Registry:
@@ -183,15 +187,30 @@ class Registry:
         selector: SelectorLike = None,
         statuses: StatusFilter = DEFAULT_STATUSES,
     ) -> tuple[Instance, ...]:
-        """Instances matching a selector and statuses; answered in this thread when the service is watched."""
+        """Instances matching a selector and statuses; answered in this thread when the service is watched.
+
+        For a watched service the filtered result is remembered per snapshot, so repeating the same lookup
+        costs a dictionary read until the service changes.
+        """
+        cached = self._core.cached_snapshot(service, namespace) if isinstance(service, str) else None
+        lookup_key: tuple[object, ...] | None = None
+        if cached is not None and (selector is None or isinstance(selector, str)) and isinstance(statuses, tuple):
+            lookup_key = (service, namespace, selector, statuses)
+            remembered = self._lookups.get(lookup_key)
+            if remembered is not None and remembered[0] is cached:
+                return remembered[1]
         validate_service_name(service)
         validate_namespace(namespace)
         parsed = parse_selector(selector)
         wanted = _status_set(statuses)
-        cached = self._core.cached_snapshot(service, namespace)
-        if cached is not None:
-            return filter_instances(cached.instances, parsed, wanted)
-        return self._loop.run(self._core.instances(service, namespace, parsed, statuses))
+        if cached is None:
+            return self._loop.run(self._core.instances(service, namespace, parsed, statuses))
+        found = filter_instances(cached.instances, parsed, wanted)
+        if lookup_key is not None:
+            if len(self._lookups) >= _MAX_REMEMBERED_LOOKUPS:
+                self._lookups.clear()
+            self._lookups[lookup_key] = (cached, found)
+        return found
 
     def snapshot(self, service: str, namespace: str = DEFAULT_NAMESPACE) -> Snapshot:
         """The current full set of a service (cached when watched)."""
