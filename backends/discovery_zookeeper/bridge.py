@@ -52,7 +52,10 @@ async def await_kazoo(async_result: Any, timeout: float, what: str) -> Any:
     future: asyncio.Future[Any] = loop.create_future()
     async_result.rawlink(lambda result: call_in_loop(loop, _settle, future, result))
     try:
-        return await asyncio.wait_for(future, timeout)
+        # Not asyncio.wait_for: on Python 3.11 it swallows a cancel() that arrives just as the reply does, and
+        # a watch task that ignores its cancellation makes registry.close() hang forever.
+        async with asyncio.timeout(timeout):
+            return await future
     except TimeoutError:
         raise BackendUnavailableError(f"ZooKeeper did not answer {what} within {timeout:g}s") from None
     except CONNECTION_ERRORS as lost:
