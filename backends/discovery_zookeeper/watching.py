@@ -179,7 +179,9 @@ class ServiceWatch:
         current = set(names)
         for gone in set(self._members) - current:
             del self._members[gone]
-        new = sorted(current - set(self._members))
+        # A member read as missing (deleted and created again under the same name, as the healer of another
+        # client does) never left the children list: read it again, or it would stay missing for good.
+        new = sorted(name for name in current if self._members.get(name) is None)
         values = await asyncio.gather(*(self._read_node(name) for name in new))
         for name, value in zip(new, values, strict=True):
             if name in current:
