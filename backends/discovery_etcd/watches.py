@@ -252,6 +252,12 @@ class ServiceWatch:
         self._check_created(created)
         if resuming:
             self.resume_count += 1
+            if int(created.header.revision) < self._revision:
+                # etcd's history went backwards (data wiped, or restored from an older snapshot): a watch from
+                # our old revision would skip every change until the new history reaches it. Start over.
+                self._cancel_call()
+                self._listed = False
+                raise _StreamLost("etcd's revision went backwards; re-listing")
             if int(created.header.revision) > self._revision:
                 # Something changed while we were away: re-read now; replayed events up to this read's
                 # revision are skipped in _apply because they are already in the listed set.
