@@ -13,7 +13,7 @@ from discovery.urls import BackendURL
 from discovery_etcd.connection import EndpointPool
 from discovery_etcd.definitions import EtcdDefinitions
 from discovery_etcd.keys import KeyLayout
-from discovery_etcd.leases import LeasedKey, LeaseGroup, lease_ttl
+from discovery_etcd.leases import LeasedKey, LeaseGroup, LeaseGroupRetired, lease_ttl
 from discovery_etcd.settings import DETECTION_SLACK, MIN_TTL, EtcdSettings
 from discovery_etcd.values import decode_endpoint, encode_endpoint
 from discovery_etcd.watches import ServiceWatch, iterate
@@ -111,9 +111,14 @@ class EtcdBackend(Backend):
         """Put the instance's key on the lease of its TTL (replacing any previous value of that key)."""
         self._check_open()
         key = self._key(instance)
-        group = self._group(lease_ttl(ttl))
         previous = self._owner.get(key)
-        await group.put(LeasedKey(key, encode_endpoint(instance), on_state))
+        while True:
+            group = self._group(lease_ttl(ttl))
+            try:
+                await group.put(LeasedKey(key, encode_endpoint(instance), on_state))
+                break
+            except LeaseGroupRetired:
+                continue  # emptied and dropped while we waited for it: _group() makes a fresh one
         self._owner[key] = group
         if previous is not None and previous is not group:
             previous.forget(key)
@@ -198,10 +203,14 @@ class EtcdBackend(Backend):
         return group
 
     async def _drop_if_empty(self, group: LeaseGroup) -> None:
-        if len(group) == 0 and self._groups.get(group.ttl) is group:
+        # Retire under the group's lock first: a register() already waiting on this group must not land on a
+        # lease that is about to be revoked (it would be deleted with it, silently).
+        if self._groups.get(group.ttl) is not group or not await group.retire_if_empty():
+            return
+        if self._groups.get(group.ttl) is group:
             del self._groups[group.ttl]
-            with contextlib.suppress(DiscoveryError):
-                await group.revoke()
+        with contextlib.suppress(DiscoveryError):
+            await group.revoke()
 
     def _check_open(self) -> None:
         if self._closed:

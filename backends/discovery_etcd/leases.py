@@ -21,7 +21,7 @@ from typing import Any
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
 from discovery.backend import RegistrationState, StateListener
-from discovery.errors import BackendUnavailableError, DiscoveryError
+from discovery.errors import BackendUnavailableError, DiscoveryError, NotRegisteredError
 from discovery_etcd.connection import EndpointPool, is_lease_not_found
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,10 @@ class LeasedKey:
     key: bytes
     value: bytes
     on_state: StateListener
+
+
+class LeaseGroupRetired(NotRegisteredError):
+    """The group was emptied and its lease is being revoked: the key belongs in a fresh group."""
 
 
 def _retry_keepalive(error: BaseException) -> bool:
@@ -58,6 +62,7 @@ class LeaseGroup:
         self._rewrite_pending = False
         self._last_refresh = time.monotonic()
         self._keepalive: asyncio.Task[None] | None = None
+        self._retired = False
 
     @property
     def lease_id(self) -> int | None:
@@ -73,6 +78,8 @@ class LeaseGroup:
     async def put(self, leased: LeasedKey) -> None:
         """Write a key attached to this group's lease (granting the lease first if needed)."""
         async with self._lock:
+            if self._retired:
+                raise LeaseGroupRetired("this lease group was emptied and is being revoked")
             if self._lease_id is None:
                 await self._grant_locked()
             try:
@@ -85,6 +92,16 @@ class LeaseGroup:
                 await self._put_locked(leased)
             self._keys[leased.key] = leased
         self._ensure_keepalive()
+
+    async def retire_if_empty(self) -> bool:
+        """Retire the group if no key uses it; checked under the write lock, so a put waiting for the lock is
+        refused (and goes to a fresh group) instead of landing on a lease about to be revoked.
+        """
+        async with self._lock:
+            if self._keys:
+                return False
+            self._retired = True
+            return True
 
     async def delete(self, key: bytes) -> None:
         """Delete a key and stop keeping it alive (missing keys are fine)."""
