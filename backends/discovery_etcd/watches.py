@@ -278,9 +278,12 @@ class ServiceWatch:
 
     async def _follow(self) -> None:
         call = self._call
+        reading: asyncio.Future[Any] | None = None
         try:
             while True:
-                response = await call.read()
+                reading = asyncio.ensure_future(call.read())
+                reading.add_done_callback(_retrieve)
+                response = await self._answer_or_probe(call, reading)
                 if response is EOF:
                     raise _StreamLost("the watch stream ended")
                 if int(response.compact_revision) != 0:
@@ -296,6 +299,27 @@ class ServiceWatch:
                 await self._pool.report_failure(self._call_client)
                 raise _StreamLost(str(error)) from error
             raise
+        finally:
+            if reading is not None and not reading.done():
+                reading.cancel()
+
+    async def _answer_or_probe(self, call: Any, reading: asyncio.Future[Any]) -> Any:
+        """The next response. After a quiet ``timeout`` ask etcd for progress; no answer within another
+        ``timeout`` means the stream is dead (a silent partition would otherwise go unnoticed, and the snapshot
+        unmarked stale, until gRPC's keepalive gives up after about 15 s).
+        """
+        timeout = self._pool.timeout
+        done, _ = await asyncio.wait({reading}, timeout=timeout)
+        if not done:
+            try:
+                async with asyncio.timeout(timeout):
+                    await call.write(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
+            except TimeoutError:
+                raise _StreamLost("could not send a progress request") from None
+            done, _ = await asyncio.wait({reading}, timeout=timeout)
+            if not done:
+                raise _StreamLost(f"etcd did not answer a progress request within {timeout:g} s")
+        return reading.result()
 
     def _apply(self, response: Any) -> bool:
         changed = False
@@ -317,6 +341,12 @@ class ServiceWatch:
             changed |= self._members.pop(key, None) is not None
         self._revision = max(self._revision, *(int(event.kv.mod_revision) for event in response.events))
         return changed
+
+
+def _retrieve(reading: asyncio.Future[Any]) -> None:
+    """Mark a read's outcome as seen: a read abandoned with the stream must not log 'never retrieved'."""
+    if not reading.cancelled():
+        reading.exception()
 
 
 async def iterate(watch: ServiceWatch, timeout: float) -> AsyncIterator[Snapshot]:
