@@ -15,6 +15,7 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,28 @@ class LeaseGroupRetired(NotRegisteredError):
     """The group was emptied and its lease is being revoked: the key belongs in a fresh group."""
 
 
+class KeyLocks:
+    """One lock per key, alive only while someone holds or awaits it: orders the writes of one key."""
+
+    def __init__(self) -> None:
+        self._locks: dict[bytes, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: bytes) -> AsyncIterator[None]:
+        """Hold the key's lock for the ``async with`` block."""
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
 def _retry_keepalive(error: BaseException) -> bool:
     return isinstance(error, BackendUnavailableError)
 
@@ -55,8 +78,12 @@ class LeaseGroup:
         self._pool = pool
         self._lease_id: int | None = None
         self._keys: dict[bytes, LeasedKey] = {}
-        # Serialises writes with re-grants, so a key deleted meanwhile is never re-put by a recovery.
+        # Serialises lease grants, re-grants (with their re-write of every key), retiring and removing a key from
+        # the group; puts hold it only to read the lease id, so a key deleted meanwhile is never re-put.
         self._lock = asyncio.Lock()
+        # Puts in flight outside the lock: a group with writers is not empty and must not be retired.
+        self._writers = 0
+        self._key_locks = KeyLocks()
         self._lost = False
         # Set from the moment a lease is known lost until every key is on the new lease.
         self._rewrite_pending = False
@@ -76,21 +103,40 @@ class LeaseGroup:
         return key in self._keys
 
     async def put(self, leased: LeasedKey) -> None:
-        """Write a key attached to this group's lease (granting the lease first if needed)."""
-        async with self._lock:
-            if self._retired:
-                raise LeaseGroupRetired("this lease group was emptied and is being revoked")
-            if self._lease_id is None:
-                await self._grant_locked()
+        """Write a key attached to this group's lease (granting the lease first if needed).
+
+        The group lock covers only granting/reading the lease id and counting this writer in (so the group is
+        not retired under it); the put itself runs unlocked, so registrations sharing a TTL are concurrent.
+        Writes of one key stay ordered (a put and a delete of the same key never overlap).
+        """
+        async with self._key_locks.hold(leased.key):
+            async with self._lock:
+                if self._retired:
+                    raise LeaseGroupRetired("this lease group was emptied and is being revoked")
+                if self._lease_id is None:
+                    await self._grant_locked()
+                lease_id = self._lease_id
+                self._writers += 1
             try:
-                await self._put_locked(leased)
+                await self._put_on(leased, lease_id)
             except DiscoveryError as error:
                 if not is_lease_not_found(error.__cause__ or error):
                     raise
-                # The lease vanished before the keepalive noticed: recover the others, then write this one.
-                await self._recover_locked()
-                await self._put_locked(leased)
-            self._keys[leased.key] = leased
+                # The lease vanished before the keepalive noticed: recover the others (unless a concurrent
+                # writer already did), then write this one.
+                async with self._lock:
+                    if self._lease_id == lease_id:
+                        await self._recover_locked()
+                    await self._put_on(leased, self._lease_id)
+                    self._keys[leased.key] = leased
+            else:
+                self._keys[leased.key] = leased
+                if self._lease_id != lease_id and self._lease_id is not None:
+                    # A re-grant finished while this put was in flight: its re-write did not include this key.
+                    async with self._lock:
+                        await self._put_on(leased, self._lease_id)
+            finally:
+                self._writers -= 1
         self._ensure_keepalive()
 
     async def retire_if_empty(self) -> bool:
@@ -98,15 +144,17 @@ class LeaseGroup:
         refused (and goes to a fresh group) instead of landing on a lease about to be revoked.
         """
         async with self._lock:
-            if self._keys:
+            if self._keys or self._writers:
                 return False
             self._retired = True
             return True
 
     async def delete(self, key: bytes) -> None:
         """Delete a key and stop keeping it alive (missing keys are fine)."""
-        async with self._lock:
-            self._keys.pop(key, None)
+        async with self._key_locks.hold(key):
+            # Popped under the group lock so that no re-grant re-puts it; deleted outside it.
+            async with self._lock:
+                self._keys.pop(key, None)
             await self._pool.call("delete a registration", lambda client: client.delete(key))
 
     def leased(self, key: bytes) -> LeasedKey | None:
@@ -144,8 +192,7 @@ class LeaseGroup:
         self._lease_id = int(lease.id)
         self._last_refresh = time.monotonic()
 
-    async def _put_locked(self, leased: LeasedKey) -> None:
-        lease_id = self._lease_id
+    async def _put_on(self, leased: LeasedKey, lease_id: int | None) -> None:
         await self._pool.call(
             "write a registration", lambda client: client.put(leased.key, leased.value, lease=lease_id)
         )
@@ -235,4 +282,3 @@ class LeaseGroup:
 def lease_ttl(ttl: float) -> int:
     """etcd leases have whole-second TTLs: round a requested TTL up."""
     return max(1, int(-(-ttl // 1)))
-

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -11,7 +12,7 @@ import pytest
 import pytest_asyncio
 
 from discovery.backend import RegistrationState
-from discovery.errors import BackendUnavailableError
+from discovery.errors import BackendUnavailableError, NotRegisteredError
 from discovery.models import Instance
 from discovery.urls import parse_url
 from discovery_etcd import EtcdBackend
@@ -182,3 +183,40 @@ async def test_unreachable_server_is_backend_unavailable() -> None:
     with pytest.raises(BackendUnavailableError, match=r"127\.0\.0\.1"):
         await backend.start()
     await backend.abort()
+
+
+async def test_concurrent_puts_on_a_revoked_lease_all_end_on_one_new_lease(
+    backends: Callable[..., Awaitable[EtcdBackend]], raw: object
+) -> None:
+    # Puts of one TTL run concurrently (the group lock covers only the lease id): every one that finds the lease
+    # gone must end on the single re-granted lease, none on the dead one.
+    backend = await backends()
+    for n in (0, 1):
+        await backend.register(instance("concurrent", n), TTL, lambda state: None)
+    old_lease = backend.lease_ids()[2]
+    await raw.revoke_lease(old_lease)  # type: ignore[attr-defined]
+    await asyncio.gather(*(backend.register(instance("concurrent", n), TTL, lambda state: None) for n in range(2, 22)))
+    new_lease = backend.lease_ids()[2]
+    assert new_lease not in (None, old_lease)
+    info = await raw.get_lease_info(new_lease, keys=True)  # type: ignore[attr-defined]
+    expected = {backend.layout.instance_key("default", "concurrent", f"concurrent-{n}") for n in range(22)}
+    assert set(info.keys) == expected
+
+
+async def test_update_racing_deregister_of_one_key_leaves_nothing_behind(
+    backends: Callable[..., Awaitable[EtcdBackend]], raw: object
+) -> None:
+    backend = await backends()
+    members = [instance("racing", n) for n in range(16)]
+    for member in members:
+        await backend.register(member, TTL, lambda state: None)
+    lease = backend.lease_ids()[2]
+    outcomes = await asyncio.gather(
+        *(op for member in members for op in (backend.update(member), backend.deregister(member))),
+        return_exceptions=True,
+    )
+    assert all(outcome is None or isinstance(outcome, NotRegisteredError) for outcome in outcomes), outcomes
+    assert backend.lease_ids() == {}
+    assert await backend.list("default", "racing") == ()
+    info = await raw.get_lease_info(lease, keys=True)  # type: ignore[attr-defined]
+    assert info.TTL == -1, "the emptied group's lease was revoked"
