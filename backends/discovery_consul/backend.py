@@ -40,6 +40,9 @@ class ConsulBackend(Backend):
         )
         self._client: ConsulClient | None = None
         self._registrations: dict[Key, Registration] = {}
+        # Service ids the agent may hold checks of that this backend did not write (left by an earlier process,
+        # or a write whose answer was lost): their first registration must set the checks' statuses explicitly.
+        self._maybe_at_agent: set[str] = set()
         self._watch_tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -77,6 +80,7 @@ class ConsulBackend(Backend):
         )
         try:
             await client.agent_self()
+            self._maybe_at_agent = await client.agent_service_ids()
         except BaseException:
             await client.close()
             raise
@@ -124,10 +128,17 @@ class ConsulBackend(Backend):
         previous = self._registrations.pop(instance.key, None)
         if previous is not None:
             await previous.stop()
+        service_id = records.consul_service_id(instance, self._settings.scope)
         registration = Registration(
-            client, instance, ttl, on_state, self._settings.deregister_after, self._settings.scope
+            client, instance, ttl, on_state, self._settings.deregister_after, self._settings.scope,
+            known_to_agent=previous is not None or service_id in self._maybe_at_agent,
         )
-        await registration.write(fresh=True)
+        try:
+            await registration.write(fresh=True)
+        except BaseException:
+            self._maybe_at_agent.add(service_id)
+            raise
+        self._maybe_at_agent.discard(service_id)
         self._registrations[instance.key] = registration
         registration.start()
 
@@ -146,7 +157,10 @@ class ConsulBackend(Backend):
         registration = self._registrations.pop(instance.key, None)
         if registration is not None:
             await registration.stop()
-        await client.deregister_service(records.consul_service_id(instance, self._settings.scope))
+        service_id = records.consul_service_id(instance, self._settings.scope)
+        self._maybe_at_agent.add(service_id)
+        await client.deregister_service(service_id)
+        self._maybe_at_agent.discard(service_id)
 
     async def list(self, namespace: str, service: str) -> tuple[Instance, ...]:
         """The live instances of a service in a namespace (every status; dead registrants excluded)."""

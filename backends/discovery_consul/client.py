@@ -115,6 +115,11 @@ class ConsulClient:
         call = self._consul.http.get(CB.json(), "/v1/agent/self", headers=self._consul.prepare_headers())
         return cast(dict[str, Any], await self._call("GET /v1/agent/self", call))
 
+    async def agent_service_ids(self) -> set[str]:
+        """The ids of the services the agent holds (that our token may read)."""
+        call = self._consul.http.get(CB.json(), "/v1/agent/services", headers=self._consul.prepare_headers())
+        return set(cast(dict[str, Any], await self._call("GET /v1/agent/services", call)))
+
     async def register_service(
         self,
         *,

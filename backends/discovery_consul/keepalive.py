@@ -47,8 +47,14 @@ class Registration:
         on_state: StateListener,
         deregister_after: float,
         scope: str | None = None,
+        *,
+        known_to_agent: bool = True,
     ) -> None:
         self.instance = instance
+        # False only while the agent certainly has no checks of this service id: Consul keeps an existing
+        # check's status when a service is re-registered, so only then does the registration's initial
+        # ``Status`` of each check take effect and the write is a single call.
+        self.known_to_agent = known_to_agent
         self.scope = scope
         self.ttl = ttl
         self.on_state = on_state
@@ -83,6 +89,7 @@ class Registration:
             "CheckID": records.status_check_id(self.service_id),
             "Name": f"discovery status of {self.instance.id}",
             "Status": "passing" if records.status_check_passing(self.instance.status) else "critical",
+            "Notes": f"{records.STATUS_CHECK_NOTE_PREFIX}{self.instance.status.value}",
         }
         return [liveness, status]
 
@@ -107,6 +114,13 @@ class Registration:
                 checks=self._checks(),
                 replace_existing_checks=fresh,
             )
+            first_write, self.known_to_agent = not self.known_to_agent, True
+            if first_write:
+                # New checks start with the statuses registered above (liveness passing, status as declared).
+                self._status_set_at = self._last_alive = time.monotonic()
+                if instance.status == Status.DRAINING:
+                    await self._client.set_maintenance(self.service_id, True, reason="discovery: DRAINING")
+                return
             await self._client.update_ttl_check(
                 records.status_check_id(self.service_id),
                 records.status_check_passing(instance.status),

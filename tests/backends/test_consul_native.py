@@ -262,3 +262,36 @@ async def test_unreachable_agent_is_backend_unavailable() -> None:
     backend = ConsulBackend.from_url(parse_url(f"consul://127.0.0.1:{port}?timeout=1"))
     with pytest.raises(BackendUnavailableError):
         await backend.start()
+
+
+@pytest.mark.parametrize("status", [Status.UP, Status.DOWN, Status.STARTING])
+async def test_first_registration_sets_both_checks_in_its_one_call(
+    consul_server: ServerHandle, backends: Callable[..., asyncio.Future[Backend]], status: Status
+) -> None:
+    # No follow-up TTL update: the checks are born with their statuses, and a list right after sees them.
+    owner = await backends()
+    instance = Instance(unique("onecall"), "o1", "127.0.0.1", 1, status=status)
+    await owner.register(instance, SHORT_TTL, ignore_state)
+    service_id = records.consul_service_id(instance, owner.settings.scope)  # type: ignore[attr-defined]
+    checks = http_json(consul_server.host, consul_server.port, "/v1/agent/checks")
+    assert checks[records.liveness_check_id(service_id)]["Status"] == "passing"
+    expected = "passing" if status is Status.UP else "critical"
+    assert checks[records.status_check_id(service_id)]["Status"] == expected
+    assert [i.status for i in await owner.list("default", instance.service)] == [status]
+
+
+async def test_registration_over_a_leftover_of_an_earlier_process_sets_its_statuses(
+    backends: Callable[..., asyncio.Future[Backend]],
+) -> None:
+    # Consul keeps an existing check's status when a service is registered again: a leftover DOWN registration
+    # with a critical liveness check (its process died) must not make the new UP registration DOWN or invisible.
+    earlier, observer = await backends(), await backends()
+    instance = Instance(unique("leftover"), "l1", "127.0.0.1", 1)
+    await earlier.register(instance.with_changes(status=Status.DOWN), SHORT_TTL, ignore_state)
+    await earlier.abort()
+    await eventually(
+        lambda: observer.list("default", instance.service), lambda found: found == (), CONVERGENCE_TIMEOUT
+    )
+    later = await backends()
+    await later.register(instance, SHORT_TTL, ignore_state)
+    assert [i.status for i in await observer.list("default", instance.service)] == [Status.UP]
