@@ -121,6 +121,11 @@ class MemoryStore:
             entries = self._services.get((namespace, service), {})
             return tuple(e.instance for e in entries.values()), self._revision
 
+    def keys(self) -> frozenset[Key]:
+        """Every stored ``(namespace, service, id)``: what the store holds, for inspection and tests."""
+        with self._lock:
+            return frozenset((ns, svc, i) for (ns, svc), entries in self._services.items() for i in entries)
+
     def services(self, namespace: str) -> tuple[str, ...]:
         """Service names with at least one instance in ``namespace``."""
         with self._lock:

@@ -97,7 +97,7 @@ def test_memory_store_holds_only_keys_of_registered_services(candidates: list[In
                 listed = await backend.list(instance.namespace, instance.service)
                 assert all((i.namespace, i.service) == (instance.namespace, instance.service) for i in listed)
             store = memory_store(store_name)
-            assert set(store._entries) == {instance.key for instance in accepted}
+            assert store.keys() == {instance.key for instance in accepted}
         finally:
             await backend.close()
 
