@@ -63,6 +63,14 @@ def is_connection_error(error: BaseException) -> bool:
     return False
 
 
+def is_stale_token(error: BaseException) -> bool:
+    """Whether etcd refused the auth token the client logged in with (an etcd restart forgets its tokens).
+
+    aetcd authenticates once per connection; a new client logs in again.
+    """
+    return "invalid auth token" in str(error) or "invalid auth token" in str(error.__cause__ or "")
+
+
 def is_lease_not_found(error: BaseException) -> bool:
     """Whether etcd refused a write because its lease no longer exists."""
     return isinstance(error, aetcd.exceptions.ClientError) and "lease not found" in str(error)
@@ -128,6 +136,14 @@ class EndpointPool:
         log.info("etcd endpoint failed; switching to %s", self._settings.endpoints[self._index])
         await self._close_client(client)
 
+    async def renew(self, client: Any) -> None:
+        """``client``'s auth token is no longer valid: drop it, so the next call logs in with a new client."""
+        if client is not self._client:
+            return
+        self._client = None
+        log.info("etcd no longer accepts our auth token (restarted?); logging in again")
+        await self._close_client(client)
+
     async def call(self, action: str, operation: Callable[[Any], Awaitable[T]], *, timeout: float | None = None) -> T:
         """Run ``operation(client)``, retrying connection failures on any endpoint until the deadline.
 
@@ -137,7 +153,7 @@ class EndpointPool:
         try:
             async with asyncio.timeout(self._settings.timeout if timeout is None else timeout):
                 retrying = AsyncRetrying(
-                    retry=retry_if_exception(is_connection_error),
+                    retry=retry_if_exception(lambda error: is_connection_error(error) or is_stale_token(error)),
                     wait=wait_random_exponential(multiplier=0.05, max=1.0),
                     reraise=True,
                 )
@@ -150,6 +166,8 @@ class EndpointPool:
                             last_error = error
                             if is_connection_error(error):
                                 await self.report_failure(client)
+                            elif is_stale_token(error):
+                                await self.renew(client)
                             raise
         except TimeoutError:
             raise BackendUnavailableError(

@@ -28,6 +28,8 @@ PASSWORD_ENVIRONMENT_VARIABLE = "DISCOVERY_ETCD_PASSWORD"
 SECURITY_PARAMETERS = ("tls", "ca", "cert", "key", "username", "password", "password_file")
 #: Words gRPC puts in the status details of a failed TLS handshake.
 _TLS_MARKERS = ("ssl", "handshake", "certificate", "tls")
+#: ...unless the peer just went away mid-handshake (a restarting server): "Handshake read failed (Endpoint closing)".
+_TRANSIENT_HANDSHAKE_MARKERS = ("endpoint closing", "socket closed", "connection reset")
 #: The HTTP/2 client preface and an empty SETTINGS frame: etcd answers with its own SETTINGS.
 _HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 _PREFLIGHT_ANSWER_WAIT = 2.0
@@ -134,6 +136,8 @@ def is_tls_error(error: BaseException) -> bool:
     if not isinstance(cause, rpc.AioRpcError):
         return False
     details = (cause.details() or "").lower()
+    if any(marker in details for marker in _TRANSIENT_HANDSHAKE_MARKERS):
+        return False
     return any(marker in details for marker in _TLS_MARKERS)
 
 

@@ -26,7 +26,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_ran
 
 from discovery.errors import BackendUnavailableError, DiscoveryError
 from discovery.models import Instance, Snapshot
-from discovery_etcd.connection import EndpointPool, is_connection_error
+from discovery_etcd.connection import EndpointPool, is_connection_error, is_stale_token
 from discovery_etcd.keys import KeyLayout
 from discovery_etcd.values import decode_endpoint
 
@@ -41,6 +41,16 @@ class _StreamLost(Exception):
 
 class _Compacted(Exception):
     """etcd no longer holds the revision to resume from; re-list."""
+
+
+def _refused_for_stale_token(response: Any, client: Any) -> bool:
+    """etcd cancels a watch whose auth token it no longer knows (it restarted) as "permission denied"; a real
+    denial stays denied after logging in again, so renewing the client on that answer costs only one login.
+    """
+    if response is None or response is EOF or not response.canceled or not client.metadata:
+        return False
+    reason = str(response.cancel_reason)
+    return is_stale_token(Exception(reason)) or "permission denied" in reason
 
 
 def _should_reconnect(error: BaseException) -> bool:
@@ -249,6 +259,8 @@ class ServiceWatch:
                 await self._pool.report_failure(client)
                 raise _StreamLost(str(error)) from error
             raise
+        if _refused_for_stale_token(created, client):
+            await self._pool.renew(client)
         self._check_created(created)
         if resuming:
             self.resume_count += 1

@@ -111,3 +111,24 @@ async def test_tls_failures_are_typed(secure_etcd: SecureServer, case: str, matc
     url = f"{secure_etcd.base_url}{prefix()}?timeout=3&{query}&username=app&password={password}"
     with pytest.raises(DiscoveryTLSError, match=match):
         await asyncio.wait_for(AsyncRegistry.connect(url), 10)
+
+
+async def test_registration_and_watch_log_in_again_after_an_etcd_restart(secure_etcd: SecureServer) -> None:
+    # etcd forgets its auth tokens when it restarts; aetcd logs in once per connection, so the old client's token
+    # is refused ("invalid auth token") and the connection layer must log in again with a new client.
+    path = prefix()
+    url = url_for(secure_etcd, path)
+    async with await AsyncRegistry.connect(url) as owner, await AsyncRegistry.connect(url) as watcher:
+        await owner.register(Instance("orders", "before", "10.0.0.1", 8080))
+        async with watcher.watch("orders") as watch:
+            await watch.until(lambda s: s.ids() == {"before"}, timeout=5)
+            backend = owner.backend
+            assert isinstance(backend, EtcdBackend)
+            old_client = await backend.pool.client()
+            await asyncio.to_thread(secure_etcd.handle.stop)
+            await asyncio.to_thread(secure_etcd.handle.start)
+            await owner.register(Instance("orders", "after", "10.0.0.2", 8080))
+            assert await backend.pool.client() is not old_client, "a new client logged in"
+            snapshot = await watch.until(lambda s: s.ids() == {"before", "after"} and not s.stale, timeout=15)
+        assert {i.id for i in await watcher.instances("orders")} == {"before", "after"}
+    assert snapshot.ids() == {"before", "after"}
