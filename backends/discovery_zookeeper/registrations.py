@@ -102,9 +102,14 @@ class Registrations:
     # -- writing -------------------------------------------------------------------------------------------------
 
     async def _write(self, entry: _Registration) -> None:
+        try:
+            await self._write_once(entry)  # the common case, without building a retry loop per write
+            return
+        except _Contended:
+            pass
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(_Contended),
-            stop=stop_after_attempt(8),
+            stop=stop_after_attempt(7),  # eight attempts in all
             wait=wait_random_exponential(multiplier=0.01, max=0.2),
             reraise=True,
         ):
