@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -43,6 +44,9 @@ CHANNEL_OPTIONS: dict[str, Any] = {
 
 # CANCELLED: the channel was closed under the call (failover to another endpoint); INTERNAL: gRPC core's
 # "Internal error from Core" when a message is sent on a connection that just broke.
+#: Seconds: the first retry waits up to this long, every further one up to twice as long as the one before.
+FIRST_RETRY_WAIT = 0.05
+
 _CONNECTION_CODES = frozenset(
     {rpc.StatusCode.UNAVAILABLE, rpc.StatusCode.DEADLINE_EXCEEDED, rpc.StatusCode.CANCELLED, rpc.StatusCode.INTERNAL}
 )
@@ -69,6 +73,10 @@ def is_stale_token(error: BaseException) -> bool:
     aetcd authenticates once per connection; a new client logs in again.
     """
     return "invalid auth token" in str(error) or "invalid auth token" in str(error.__cause__ or "")
+
+
+def _worth_retrying(error: BaseException) -> bool:
+    return is_connection_error(error) or is_stale_token(error)
 
 
 def is_lease_not_found(error: BaseException) -> bool:
@@ -152,22 +160,24 @@ class EndpointPool:
         last_error: BaseException | None = None
         try:
             async with asyncio.timeout(self._settings.timeout if timeout is None else timeout):
+                try:
+                    return await self._attempt(operation)  # the common case, without building a retry loop
+                except Exception as error:
+                    last_error = error
+                    if not _worth_retrying(error):
+                        raise
+                await asyncio.sleep(random.uniform(0, FIRST_RETRY_WAIT))  # spread, not secrecy
                 retrying = AsyncRetrying(
-                    retry=retry_if_exception(lambda error: is_connection_error(error) or is_stale_token(error)),
-                    wait=wait_random_exponential(multiplier=0.05, max=1.0),
+                    retry=retry_if_exception(_worth_retrying),
+                    wait=wait_random_exponential(multiplier=FIRST_RETRY_WAIT, max=1.0),
                     reraise=True,
                 )
                 async for attempt in retrying:
                     with attempt:
-                        client = await self.client()
                         try:
-                            return await operation(client)
+                            return await self._attempt(operation)
                         except Exception as error:
                             last_error = error
-                            if is_connection_error(error):
-                                await self.report_failure(client)
-                            elif is_stale_token(error):
-                                await self.renew(client)
                             raise
         except TimeoutError:
             raise BackendUnavailableError(
@@ -182,6 +192,17 @@ class EndpointPool:
                 ) from error
             raise translate(error, action) from error
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
+
+    async def _attempt(self, operation: Callable[[Any], Awaitable[T]]) -> T:
+        client = await self.client()
+        try:
+            return await operation(client)
+        except Exception as error:
+            if is_connection_error(error):
+                await self.report_failure(client)
+            elif is_stale_token(error):
+                await self.renew(client)
+            raise
 
     async def close(self) -> None:
         """Drop the connection; later calls fail with ``BackendUnavailableError``."""
