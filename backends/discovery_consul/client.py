@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ssl
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar, cast
@@ -49,6 +50,7 @@ class ConsulClient:
     ) -> None:
         self._agent_address = f"{host}:{port}"
         self._timeout = timeout
+        self._uses_tls = tls is not None
         if tls is None:
             self._consul = consul.aio.Consul(host=host, port=port, scheme="http", dc=dc, verify=False)
         else:
@@ -69,7 +71,7 @@ class ConsulClient:
         await self._consul.close()
 
     @contextlib.asynccontextmanager
-    async def _translated(self, what: str, timeout: float) -> AsyncIterator[None]:
+    async def _translated(self, what: str, timeout: float, *, first_contact: bool = False) -> AsyncIterator[None]:
         try:
             async with asyncio.timeout(timeout):
                 yield
@@ -78,7 +80,9 @@ class ConsulClient:
                 f"Consul agent {self._agent_address} did not answer {what} within {timeout:g} s"
             ) from None
         except (aiohttp.ClientError, OSError) as error:
-            if _is_tls_failure(error):
+            if _is_tls_failure(error) or (first_contact and self._uses_tls and _is_hang_up(error)):
+                # A TLS 1.3 server checks our certificate after the handshake and may just reset the
+                # connection (no alert): on the very first request over TLS that means it refused us.
                 raise DiscoveryTLSError(
                     f"TLS with the Consul agent {self._agent_address} failed for {what} (untrusted server certificate,"
                     f" refused client certificate, or not an HTTPS port): {_tls_reason(error)}"
@@ -104,8 +108,10 @@ class ConsulClient:
                 raise BackendUnavailableError(f"Consul agent {self._agent_address} failed {what}: {text}") from None
             raise DiscoveryError(f"Consul failed {what}: {text}") from None
 
-    async def _call(self, what: str, call: Awaitable[T], timeout: float | None = None) -> T:
-        async with self._translated(what, self._timeout if timeout is None else timeout):
+    async def _call(
+        self, what: str, call: Awaitable[T], timeout: float | None = None, *, first_contact: bool = False
+    ) -> T:
+        async with self._translated(what, self._timeout if timeout is None else timeout, first_contact=first_contact):
             return await call
         raise AssertionError("unreachable")  # pragma: no cover  # mypy cannot see that the context re-raises
 
@@ -113,7 +119,7 @@ class ConsulClient:
         """The agent's configuration (used to prove it is reachable)."""
         # py-consul's agent.self() sends no token, which an ACL default-deny agent refuses; same call with it.
         call = self._consul.http.get(CB.json(), "/v1/agent/self", headers=self._consul.prepare_headers())
-        return cast(dict[str, Any], await self._call("GET /v1/agent/self", call))
+        return cast(dict[str, Any], await self._call("GET /v1/agent/self", call, first_contact=True))
 
     async def agent_service_ids(self) -> set[str]:
         """The ids of the services the agent holds (that our token may read)."""
@@ -205,6 +211,13 @@ def _is_tls_failure(error: BaseException) -> bool:
     return False
 
 
+def _is_hang_up(error: BaseException) -> bool:
+    """A connection reset or a server that closed without answering."""
+    if isinstance(error, aiohttp.ServerDisconnectedError | ConnectionResetError):
+        return True
+    return isinstance(error, aiohttp.ClientOSError) and error.errno == errno.ECONNRESET
+
+
 def _tls_reason(error: BaseException) -> str:
     seen: BaseException | None = error
     while seen is not None:
@@ -216,4 +229,6 @@ def _tls_reason(error: BaseException) -> str:
             hint = " (client certificate refused or missing)" if "CERTIFICATE" in reason.upper() else ""
             return f"{reason}{hint}"
         seen = seen.__cause__ or seen.__context__
+    if _is_hang_up(error):
+        return f"the agent hung up right after the handshake (client certificate refused or missing): {error}"
     return f"{type(error).__name__}: {error}"
