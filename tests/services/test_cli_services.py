@@ -218,9 +218,17 @@ def test_readme_walkthrough_with_processes(etcd_server: ServerHandle, ranges: tu
             time.sleep(0.1)
         assert body == "Hello World!\n"
         srv = dns.message.make_query("_http._tcp.hello-node-svc.default.svc.cluster.local", "SRV")
-        answer = [r.to_text() for rrset in dns.query.tcp(srv, "127.0.0.1", port=port, timeout=3).answer
-                  for r in rrset]
-        assert answer == [f"0 1 {hello_node} hello-1.hello-node-svc.default.svc.cluster.local."]
+        expected = [f"0 1 {hello_node} hello-1.hello-node-svc.default.svc.cluster.local."]
+
+        def srv_answer() -> list[str]:
+            return [r.to_text() for rrset in dns.query.tcp(srv, "127.0.0.1", port=port, timeout=3).answer
+                    for r in rrset]
+
+        # The DNS process follows endpoints on its own; the proxy answering does not mean it has them yet.
+        deadline = time.monotonic() + 20
+        while (answer := srv_answer()) != expected and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert answer == expected
     finally:
         for process in processes:
             process.stop()
