@@ -139,6 +139,13 @@ class ConsulBackend(Backend):
             self._maybe_at_agent.add(service_id)
             raise
         self._maybe_at_agent.discard(service_id)
+        if self._closed:
+            # close() ran while we were writing: starting a heartbeat now would outlive the client.
+            raise ClosedError("the Consul backend was closed during register()")
+        while (overtaken := self._registrations.pop(instance.key, None)) is not None:
+            # A concurrent register() of the same key finished first; ours is the newer write. Stop its
+            # heartbeat, or it would run on unreferenced and outlive close().
+            await overtaken.stop()
         self._registrations[instance.key] = registration
         registration.start()
 
