@@ -110,6 +110,9 @@ class ServiceWatch:
         self._subscribers: set[Subscription] = set()
         self._task: asyncio.Task[None] | None = None
         self._call: Any = None
+        #: Loop time of the last response on the stream, and whether the probe gave up on it.
+        self._answered_at = 0.0
+        self._probe_failed = False
         self._call_client: Any = None
         #: How many times the set was (re-)listed; tests use it to see a re-list after compaction.
         self.list_count = 0
@@ -290,12 +293,13 @@ class ServiceWatch:
 
     async def _follow(self) -> None:
         call = self._call
-        reading: asyncio.Future[Any] | None = None
+        self._answered_at = asyncio.get_running_loop().time()
+        self._probe_failed = False
+        prober = asyncio.create_task(self._probe(call), name=f"etcd-watch-probe-{self.namespace}/{self.service}")
         try:
             while True:
-                reading = asyncio.ensure_future(call.read())
-                reading.add_done_callback(_retrieve)
-                response = await self._answer_or_probe(call, reading)
+                response = await call.read()
+                self._answered_at = asyncio.get_running_loop().time()
                 if response is EOF:
                     raise _StreamLost("the watch stream ended")
                 if int(response.compact_revision) != 0:
@@ -306,32 +310,43 @@ class ServiceWatch:
                     self._publish()
         except (_StreamLost, _Compacted):
             raise
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._probe_failed and task is not None and not task.cancelling():
+                # The probe cancelled the call (grpc.aio reports that as CancelledError), not us.
+                raise _StreamLost(f"etcd did not answer a progress request within {self._pool.timeout:g} s") from None
+            raise
         except Exception as error:
             if is_connection_error(error):
                 await self._pool.report_failure(self._call_client)
                 raise _StreamLost(str(error)) from error
             raise
         finally:
-            if reading is not None and not reading.done():
-                reading.cancel()
+            prober.cancel()
+            await asyncio.gather(prober, return_exceptions=True)
 
-    async def _answer_or_probe(self, call: Any, reading: asyncio.Future[Any]) -> Any:
-        """The next response. After a quiet ``timeout`` ask etcd for progress; no answer within another
-        ``timeout`` means the stream is dead (a silent partition would otherwise go unnoticed, and the snapshot
-        unmarked stale, until gRPC's keepalive gives up after about 15 s).
+    async def _probe(self, call: Any) -> None:
+        """After a quiet ``timeout`` ask etcd for progress on the stream; no answer within another ``timeout``
+        means the stream is dead: cancel the call. A silent partition would otherwise go unnoticed, and the
+        snapshot unmarked stale, until gRPC's keepalive gives up after about 15 s.
         """
+        loop = asyncio.get_running_loop()
         timeout = self._pool.timeout
-        done, _ = await asyncio.wait({reading}, timeout=timeout)
-        if not done:
+        while True:
+            await asyncio.sleep(timeout)
+            if loop.time() - self._answered_at < timeout:
+                continue
+            asked = loop.time()
             try:
                 async with asyncio.timeout(timeout):
                     await call.write(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
-            except TimeoutError:
-                raise _StreamLost("could not send a progress request") from None
-            done, _ = await asyncio.wait({reading}, timeout=timeout)
-            if not done:
-                raise _StreamLost(f"etcd did not answer a progress request within {timeout:g} s")
-        return reading.result()
+            except Exception as error:  # any failure to ask ends the stream the same way
+                log.debug("etcd watch progress request failed: %r", error)
+            await asyncio.sleep(max(0.0, asked + timeout - loop.time()))
+            if self._answered_at < asked:
+                self._probe_failed = True
+                call.cancel()
+                return
 
     def _apply(self, response: Any) -> bool:
         changed = False
@@ -353,12 +368,6 @@ class ServiceWatch:
             changed |= self._members.pop(key, None) is not None
         self._revision = max(self._revision, *(int(event.kv.mod_revision) for event in response.events))
         return changed
-
-
-def _retrieve(reading: asyncio.Future[Any]) -> None:
-    """Mark a read's outcome as seen: a read abandoned with the stream must not log 'never retrieved'."""
-    if not reading.cancelled():
-        reading.exception()
 
 
 async def iterate(watch: ServiceWatch, timeout: float) -> AsyncIterator[Snapshot]:
