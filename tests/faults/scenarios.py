@@ -12,6 +12,7 @@ for a state polls with a deadline.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 import signal
@@ -24,10 +25,11 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
-from discovery.errors import DiscoveryError
+from discovery.errors import BackendUnavailableError
 from discovery.registration import AsyncRegistration
 from discovery.registry import AsyncRegistry
 from tests.faults.targets import TTL, Target
@@ -35,6 +37,8 @@ from tests.faults.trial import CONVERGENCE_LIMIT, POLL, Trial, TrialResult
 from tests.harness import ServerHandle, start_server
 from tests.harness.cluster import Cluster, start_cluster
 from tests.harness.relay import Relay
+
+T = TypeVar("T")
 
 FAULTS = (
     "kill-short", "kill-long", "wipe", "session-loss", "partition", "leader-loss", "registrant-kill", "churn",
@@ -258,14 +262,23 @@ async def _elected_at(cluster: Cluster, old_leader: int) -> float:
 
 
 async def _register_retrying(owner: AsyncRegistry, trial: Trial, suffix: str) -> AsyncRegistration:
+    instance = trial.instance(suffix)
+    return await _retrying(lambda: owner.register(instance, ttl=TTL))
+
+
+async def _retrying(operation: Callable[[], Awaitable[T]]) -> T:
+    """Retry an operation the server did not answer in time (election, overload), with jittered backoff.
+
+    Registering and deregistering are idempotent, so repeating one whose answer was lost is safe.
+    """
     async for attempt in AsyncRetrying(
-        retry=retry_if_exception_type(DiscoveryError),
+        retry=retry_if_exception_type(BackendUnavailableError),
         wait=wait_random_exponential(multiplier=0.05, max=1.0),
         stop=stop_after_delay(CONVERGENCE_LIMIT),
         reraise=True,
     ):
         with attempt:
-            return await owner.register(trial.instance(suffix), ttl=TTL)
+            return await operation()
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -332,14 +345,18 @@ async def _churn(target: Target, servers: FaultServers, profile: Profile) -> Tri
                 number = rng.choice(mine)
                 current = held.pop(number, None)
                 if current is not None:
-                    await current.deregister()
+                    await _retrying(current.deregister)
                     trial.forget(current)
                 else:
                     owner = owners[number % len(owners)]
-                    held[number] = trial.track(await owner.register(trial.instance(f"c-{number}"), ttl=TTL))
-                    trial.revive(held[number].instance.id)
+                    instance = trial.instance(f"c-{number}")
+                    made = await _retrying(functools.partial(owner.register, instance, ttl=TTL))
+                    held[number] = trial.track(made)
+                    trial.revive(instance.id)
 
-        await asyncio.gather(*(churn(w) for w in range(workers)))
+        async with asyncio.TaskGroup() as group:  # one churner failing cancels the others
+            for worker in range(workers):
+                group.create_task(churn(worker))
         ended = time.monotonic()
         trial.result.note = f"{profile.churn_ops} ops, {len(held)} left registered"
         await trial.settle(ended)
