@@ -6,7 +6,7 @@
 Runs the trials of ``tests/faults`` (the pytest suite runs the quick profile) one after the other against
 private servers and three-node clusters on 127.0.0.2-4, and prints a Markdown table: fault x backend ->
 trials, lost, stale, converged %, violations, restore time p50/max and convergence time p50/max. Every
-failed trial is printed with what was wrong. ``--json`` also writes every trial's result.
+failed trial is printed with what was wrong. ``--json`` appends every trial's result as it finishes.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def table(results: Sequence[TrialResult]) -> str:
 
 
 async def run(backends: Sequence[str], faults: Sequence[str], trials: int, profile_name: str,
-              provider: str) -> list[TrialResult]:
-    """Run ``trials`` trials of each fault on each backend; print a line per trial."""
+              provider: str, json_lines: Path | None = None) -> list[TrialResult]:
+    """Run ``trials`` trials of each fault on each backend; print (and append to ``json_lines``) each trial."""
     profile = replace(PROFILES[profile_name], trials=trials)
     servers = FaultServers(provider)
     results: list[TrialResult] = []
@@ -71,6 +71,9 @@ async def run(backends: Sequence[str], faults: Sequence[str], trials: int, profi
                     except Exception as error:  # a trial that could not even run counts as a violation
                         result = TrialResult(fault, backend, violations=[f"trial failed: {error!r}"])
                     results.append(result)
+                    if json_lines is not None:
+                        with json_lines.open("a", encoding="utf-8") as sink:
+                            sink.write(json.dumps(asdict(result)) + "\n")
                     mark = "ok " if result.ok else "BAD"
                     print(f"{mark} [{time.monotonic() - started:5.1f}s] #{number + 1} {result.describe()}",
                           file=sys.stderr, flush=True)
@@ -87,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--faults", default=",".join(FAULTS))
     parser.add_argument("--servers", choices=("process", "container"), default="process")
-    parser.add_argument("--json", type=Path, default=None, help="also write every trial's result here")
+    parser.add_argument("--json", type=Path, default=None, help="also append every trial's result here (JSON lines)")
     args = parser.parse_args(argv)
     backends = [b for b in args.backends.split(",") if b]
     faults = [f for f in args.faults.split(",") if f]
@@ -96,15 +99,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown backend/fault: {', '.join(unknown)}")
     trials = args.trials if args.trials is not None else PROFILES[args.profile].trials
     started = time.monotonic()
-    results = asyncio.run(run(backends, faults, trials, args.profile, args.servers))
+    results = asyncio.run(run(backends, faults, trials, args.profile, args.servers, args.json))
     print(f"\nprofile {args.profile}, {trials} trial(s) each, servers: {args.servers}, "
           f"{time.monotonic() - started:.0f} s\n")
     print(table(results))
     failed = [r for r in results if not r.ok]
     for result in failed:
         print(f"\nFAILED {result.describe()}")
-    if args.json is not None:
-        args.json.write_text(json.dumps([asdict(r) for r in results], indent=1), encoding="utf-8")
     return 1 if failed else 0
 
 
