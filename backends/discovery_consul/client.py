@@ -37,6 +37,10 @@ T = TypeVar("T")
 # know; newer versions answer 404 "Unknown check ID". Both mean: the agent forgot us.
 _UNKNOWN_CHECK_MARKERS = ("does not have associated TTL", "Unknown check", "Unknown service")
 
+#: Connections the blocking-query pool may open: one per watched service (and definitions kind) at most, so in
+#: practice bounded by what the process watches; the number only keeps aiohttp from queueing them.
+BLOCKING_CONNECTIONS = 100_000
+
 
 class UnknownToAgentError(DiscoveryError):
     """The agent does not know the service or check (e.g. it restarted and lost its state)."""
@@ -51,24 +55,36 @@ class ConsulClient:
         self._agent_address = f"{host}:{port}"
         self._timeout = timeout
         self._uses_tls = tls is not None
-        if tls is None:
-            self._consul = consul.aio.Consul(host=host, port=port, scheme="http", dc=dc, verify=False)
-        else:
-            # py-consul builds an ssl.create_default_context() (certificate and host name checked) and adds ca.
-            client_cert = (tls.cert, tls.key) if tls.cert and tls.key else None
-            self._consul = consul.aio.Consul(
-                host=host, port=port, scheme="https", dc=dc, verify=tls.ca or True, cert=client_cert
-            )
+        # Two pools: a blocking query parks its HTTP connection for up to ``wait`` seconds, one per watched
+        # service, so sharing aiohttp's default 100-connection pool would queue heartbeats, registrations and
+        # the 101st watch behind them (docs/decisions/consul-connection-pools.md).
+        self._consul = self._connect(host, port, dc, tls, limit=None)
+        self._blocking = self._connect(host, port, dc, tls, limit=BLOCKING_CONNECTIONS)
         if token is not None:
             # py-consul lets $CONSUL_HTTP_TOKEN win over its argument; a token in the URL must win.
             self._consul.token = token
+            self._blocking.token = token
+
+    @staticmethod
+    def _connect(host: str, port: int, dc: str | None, tls: TLSOptions | None, limit: int | None) -> consul.aio.Consul:
+        if tls is None:
+            return consul.aio.Consul(host=host, port=port, scheme="http", dc=dc, verify=False, connections_limit=limit)
+        # py-consul builds an ssl.create_default_context() (certificate and host name checked) and adds ca.
+        client_cert = (tls.cert, tls.key) if tls.cert and tls.key else None
+        return consul.aio.Consul(
+            host=host, port=port, scheme="https", dc=dc, verify=tls.ca or True, cert=client_cert,
+            connections_limit=limit,
+        )
 
     def __repr__(self) -> str:
         return f"ConsulClient({self._agent_address!r})"
 
     async def close(self) -> None:
-        """Close the HTTP connection pool."""
-        await self._consul.close()
+        """Close both HTTP connection pools."""
+        try:
+            await self._consul.close()
+        finally:
+            await self._blocking.close()
 
     @contextlib.asynccontextmanager
     async def _translated(self, what: str, timeout: float, *, first_contact: bool = False) -> AsyncIterator[None]:
@@ -186,7 +202,7 @@ class ConsulClient:
         timeout = self._timeout + (wait * 17 / 16 if blocking else 0.0)
         raw_index, entries = await self._call(
             f"GET /v1/health/service/{service}",
-            self._consul.health.service(
+            (self._blocking if blocking else self._consul).health.service(
                 service, tag=tag, index=index if blocking else None, wait=f"{wait:g}s" if blocking else None
             ),
             timeout=timeout,

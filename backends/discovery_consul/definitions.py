@@ -43,10 +43,14 @@ class ConsulDefinitions:
         """The KV key of one definition."""
         return self.prefix(kind, namespace) + name
 
-    async def _kv(self, what: str, call: Callable[[Any], Any], timeout: float | None = None) -> Any:
+    async def _kv(
+        self, what: str, call: Callable[[Any], Any], timeout: float | None = None, *, blocking: bool = False
+    ) -> Any:
         client = self._client()
         # ConsulClient translates transport/ACL errors for every call; the KV API is not among its named calls.
-        return await client._call(what, call(client._consul.kv), timeout)
+        # A blocking query goes through the client's own pool for them (see ConsulClient.__init__).
+        consul_api = client._blocking if blocking else client._consul
+        return await client._call(what, call(consul_api.kv), timeout)
 
     async def put(self, kind: str, namespace: str, name: str, data: bytes) -> None:
         """Write the key."""
@@ -84,6 +88,7 @@ class ConsulDefinitions:
         raw_index, entries = await self._kv(
             f"GET /v1/kv/{prefix}?recurse", lambda kv: kv.get(prefix, recurse=True, index=index or None, wait=wait),
             timeout,
+            blocking=blocking,
         )
         kind_prefix = self.prefix(kind, None)
         found = []

@@ -189,6 +189,10 @@ def _consul_argv(launch: Launch) -> list[str]:
         "-grpc-port=-1",
         "-https-port=-1",
         "-log-level=info",
+        # Consul refuses a client IP's 201st HTTP connection by default; here every test, fault trial and
+        # benchmark process connects from 127.0.0.1, and a watcher parks one connection per watched service
+        # (docs/decisions/consul-connection-pools.md).
+        "-hcl=limits { http_max_conns_per_client = 10000 }",
     ]
 
 
