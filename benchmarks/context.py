@@ -48,9 +48,9 @@ class Profile:
 
 
 PROFILES = {
-    "quick": Profile("quick", 4, 20, 64, 1, None, 1, 10, 200, 10, (200,), ("zookeeper", "etcd"), 2, False),
+    "quick": Profile("quick", 4, 20, 64, 1, None, 1, 10, 200, 10, (200,), ("zookeeper", "etcd", "consul"), 2, False),
     "full": Profile("full", 40, 300, 1600, 5, 3.0, 5, 200, 1000, 200, (1000, 10000, 50000),
-                    ("zookeeper", "etcd"), 10, True),
+                    ("zookeeper", "etcd", "consul"), 10, True),
 }
 
 

@@ -1,6 +1,7 @@
 """Scenario 6's measuring process, alone so that its RSS and CPU are its own.
 
-    python -m benchmarks.scale_probe register URL INSTANCES SERVICES   registers, prints READY, holds until stdin closes
+    python -m benchmarks.scale_probe register URL INSTANCES SERVICES [--ttl=SECONDS]
+        registers (TTL default 30 s), prints READY, holds until stdin closes
     python -m benchmarks.scale_probe watch URL INSTANCES SERVICES SUBSCRIBERS CHANGES [--local] [--idle=SECONDS]
 
 ``watch``: subscriber k subscribes to service ``svc-<k mod SERVICES>`` and to the shared service ``hot``; it prints
@@ -32,24 +33,24 @@ def instances(count: int, services: int) -> list[Instance]:
     return [Instance(f"svc-{n % services}", f"i{n}", "127.0.0.1", 10000 + n % 50000) for n in range(count)]
 
 
-async def register_all(registry: AsyncRegistry, wanted: list[Instance]) -> None:
+async def register_all(registry: AsyncRegistry, wanted: list[Instance], ttl: float = 30.0) -> None:
     """Register with bounded concurrency."""
     gate = asyncio.Semaphore(CONCURRENCY)
 
     async def one(instance: Instance) -> None:
         async with gate:
-            await registry.register(instance, ttl=30)
+            await registry.register(instance, ttl=ttl)
 
     await asyncio.gather(*(one(i) for i in wanted))
 
 
-def register(url: str, count: int, services: int) -> None:
+def register(url: str, count: int, services: int, ttl: float) -> None:
     """Hold ``count`` registrations until stdin closes."""
 
     async def main() -> None:
         async with await AsyncRegistry.connect(url) as registry:
             started = time.perf_counter()
-            await register_all(registry, instances(count, services))
+            await register_all(registry, instances(count, services), ttl)
             print("READY", f"{time.perf_counter() - started:.3f}", flush=True)
             await asyncio.to_thread(sys.stdin.read)
 
@@ -131,7 +132,8 @@ def watch(url: str, count: int, services: int, subscribers: int, changes: int, l
 def main(argv: list[str]) -> int:
     """Entry point."""
     if argv[0] == "register":
-        register(argv[1], int(argv[2]), int(argv[3]))
+        ttl = next((float(a.split("=", 1)[1]) for a in argv if a.startswith("--ttl=")), 30.0)
+        register(argv[1], int(argv[2]), int(argv[3]), ttl)
     else:
         idle = next((float(a.split("=", 1)[1]) for a in argv if a.startswith("--idle=")), 3.0)
         watch(argv[1], int(argv[2]), int(argv[3]), int(argv[4]), int(argv[5]), "--local" in argv, idle)

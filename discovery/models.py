@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import operator
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -85,6 +86,9 @@ class Instance:
         return instance_to_dict(self)
 
 
+_BY_ID = operator.attrgetter("id")
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """The full set of instances of one service at one moment.
@@ -100,7 +104,7 @@ class Snapshot:
     stale: bool = False
 
     def __post_init__(self) -> None:
-        ordered = tuple(sorted(self.instances, key=lambda i: i.id))
+        ordered = tuple(sorted(self.instances, key=_BY_ID))
         object.__setattr__(self, "instances", ordered)
 
     def __iter__(self) -> Iterator[Instance]:
@@ -122,9 +126,15 @@ class Snapshot:
 
     def same_members(self, other: Snapshot | Iterable[Instance]) -> bool:
         """True when both hold exactly the same instances (all fields), ignoring revision and staleness."""
-        theirs = other.instances if isinstance(other, Snapshot) else tuple(sorted(other, key=lambda i: i.id))
+        theirs = other.instances if isinstance(other, Snapshot) else tuple(sorted(other, key=_BY_ID))
         return self.instances == theirs
 
     def with_revision(self, revision: int, *, stale: bool | None = None) -> Snapshot:
         """A copy with another revision (and optionally another ``stale`` flag)."""
-        return replace(self, revision=revision, stale=self.stale if stale is None else stale)
+        # Not dataclasses.replace: that re-runs __post_init__, re-sorting instances that are already sorted,
+        # and watch fan-out re-stamps every snapshot a backend delivers.
+        copy = object.__new__(Snapshot)
+        for name, value in (("service", self.service), ("namespace", self.namespace), ("instances", self.instances),
+                            ("revision", revision), ("stale", self.stale if stale is None else stale)):
+            object.__setattr__(copy, name, value)
+        return copy

@@ -15,7 +15,7 @@ from discovery_etcd.definitions import EtcdDefinitions
 from discovery_etcd.keys import KeyLayout
 from discovery_etcd.leases import LeasedKey, LeaseGroup, LeaseGroupRetired, lease_ttl
 from discovery_etcd.settings import DETECTION_SLACK, MIN_TTL, EtcdSettings
-from discovery_etcd.values import decode_endpoint, encode_endpoint
+from discovery_etcd.values import decode_endpoint_cached, encode_endpoint
 from discovery_etcd.watches import ServiceWatch, iterate
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ class EtcdBackend(Backend):
             parsed = self._layout.parse(kv.key)
             if parsed is None or parsed[:2] != (namespace, service):
                 continue
-            instance = decode_endpoint(kv.value, *parsed)
+            instance = decode_endpoint_cached(kv.value, *parsed)
             if instance is not None:
                 found.append(instance)
         return tuple(found)
@@ -170,7 +170,7 @@ class EtcdBackend(Backend):
         names = set()
         for kv in result:
             parsed = self._layout.parse(kv.key)
-            if parsed is not None and parsed[0] == namespace and decode_endpoint(kv.value, *parsed) is not None:
+            if parsed is not None and parsed[0] == namespace and decode_endpoint_cached(kv.value, *parsed) is not None:
                 names.add(parsed[1])
         return tuple(sorted(names))
 

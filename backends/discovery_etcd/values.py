@@ -7,6 +7,7 @@ fields in declaration order, map keys sorted, no spaces, ``<``, ``>``, ``&``, U+
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -90,3 +91,9 @@ def decode_endpoint(raw: bytes, namespace: str, service: str, instance_id: str) 
     if instance.key != (namespace, service, instance_id):
         return None
     return instance
+
+
+#: ``decode_endpoint`` with its results shared. Decoding validates every field (addresses, labels); every
+#: watch of a service in this process, and every re-list, decodes the same bytes again, and an Instance is
+#: immutable. 4096 entries of a few hundred bytes each.
+decode_endpoint_cached = functools.lru_cache(maxsize=4096)(decode_endpoint)

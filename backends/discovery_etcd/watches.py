@@ -28,7 +28,7 @@ from discovery.errors import BackendUnavailableError, DiscoveryError
 from discovery.models import Instance, Snapshot
 from discovery_etcd.connection import EndpointPool, is_connection_error, is_stale_token
 from discovery_etcd.keys import KeyLayout
-from discovery_etcd.values import decode_endpoint
+from discovery_etcd.values import decode_endpoint_cached
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ class ServiceWatch:
         parsed = self._layout.parse(key)
         if parsed is None or parsed[:2] != (self.namespace, self.service):
             return None
-        return decode_endpoint(value, *parsed)
+        return decode_endpoint_cached(value, *parsed)
 
     async def _connect(self) -> None:
         resuming = self._listed
