@@ -91,7 +91,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--faults", default=",".join(FAULTS))
     parser.add_argument("--servers", choices=("process", "container"), default="process")
     parser.add_argument("--json", type=Path, default=None, help="also append every trial's result here (JSON lines)")
+    parser.add_argument("--table-from", type=Path, nargs="+", default=None, metavar="JSONL",
+                        help="run nothing: print the table of the trials recorded in these --json files")
     args = parser.parse_args(argv)
+    if args.table_from:
+        recorded = [TrialResult(**json.loads(line)) for path in args.table_from
+                    for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        print(table(recorded))
+        return 1 if any(not r.ok for r in recorded) else 0
     backends = [b for b in args.backends.split(",") if b]
     faults = [f for f in args.faults.split(",") if f]
     unknown = sorted(set(backends) - set(BACKENDS)) + sorted(set(faults) - set(FAULTS))
