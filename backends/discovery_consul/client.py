@@ -40,6 +40,8 @@ _UNKNOWN_CHECK_MARKERS = ("does not have associated TTL", "Unknown check", "Unkn
 #: Connections the blocking-query pool may open: one per watched service (and definitions kind) at most, so in
 #: practice bounded by what the process watches; the number only keeps aiohttp from queueing them.
 BLOCKING_CONNECTIONS = 100_000
+#: With this many blocking queries open, an agent hanging up is likely its per-client connection limit.
+_MANY_PARKED = 100
 
 
 class UnknownToAgentError(DiscoveryError):
@@ -60,6 +62,7 @@ class ConsulClient:
         # the 101st watch behind them (docs/decisions/consul-connection-pools.md).
         self._consul = self._connect(host, port, dc, tls, limit=None)
         self._blocking = self._connect(host, port, dc, tls, limit=BLOCKING_CONNECTIONS)
+        self._parked = 0  # blocking queries in flight
         if token is not None:
             # py-consul lets $CONSUL_HTTP_TOKEN win over its argument; a token in the URL must win.
             self._consul.token = token
@@ -103,8 +106,12 @@ class ConsulClient:
                     f"TLS with the Consul agent {self._agent_address} failed for {what} (untrusted server certificate,"
                     f" refused client certificate, or not an HTTPS port): {_tls_reason(error)}"
                 ) from None
+            hint = ""
+            if _is_hang_up(error) and self._parked >= _MANY_PARKED:
+                hint = (f" ({self._parked} blocking queries of this process are open to the agent; its "
+                        "limits.http_max_conns_per_client, default 200, may be hanging up on more: raise it)")
             raise BackendUnavailableError(
-                f"Consul agent {self._agent_address} unreachable for {what}: {type(error).__name__}: {error}"
+                f"Consul agent {self._agent_address} unreachable for {what}: {type(error).__name__}: {error}{hint}"
             ) from None
         except ACLPermissionDenied as error:
             if "ACL not found" in str(error):  # Consul's answer to a token it does not know
@@ -130,6 +137,14 @@ class ConsulClient:
         async with self._translated(what, self._timeout if timeout is None else timeout, first_contact=first_contact):
             return await call
         raise AssertionError("unreachable")  # pragma: no cover  # mypy cannot see that the context re-raises
+
+    async def _call_blocking(self, what: str, call: Awaitable[T], timeout: float) -> T:
+        """``_call`` for a blocking query (made on ``self._blocking``), counted while it is parked."""
+        self._parked += 1
+        try:
+            return await self._call(what, call, timeout)
+        finally:
+            self._parked -= 1
 
     async def agent_self(self) -> dict[str, Any]:
         """The agent's configuration (used to prove it is reachable)."""
@@ -200,13 +215,13 @@ class ConsulClient:
         blocking = index > 0
         # Consul adds up to wait/16 of jitter to a blocking wait; leave room for it and for the answer.
         timeout = self._timeout + (wait * 17 / 16 if blocking else 0.0)
-        raw_index, entries = await self._call(
-            f"GET /v1/health/service/{service}",
-            (self._blocking if blocking else self._consul).health.service(
-                service, tag=tag, index=index if blocking else None, wait=f"{wait:g}s" if blocking else None
-            ),
-            timeout=timeout,
-        )
+        what = f"GET /v1/health/service/{service}"
+        if blocking:
+            raw_index, entries = await self._call_blocking(
+                what, self._blocking.health.service(service, tag=tag, index=index, wait=f"{wait:g}s"), timeout
+            )
+        else:
+            raw_index, entries = await self._call(what, self._consul.health.service(service, tag=tag), timeout)
         return int(raw_index), list(entries or ())
 
     async def catalog_services(self) -> dict[str, list[str]]:

@@ -49,8 +49,10 @@ class ConsulDefinitions:
         client = self._client()
         # ConsulClient translates transport/ACL errors for every call; the KV API is not among its named calls.
         # A blocking query goes through the client's own pool for them (see ConsulClient.__init__).
-        consul_api = client._blocking if blocking else client._consul
-        return await client._call(what, call(consul_api.kv), timeout)
+        if blocking:
+            assert timeout is not None
+            return await client._call_blocking(what, call(client._blocking.kv), timeout)
+        return await client._call(what, call(client._consul.kv), timeout)
 
     async def put(self, kind: str, namespace: str, name: str, data: bytes) -> None:
         """Write the key."""
