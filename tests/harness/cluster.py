@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import tempfile
 import urllib.request
 import uuid
@@ -25,8 +24,16 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .servers import DEFAULT_ARTIFACTS_DIR, ContainerRunner, ProcessRunner, ServerError, ServerHandle, port_in_use
-from .specs import SPECS, ZK_TICK_MS, Launch, ServerSpec, _etcd_health, _zk_argv
+from .servers import (
+    DEFAULT_ARTIFACTS_DIR,
+    ContainerRunner,
+    ProcessRunner,
+    ServerError,
+    ServerHandle,
+    free_ports,
+    port_in_use,
+)
+from .specs import SPECS, ZK_TICK_MS, Launch, ServerSpec, _etcd_health, _zk_argv, zk_four_letter_word
 
 CLUSTER_HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 PORT_NAMES = {
@@ -37,46 +44,8 @@ PORT_NAMES = {
 UDP_PORTS = frozenset({"serf_lan", "serf_wan"})
 
 
-def free_ports_on(host: str, names: tuple[str, ...]) -> dict[str, int]:
-    """Distinct free ports on ``host`` (TCP, and UDP too for Consul's serf ports), by binding port 0."""
-    held: list[socket.socket] = []
-    ports: dict[str, int] = {}
-    try:
-        for name in names:
-            for _ in range(50):
-                tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                tcp.bind((host, 0))
-                held.append(tcp)
-                port = int(tcp.getsockname()[1])
-                if name in UDP_PORTS:
-                    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                    try:
-                        udp.bind((host, port))
-                    except OSError:
-                        udp.close()
-                        continue
-                    held.append(udp)
-                ports[name] = port
-                break
-            else:  # pragma: no cover
-                raise ServerError(f"no free port for {name} on {host}")
-    finally:
-        for sock in held:
-            sock.close()
-    return ports
-
-
 def _srvr(host: str, port: int) -> str:
-    try:
-        with socket.create_connection((host, port), timeout=1.0) as sock:
-            sock.sendall(b"srvr")
-            sock.shutdown(socket.SHUT_WR)
-            answer = b""
-            while chunk := sock.recv(4096):
-                answer += chunk
-        return answer.decode(errors="replace")
-    except OSError:
-        return ""
+    return zk_four_letter_word(host, port, b"srvr")
 
 
 def _zk_serving(host: str, port: int) -> bool:
@@ -202,7 +171,7 @@ def start_cluster(kind: str, provider: str, *, artifacts_dir: Path | None = None
         raise ServerError(f"a {kind} cluster needs --servers=process or container, not {provider!r}")
     artifacts = Path(artifacts_dir) if artifacts_dir is not None else DEFAULT_ARTIFACTS_DIR
     artifacts.mkdir(parents=True, exist_ok=True)
-    plan = [free_ports_on(host, PORT_NAMES[kind]) for host in CLUSTER_HOSTS]
+    plan = [free_ports(PORT_NAMES[kind], UDP_PORTS, host) for host in CLUSTER_HOSTS]
     token = f"discovery-faults-{uuid.uuid4().hex[:8]}"
     members: list[ServerHandle] = []
     for index, spec in enumerate(_member_specs(kind, plan, token)):

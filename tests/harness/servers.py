@@ -52,8 +52,9 @@ def _log_tail(text: str, lines: int = 40) -> str:
 # ------------------------------------------------------------------------------------------------ ports
 
 
-def free_ports(names: tuple[str, ...], udp: frozenset[str] = frozenset()) -> dict[str, int]:
-    """Pick distinct free 127.0.0.1 ports by binding port 0 (UDP checked too for ``udp`` names).
+def free_ports(names: tuple[str, ...], udp: frozenset[str] = frozenset(), host: str = HOST) -> dict[str, int]:
+    """Pick distinct free ports on ``host`` (default 127.0.0.1) by binding port 0 (UDP checked too for ``udp``
+    names).
 
     All sockets stay open until every port is chosen, so the ports are distinct from each other.
     """
@@ -63,13 +64,13 @@ def free_ports(names: tuple[str, ...], udp: frozenset[str] = frozenset()) -> dic
         for name in names:
             for _ in range(50):
                 tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                tcp.bind((HOST, 0))
+                tcp.bind((host, 0))
                 port = int(tcp.getsockname()[1])
                 held.append(tcp)
                 if name in udp:
                     u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                     try:
-                        u.bind((HOST, port))
+                        u.bind((host, port))
                     except OSError:
                         u.close()
                         continue
@@ -77,7 +78,7 @@ def free_ports(names: tuple[str, ...], udp: frozenset[str] = frozenset()) -> dic
                 ports[name] = port
                 break
             else:  # pragma: no cover - 50 TCP ports in a row busy for UDP
-                raise ServerError(f"no free TCP+UDP port for {name}")
+                raise ServerError(f"no free TCP+UDP port for {name} on {host}")
     finally:
         for s in held:
             s.close()

@@ -73,17 +73,22 @@ class ServerSpec:
 # ---------------------------------------------------------------------------------------------- probes
 
 
-def _zk_ruok(host: str, port: int) -> bool:
+def zk_four_letter_word(host: str, port: int, word: bytes) -> str:
+    """ZooKeeper's answer to a four-letter command (``ruok``, ``srvr``...), or "" if it did not answer."""
     try:
         with socket.create_connection((host, port), timeout=1.0) as sock:
-            sock.sendall(b"ruok")
+            sock.sendall(word)
             sock.shutdown(socket.SHUT_WR)
             answer = b""
-            while chunk := sock.recv(64):
+            while chunk := sock.recv(4096):
                 answer += chunk
-        return answer == b"imok"
+        return answer.decode(errors="replace")
     except OSError:
-        return False
+        return ""
+
+
+def _zk_ruok(host: str, port: int) -> bool:
+    return zk_four_letter_word(host, port, b"ruok") == "imok"
 
 
 def _http_json(url: str) -> object:
