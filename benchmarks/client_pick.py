@@ -28,7 +28,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 
 from discovery import Instance, Registry
-from discovery.balancing import (
+from discovery.cli.tables import render_table
+from discovery.client.balancers import (
     Balancer,
     ConsistentHash,
     PowerOfTwoChoices,
@@ -37,10 +38,9 @@ from discovery.balancing import (
     WeightedRoundRobin,
     ZoneAware,
 )
-from discovery.cache import ServiceCache
-from discovery.httpx_transport import AsyncDiscoveryTransport, DiscoveryTransport
-from discovery.registry import AsyncRegistry
-from discovery.tables import render_table
+from discovery.client.cache import ServiceCache
+from discovery.client.httpx_transport import AsyncDiscoveryTransport, DiscoveryTransport
+from discovery.registry.async_registry import AsyncRegistry
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -16,7 +16,7 @@ from benchmarks.procs import WorkerError
 from benchmarks.report import Report, Row
 from benchmarks.stats import summarize
 from benchmarks.tools import OursTool, make_tool
-from discovery.balancing import RoundRobin
+from discovery.client.balancers import RoundRobin
 
 INSTANCES = 10
 

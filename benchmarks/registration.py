@@ -16,8 +16,8 @@ from benchmarks.context import RunContext
 from benchmarks.report import Report, Row
 from benchmarks.stats import summarize
 from benchmarks.tools import Target, Tool, make_tool
-from discovery.models import Instance
-from discovery.registry import AsyncRegistry
+from discovery.core.models import Instance
+from discovery.registry.async_registry import AsyncRegistry
 
 TTL = 30.0
 RAW_NAMES = {"zookeeper": "kazoo create", "etcd": "aetcd put (shared lease)", "consul": "py-consul register+pass"}

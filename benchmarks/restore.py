@@ -19,7 +19,7 @@ from benchmarks.detection import Follower
 from benchmarks.report import Report, Row
 from benchmarks.stats import summarize
 from benchmarks.tools import OursTool, Target
-from discovery.backend import RegistrationState
+from discovery.core.backend import RegistrationState
 
 SCENARIO = "4-restore"
 TIMEOUT = 60.0

@@ -21,9 +21,9 @@ import time
 
 import psutil
 
-from discovery.models import Instance, Snapshot
-from discovery.registry import AsyncRegistry
-from discovery.sync import Registry
+from discovery.core.models import Instance, Snapshot
+from discovery.registry.async_registry import AsyncRegistry
+from discovery.registry.blocking import Registry
 
 CONCURRENCY = 64
 

@@ -22,9 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from discovery.loop_thread import LoopThread
-from discovery.models import Instance
-from discovery.sync import Registry
+from discovery.core.models import Instance
+from discovery.registry.blocking import Registry
+from discovery.registry.loop_thread import LoopThread
 
 IdsCallback = Callable[[frozenset[str]], None]
 

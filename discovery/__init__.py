@@ -7,8 +7,7 @@
 ['web-1']
 """
 
-from discovery.backend import Backend, Capabilities, RegistrationState
-from discovery.balancing import (
+from discovery.client.balancers import (
     Balancer,
     ConsistentHash,
     NoInstanceAvailableError,
@@ -18,8 +17,11 @@ from discovery.balancing import (
     WeightedRoundRobin,
     ZoneAware,
 )
-from discovery.cache import ServiceCache
-from discovery.errors import (
+from discovery.client.cache import ServiceCache
+from discovery.client.feedback import DownInstancePolicy, FailureTracker
+from discovery.client.lifecycle import AsyncHealthCheck, DrainResult, HealthCheck, drain, drain_async
+from discovery.core.backend import Backend, Capabilities, RegistrationState
+from discovery.core.errors import (
     AuthenticationError,
     BackendUnavailableError,
     ClosedError,
@@ -33,14 +35,12 @@ from discovery.errors import (
     UnsupportedOperationError,
     ValidationError,
 )
-from discovery.feedback import DownInstancePolicy, FailureTracker
-from discovery.label_selector import Selector, parse_selector
-from discovery.lifecycle import AsyncHealthCheck, DrainResult, HealthCheck, drain, drain_async
-from discovery.models import DEFAULT_NAMESPACE, Instance, Snapshot, Status
-from discovery.registration import AsyncRegistration
-from discovery.registry import AsyncRegistry, AsyncWatch
-from discovery.sync import Registration, Registry, Watch
-from discovery.urls import BackendURL, parse_url
+from discovery.core.models import DEFAULT_NAMESPACE, Instance, Snapshot, Status
+from discovery.core.selectors import Selector, parse_selector
+from discovery.core.urls import BackendURL, parse_url
+from discovery.registry.async_registry import AsyncRegistry, AsyncWatch
+from discovery.registry.blocking import Registration, Registry, Watch
+from discovery.registry.registration import AsyncRegistration
 
 __all__ = [
     "DEFAULT_NAMESPACE",

@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from discovery.backend import (
+from discovery.core.backend import (
     Backend,
     Capabilities,
     DefinitionSnapshot,
@@ -27,9 +27,9 @@ from discovery.backend import (
     StoredDefinition,
     validate_definition_kind,
 )
-from discovery.errors import ClosedError
-from discovery.models import Instance, Snapshot
-from discovery.urls import BackendURL
+from discovery.core.errors import ClosedError
+from discovery.core.models import Instance, Snapshot
+from discovery.core.urls import BackendURL
 
 Key = tuple[str, str, str]
 ServiceKey = tuple[str, str]

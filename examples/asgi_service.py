@@ -25,8 +25,8 @@ from typing import Any
 import httpx
 
 from discovery import Instance
-from discovery.asgi import ServiceLifespan
-from discovery.httpx_transport import AsyncDiscoveryTransport
+from discovery.client.asgi import ServiceLifespan
+from discovery.client.httpx_transport import AsyncDiscoveryTransport
 
 INSTANCE = Instance("greeter", "greeter-1", "127.0.0.1", 8000, labels={"app": "greeter"})
 

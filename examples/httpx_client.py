@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 
 from discovery import Instance, Registry
-from discovery.httpx_transport import DiscoveryTransport
+from discovery.client.httpx_transport import DiscoveryTransport
 
 
 class Orders(BaseHTTPRequestHandler):

@@ -8,16 +8,16 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-from discovery.backend import Backend, Capabilities, DefinitionSnapshot, StateListener, StoredDefinition
-from discovery.errors import ClosedError, DiscoveryError
-from discovery.models import Instance, Snapshot
-from discovery.urls import BackendURL
+from discovery.core.backend import Backend, Capabilities, DefinitionSnapshot, StateListener, StoredDefinition
+from discovery.core.errors import ClosedError, DiscoveryError
+from discovery.core.models import Instance, Snapshot
+from discovery.core.urls import BackendURL
 from discovery_consul import records
-from discovery_consul.client import ConsulClient
+from discovery_consul.connection import ConsulClient
 from discovery_consul.definitions import ConsulDefinitions
 from discovery_consul.keepalive import Registration
 from discovery_consul.settings import MIN_TTL, ConsulSettings
-from discovery_consul.watching import HealthWatch, decode_entries, watch_task_name
+from discovery_consul.watch import HealthWatch, decode_entries, watch_task_name
 
 log = logging.getLogger("discovery.consul")
 

@@ -16,9 +16,9 @@ import random
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from discovery.backend import DefinitionSnapshot, StoredDefinition, validate_definition_kind
-from discovery.errors import BackendUnavailableError
-from discovery_consul.client import ConsulClient
+from discovery.core.backend import DefinitionSnapshot, StoredDefinition, validate_definition_kind
+from discovery.core.errors import BackendUnavailableError
+from discovery_consul.connection import ConsulClient
 
 log = logging.getLogger("discovery.consul")
 

@@ -17,11 +17,11 @@ from typing import Any
 from consul import Check
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
-from discovery.backend import RegistrationState, StateListener
-from discovery.errors import BackendUnavailableError
-from discovery.models import Instance, Status
+from discovery.core.backend import RegistrationState, StateListener
+from discovery.core.errors import BackendUnavailableError
+from discovery.core.models import Instance, Status
 from discovery_consul import records
-from discovery_consul.client import ConsulClient, UnknownToAgentError
+from discovery_consul.connection import ConsulClient, UnknownToAgentError
 
 log = logging.getLogger("discovery.consul")
 

@@ -6,7 +6,7 @@ One instance is one agent service (see docs/decisions/consul-record-layout.md):
   ``<namespace>.<service>.service.consul`` answers in Consul DNS; ``ID`` = ``<namespace>:<service>:<id>``
   (agent service ids are unique per agent across all services, and ``:`` appears in no namespace or service
   name, so the id is unambiguous).
-* ``Meta`` carries the canonical dict of :mod:`discovery.codec`, one field per key (the whole dict can exceed
+* ``Meta`` carries the canonical dict of :mod:`discovery.core.codec`, one field per key (the whole dict can exceed
   Consul's 512-character value limit): ``discovery-schema``, ``discovery-namespace``, ``discovery-id``,
   ``discovery-status``, ``discovery-weight``, ``discovery-zone`` (absent when None), ``discovery-ports``
   (``name=port,...``, absent when empty) and one ``l-<escaped key>`` per label.
@@ -20,9 +20,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from discovery.codec import SCHEMA_VERSION, instance_from_dict, instance_to_dict
-from discovery.errors import ValidationError
-from discovery.models import Instance, Status
+from discovery.core.codec import SCHEMA_VERSION, instance_from_dict, instance_to_dict
+from discovery.core.errors import ValidationError
+from discovery.core.models import Instance, Status
 
 META_SCHEMA = "discovery-schema"
 META_SCOPE = "discovery-scope"

@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from discovery.errors import ConfigurationError
-from discovery.urls import BackendURL, TLSOptions
+from discovery.core.errors import ConfigurationError
+from discovery.core.urls import BackendURL, TLSOptions
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8500

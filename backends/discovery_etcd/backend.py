@@ -6,17 +6,17 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from discovery.backend import Backend, Capabilities, DefinitionSnapshot, StateListener, StoredDefinition
-from discovery.errors import ClosedError, DiscoveryError, NotRegisteredError
-from discovery.models import Instance, Snapshot
-from discovery.urls import BackendURL
+from discovery.core.backend import Backend, Capabilities, DefinitionSnapshot, StateListener, StoredDefinition
+from discovery.core.errors import ClosedError, DiscoveryError, NotRegisteredError
+from discovery.core.models import Instance, Snapshot
+from discovery.core.urls import BackendURL
 from discovery_etcd.connection import EndpointPool
 from discovery_etcd.definitions import EtcdDefinitions
-from discovery_etcd.keys import KeyLayout
-from discovery_etcd.leases import LeasedKey, LeaseGroup, LeaseGroupRetired, lease_ttl
+from discovery_etcd.keepalive import LeasedKey, LeaseGroup, LeaseGroupRetired, lease_ttl
+from discovery_etcd.layout import KeyLayout
+from discovery_etcd.records import decode_endpoint_cached, encode_endpoint
 from discovery_etcd.settings import DETECTION_SLACK, MIN_TTL, EtcdSettings
-from discovery_etcd.values import decode_endpoint_cached, encode_endpoint
-from discovery_etcd.watches import ServiceWatch, iterate
+from discovery_etcd.watch import ServiceWatch, iterate
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ class EtcdBackend(Backend):
         return tuple(sorted(names))
 
     def watch(self, namespace: str, service: str) -> AsyncIterator[Snapshot]:
-        """Snapshots from the shared watch of ``<target>/`` (see :mod:`discovery_etcd.watches`)."""
+        """Snapshots from the shared watch of ``<target>/`` (see :mod:`discovery_etcd.watch`)."""
         self._check_open()
         shared = self._watches.get((namespace, service))
         if shared is None:

@@ -18,7 +18,7 @@ import aetcd.exceptions
 from aetcd import rpc
 from tenacity import AsyncRetrying, retry_if_exception, wait_random_exponential
 
-from discovery.errors import (
+from discovery.core.errors import (
     AuthenticationError,
     BackendUnavailableError,
     DiscoveryError,

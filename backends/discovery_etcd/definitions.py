@@ -21,8 +21,8 @@ from aetcd import rpc
 from aetcd.utils import prefix_range_end
 from grpc.aio import EOF  # type: ignore[import-untyped]
 
-from discovery.backend import DefinitionSnapshot, StoredDefinition, validate_definition_kind
-from discovery.errors import BackendUnavailableError
+from discovery.core.backend import DefinitionSnapshot, StoredDefinition, validate_definition_kind
+from discovery.core.errors import BackendUnavailableError
 from discovery_etcd.connection import EndpointPool, is_connection_error
 
 log = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ import aetcd
 import grpc  # type: ignore[import-untyped]  # grpcio ships no type hints
 from aetcd import rpc, watcher
 
-from discovery.errors import ConfigurationError, DiscoveryTLSError
-from discovery.urls import BackendURL, TLSOptions
+from discovery.core.errors import ConfigurationError, DiscoveryTLSError
+from discovery.core.urls import BackendURL, TLSOptions
 
 PASSWORD_ENVIRONMENT_VARIABLE = "DISCOVERY_ETCD_PASSWORD"
 SECURITY_PARAMETERS = ("tls", "ca", "cert", "key", "username", "password", "password_file")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from discovery.urls import BackendURL, Endpoint
-from discovery_etcd.keys import normalize_prefix
+from discovery.core.urls import BackendURL, Endpoint
+from discovery_etcd.layout import normalize_prefix
 from discovery_etcd.security import SECURITY_PARAMETERS, EtcdSecurity
 
 DEFAULT_PORT = 2379

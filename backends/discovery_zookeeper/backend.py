@@ -1,4 +1,4 @@
-"""``ZooKeeperBackend``: the :class:`discovery.backend.Backend` over kazoo."""
+"""``ZooKeeperBackend``: the :class:`discovery.core.backend.Backend` over kazoo."""
 
 from __future__ import annotations
 
@@ -8,18 +8,18 @@ from collections.abc import AsyncIterator
 
 from kazoo.exceptions import NoNodeError
 
-from discovery import validation
-from discovery.backend import Backend, Capabilities, DefinitionSnapshot, StateListener, StoredDefinition
-from discovery.errors import ClosedError, DiscoveryError, NotRegisteredError, ValidationError
-from discovery.models import Instance, Snapshot
-from discovery.urls import BackendURL
-from discovery_zookeeper.config import ZooKeeperConfig
+from discovery.core import validation
+from discovery.core.backend import Backend, Capabilities, DefinitionSnapshot, StateListener, StoredDefinition
+from discovery.core.errors import ClosedError, DiscoveryError, NotRegisteredError, ValidationError
+from discovery.core.models import Instance, Snapshot
+from discovery.core.urls import BackendURL
+from discovery_zookeeper.connection import ZooKeeperSession
 from discovery_zookeeper.definitions import ZooKeeperDefinitions
+from discovery_zookeeper.keepalive import Registrations
 from discovery_zookeeper.layout import Layout
-from discovery_zookeeper.registrations import Registrations
 from discovery_zookeeper.security import verify_root
-from discovery_zookeeper.session import ZooKeeperSession
-from discovery_zookeeper.watching import ServiceWatch, decode_or_none
+from discovery_zookeeper.settings import ZooKeeperConfig
+from discovery_zookeeper.watch import ServiceWatch, decode_or_none
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from kazoo.exceptions import ConnectionClosedError, ConnectionLoss, OperationTimeoutError, SessionExpiredError
 
-from discovery.errors import BackendUnavailableError
+from discovery.core.errors import BackendUnavailableError
 
 T = TypeVar("T")
 

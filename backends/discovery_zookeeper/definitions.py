@@ -17,10 +17,10 @@ from typing import Any
 from kazoo.exceptions import NodeExistsError, NoNodeError
 from kazoo.protocol.states import WatchedEvent
 
-from discovery.backend import DefinitionSnapshot, StoredDefinition, validate_definition_kind
-from discovery.errors import BackendUnavailableError
+from discovery.core.backend import DefinitionSnapshot, StoredDefinition, validate_definition_kind
+from discovery.core.errors import BackendUnavailableError
 from discovery_zookeeper.bridge import call_in_loop
-from discovery_zookeeper.session import SessionEvent, ZooKeeperSession
+from discovery_zookeeper.connection import SessionEvent, ZooKeeperSession
 
 DEFINITIONS_NODE = "_definitions"
 Watcher = Callable[[WatchedEvent], None] | None

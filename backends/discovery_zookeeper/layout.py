@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from discovery.models import Instance
+from discovery.core.models import Instance
 
 
 @dataclass(frozen=True, slots=True)

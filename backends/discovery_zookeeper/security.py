@@ -23,8 +23,8 @@ from typing import Any
 from kazoo.exceptions import NoAuthError, NodeExistsError
 from kazoo.security import ACL, Permissions, make_acl, make_digest_acl, make_digest_acl_credential
 
-from discovery.errors import AuthenticationError, ConfigurationError, DiscoveryTLSError, PermissionDeniedError
-from discovery.urls import BackendURL, TLSOptions
+from discovery.core.errors import AuthenticationError, ConfigurationError, DiscoveryTLSError, PermissionDeniedError
+from discovery.core.urls import BackendURL, TLSOptions
 
 PASSWORD_ENVIRONMENT_VARIABLE = "DISCOVERY_ZOOKEEPER_PASSWORD"
 SECURITY_PARAMETERS = ("tls", "ca", "cert", "key", "username", "password", "password_file", "read")

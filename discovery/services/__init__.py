@@ -8,7 +8,7 @@
 * :class:`ServiceCatalog` - every Service and its endpoints, followed live (what the proxy and DNS serve).
 """
 
-from discovery.errors import UnsupportedOperationError
+from discovery.core.errors import UnsupportedOperationError
 from discovery.services.allocation import AllocationRanges
 from discovery.services.catalog import ServiceCatalog, read_endpoints
 from discovery.services.endpoints import Endpoint, Endpoints, PortEndpoints, resolve_endpoints, target_port

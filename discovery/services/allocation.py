@@ -17,7 +17,7 @@ import os
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from discovery.errors import ConfigurationError, ValidationError
+from discovery.core.errors import ConfigurationError, ValidationError
 
 DEFAULT_CLUSTER_IP_RANGE = "127.10.0.0/16"
 DEFAULT_NODE_PORT_RANGE = "30000-32767"

@@ -14,9 +14,9 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from discovery.errors import DiscoveryError
-from discovery.models import Instance, Snapshot
-from discovery.registry import AsyncRegistry
+from discovery.core.errors import DiscoveryError
+from discovery.core.models import Instance, Snapshot
+from discovery.registry.async_registry import AsyncRegistry
 from discovery.services.endpoints import Endpoints, resolve_endpoints
 from discovery.services.model import Service
 from discovery.services.store import ServiceSet, ServiceStore

@@ -12,8 +12,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from discovery.label_selector import parse_selector
-from discovery.models import Instance, Status
+from discovery.core.models import Instance, Status
+from discovery.core.selectors import parse_selector
 from discovery.services.model import Service, ServicePort
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")

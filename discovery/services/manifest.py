@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from discovery.errors import DiscoveryError, ValidationError
-from discovery.models import DEFAULT_NAMESPACE
+from discovery.core.errors import DiscoveryError, ValidationError
+from discovery.core.models import DEFAULT_NAMESPACE
 from discovery.services.model import HEADLESS, Service, ServicePort, ServiceType
 
 API_VERSION = "v1"

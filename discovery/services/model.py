@@ -13,9 +13,9 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
-from discovery import validation
-from discovery.errors import ValidationError
-from discovery.models import DEFAULT_NAMESPACE
+from discovery.core import validation
+from discovery.core.errors import ValidationError
+from discovery.core.models import DEFAULT_NAMESPACE
 
 #: ``spec.clusterIP: None``: a headless Service (no virtual IP; DNS answers with the endpoints' addresses).
 HEADLESS = "None"

@@ -12,13 +12,13 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 
-from discovery.backend import Backend, StoredDefinition
-from discovery.errors import UnsupportedOperationError, ValidationError
-from discovery.models import DEFAULT_NAMESPACE
+from discovery.core.backend import Backend, StoredDefinition
+from discovery.core.errors import UnsupportedOperationError, ValidationError
+from discovery.core.models import DEFAULT_NAMESPACE
+from discovery.core.validation import validate_dns_label
 from discovery.services.allocation import AllocationRanges
 from discovery.services.manifest import decode_service, encode_service
 from discovery.services.model import HEADLESS, Service, ServicePort, ServiceType
-from discovery.validation import validate_dns_label
 
 log = logging.getLogger("discovery.services")
 

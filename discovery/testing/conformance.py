@@ -27,19 +27,19 @@ from typing import Any, ClassVar, TypeVar
 import pytest
 import pytest_asyncio
 
-from discovery.backend import RegistrationState
-from discovery.errors import ConfigurationError, DiscoveryError, SelectorError, ValidationError
-from discovery.models import Instance, Snapshot, Status
-from discovery.plugins import create_backend
-from discovery.registry import AsyncRegistry
-from discovery.urls import parse_url
-from discovery.validation import (
+from discovery.core.backend import RegistrationState
+from discovery.core.errors import ConfigurationError, DiscoveryError, SelectorError, ValidationError
+from discovery.core.models import Instance, Snapshot, Status
+from discovery.core.plugins import create_backend
+from discovery.core.urls import parse_url
+from discovery.core.validation import (
     MAX_ID_LENGTH,
     MAX_LABEL_VALUE_LENGTH,
     MAX_LABELS,
     MAX_NAME_LENGTH,
     MAX_NAMED_PORTS,
 )
+from discovery.registry.async_registry import AsyncRegistry
 
 T = TypeVar("T")
 

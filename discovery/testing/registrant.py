@@ -10,8 +10,8 @@ import os
 import sys
 import threading
 
-from discovery.models import Instance
-from discovery.sync import Registry
+from discovery.core.models import Instance
+from discovery.registry.blocking import Registry
 
 
 def main(argv: list[str]) -> int:

@@ -14,9 +14,9 @@ import dns.message
 import dns.query
 import dns.rdatatype
 
-from discovery.backend import Backend, RegistrationState
-from discovery.models import Snapshot
-from discovery.plugins import create_backend
+from discovery.core.backend import Backend, RegistrationState
+from discovery.core.models import Snapshot
+from discovery.core.plugins import create_backend
 
 
 class Follower:

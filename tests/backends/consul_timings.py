@@ -18,8 +18,8 @@ import time
 import urllib.request
 import uuid
 
-from discovery.models import Instance
-from discovery.plugins import create_backend
+from discovery.core.models import Instance
+from discovery.core.plugins import create_backend
 from tests.backends.consul_support import Follower, StateLog, started_backend
 from tests.harness.servers import ServerHandle, start_server
 

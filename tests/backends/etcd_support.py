@@ -10,10 +10,10 @@ from typing import Any, TypeVar
 
 import aetcd
 
-from discovery.models import Snapshot
-from discovery.plugins import create_backend
+from discovery.core.models import Snapshot
+from discovery.core.plugins import create_backend
 from discovery_etcd import EtcdBackend
-from discovery_etcd.watches import ServiceWatch
+from discovery_etcd.watch import ServiceWatch
 
 T = TypeVar("T")
 

@@ -17,8 +17,8 @@ import sys
 import time
 import uuid
 
-from discovery.backend import RegistrationState
-from discovery.models import Instance
+from discovery.core.backend import RegistrationState
+from discovery.core.models import Instance
 from tests.backends.etcd_support import Follower, raw_client, started_backend
 from tests.harness import start_server
 

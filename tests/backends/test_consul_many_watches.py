@@ -14,8 +14,8 @@ import uuid
 
 import pytest
 
-from discovery.backend import RegistrationState
-from discovery.models import Instance, Snapshot
+from discovery.core.backend import RegistrationState
+from discovery.core.models import Instance, Snapshot
 from tests.backends.consul_support import Follower, started_backend
 from tests.harness import ServerHandle
 

@@ -15,11 +15,11 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import pytest_asyncio
 
-from discovery.backend import Backend, RegistrationState
-from discovery.errors import BackendUnavailableError
-from discovery.models import Instance, Status
+from discovery.core.backend import Backend, RegistrationState
+from discovery.core.errors import BackendUnavailableError
+from discovery.core.models import Instance, Status
+from discovery.core.urls import parse_url
 from discovery.testing.conformance import CONVERGENCE_TIMEOUT, SCHEDULING_ALLOWANCE, eventually
-from discovery.urls import parse_url
 from discovery_consul import ConsulBackend, records
 from tests.backends.consul_support import (
     Follower,

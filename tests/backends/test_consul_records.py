@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from discovery.errors import ConfigurationError, ValidationError
-from discovery.models import Instance, Status
-from discovery.plugins import create_backend
+from discovery.core.errors import ConfigurationError, ValidationError
+from discovery.core.models import Instance, Status
+from discovery.core.plugins import create_backend
+from discovery.core.urls import parse_url
 from discovery.testing.conformance import maximal_instance
-from discovery.urls import parse_url
 from discovery_consul import ConsulBackend, records
 from discovery_consul.settings import ConsulSettings
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from discovery.errors import BackendUnavailableError
-from discovery.models import Instance
-from discovery_consul.watching import HealthWatch
+from discovery.core.errors import BackendUnavailableError
+from discovery.core.models import Instance
+from discovery_consul.watch import HealthWatch
 from tests.backends.test_consul_records import live_entry
 
 INSTANCE = Instance("web", "w1", "127.0.0.1", 80)

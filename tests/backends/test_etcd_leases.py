@@ -11,10 +11,10 @@ from typing import TypeVar
 import pytest
 import pytest_asyncio
 
-from discovery.backend import RegistrationState
-from discovery.errors import BackendUnavailableError, NotRegisteredError
-from discovery.models import Instance
-from discovery.urls import parse_url
+from discovery.core.backend import RegistrationState
+from discovery.core.errors import BackendUnavailableError, NotRegisteredError
+from discovery.core.models import Instance
+from discovery.core.urls import parse_url
 from discovery_etcd import EtcdBackend
 from tests.backends.etcd_support import Follower, eventually, raw_client, started_backend, unique_prefix
 from tests.harness import ServerHandle

@@ -9,8 +9,8 @@ from typing import TypeVar
 import pytest
 from aetcd import rpc
 
-from discovery.backend import RegistrationState
-from discovery.models import Instance
+from discovery.core.backend import RegistrationState
+from discovery.core.models import Instance
 from discovery_etcd import EtcdBackend
 from tests.backends.etcd_support import Follower, ReconnectGate, eventually, raw_client, started_backend, unique_prefix
 from tests.harness import ServerHandle

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from discovery.errors import ConfigurationError
-from discovery.models import Instance, Status
-from discovery.plugins import create_backend
-from discovery.urls import parse_url
+from discovery.core.errors import ConfigurationError
+from discovery.core.models import Instance, Status
+from discovery.core.plugins import create_backend
+from discovery.core.urls import parse_url
 from discovery_etcd import EtcdBackend
-from discovery_etcd.keys import KeyLayout, normalize_prefix
-from discovery_etcd.leases import lease_ttl
+from discovery_etcd.keepalive import lease_ttl
+from discovery_etcd.layout import KeyLayout, normalize_prefix
+from discovery_etcd.records import decode_endpoint, encode_endpoint, go_json
 from discovery_etcd.settings import EtcdSettings
-from discovery_etcd.values import decode_endpoint, encode_endpoint, go_json
 
 GOLDEN_INSTANCE = Instance(
     "api",

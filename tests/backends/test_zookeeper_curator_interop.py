@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from discovery.models import Instance, Status
-from discovery.registry import AsyncRegistry
+from discovery.core.models import Instance, Status
+from discovery.registry.async_registry import AsyncRegistry
 from tests.backends.zookeeper_support import backend_url, eventually
 from tests.harness import ServerHandle
 

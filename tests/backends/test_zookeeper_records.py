@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from discovery.errors import ConfigurationError, ValidationError
-from discovery.models import Instance, Status
-from discovery.plugins import create_backend
-from discovery.urls import parse_url
+from discovery.core.errors import ConfigurationError, ValidationError
+from discovery.core.models import Instance, Status
+from discovery.core.plugins import create_backend
+from discovery.core.urls import parse_url
 from discovery_zookeeper import ZooKeeperBackend
-from discovery_zookeeper.config import SPRING_PAYLOAD_CLASS, ZooKeeperConfig
-from discovery_zookeeper.curator import decode_record, encode_record, status_from_spring, status_to_spring
+from discovery_zookeeper.records import decode_record, encode_record, status_from_spring, status_to_spring
+from discovery_zookeeper.settings import SPRING_PAYLOAD_CLASS, ZooKeeperConfig
 
 FULL = Instance(
     "orders", "o-1", "host.example.org", 8080, namespace="shop", labels={"team": "a", "instance_status": "x"},

@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 import pytest
 
-from discovery.backend import RegistrationState
-from discovery.models import Instance
-from discovery.registry import AsyncRegistry
+from discovery.core.backend import RegistrationState
+from discovery.core.models import Instance
+from discovery.registry.async_registry import AsyncRegistry
 from discovery_zookeeper import ZooKeeperBackend
 from tests.backends.zookeeper_support import backend_url, eventually, expire_session_now, raw_client
 from tests.harness import ServerHandle

@@ -15,9 +15,9 @@ import subprocess
 import sys
 import time
 
-from discovery.backend import RegistrationState
-from discovery.models import Instance
-from discovery.registry import AsyncRegistry
+from discovery.core.backend import RegistrationState
+from discovery.core.models import Instance
+from discovery.registry.async_registry import AsyncRegistry
 from discovery_zookeeper import ZooKeeperBackend
 from tests.backends.zookeeper_support import SESSION_TIMEOUT, backend_url, expire_session_now
 from tests.harness import ServerHandle, start_server

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from discovery import AsyncRegistry, Instance, Status
-from discovery.asgi import ServiceLifespan
+from discovery.client.asgi import ServiceLifespan
 from tests.client.polling import wait_until_async
 
 INSTANCE = Instance("orders", "orders-1", "127.0.0.1", 8080)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import pytest
 
 from discovery import Instance, ValidationError
-from discovery.balancing import (
+from discovery.client.balancers import (
     ConsistentHash,
     NoInstanceAvailableError,
     PowerOfTwoChoices,

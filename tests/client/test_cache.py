@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import pytest
 
 from discovery import AsyncRegistry, ClosedError, Instance, Registry, Status, ValidationError
-from discovery.balancing import NoInstanceAvailableError, PowerOfTwoChoices, RoundRobin
-from discovery.cache import ServiceCache
-from discovery.feedback import DownInstancePolicy
+from discovery.client.balancers import NoInstanceAvailableError, PowerOfTwoChoices, RoundRobin
+from discovery.client.cache import ServiceCache
+from discovery.client.feedback import DownInstancePolicy
 from tests.client.polling import wait_until, wait_until_async
 
 

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import pytest
 
 from discovery import Instance, Registry, Status
-from discovery.balancing import NoInstanceAvailableError
-from discovery.cache import ServiceCache
-from discovery.lifecycle import drain
+from discovery.client.balancers import NoInstanceAvailableError
+from discovery.client.cache import ServiceCache
+from discovery.client.lifecycle import drain
 from tests.client.conftest import SHORT_TTL
 from tests.client.polling import CONVERGENCE_TIMEOUT, wait_until
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from discovery import Instance, Snapshot, Status, ValidationError
-from discovery.balancing import RoundRobin, ZoneAware
-from discovery.cache import ServiceCache
-from discovery.feedback import DownInstancePolicy, FailureTracker
+from discovery.client.balancers import RoundRobin, ZoneAware
+from discovery.client.cache import ServiceCache
+from discovery.client.feedback import DownInstancePolicy, FailureTracker
 
 
 class Clock:

@@ -9,9 +9,9 @@ import httpx
 import pytest
 
 from discovery import AsyncRegistry, Instance, Registry, Status, ValidationError
-from discovery.balancing import ConsistentHash, PowerOfTwoChoices
-from discovery.feedback import DownInstancePolicy
-from discovery.httpx_transport import AsyncDiscoveryTransport, DiscoveryTransport, ServiceRouter
+from discovery.client.balancers import ConsistentHash, PowerOfTwoChoices
+from discovery.client.feedback import DownInstancePolicy
+from discovery.client.httpx_transport import AsyncDiscoveryTransport, DiscoveryTransport, ServiceRouter
 from tests.client.conftest import NamedHTTPServer, dead_ports
 from tests.client.polling import wait_until
 
@@ -68,7 +68,7 @@ def test_every_instance_dead_gives_the_connect_error_after_bounded_attempts(regi
 
 
 def test_no_registered_instance_is_a_typed_error(registry: Registry) -> None:
-    from discovery.balancing import NoInstanceAvailableError
+    from discovery.client.balancers import NoInstanceAvailableError
 
     with httpx.Client(transport=DiscoveryTransport(registry)) as client, pytest.raises(NoInstanceAvailableError):
         client.get("http://orders/x")

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from discovery import AsyncRegistry, Instance, Registry, Snapshot, Status, ValidationError
-from discovery.lifecycle import AsyncHealthCheck, HealthCheck, drain, drain_async
+from discovery.client.lifecycle import AsyncHealthCheck, HealthCheck, drain, drain_async
 from tests.client.polling import wait_until, wait_until_async
 
 

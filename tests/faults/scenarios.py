@@ -29,9 +29,9 @@ from typing import TypeVar
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
-from discovery.errors import BackendUnavailableError
-from discovery.registration import AsyncRegistration
-from discovery.registry import AsyncRegistry
+from discovery.core.errors import BackendUnavailableError
+from discovery.registry.async_registry import AsyncRegistry
+from discovery.registry.registration import AsyncRegistration
 from tests.faults.targets import TTL, Target
 from tests.faults.trial import CONVERGENCE_LIMIT, POLL, Trial, TrialResult
 from tests.harness import ServerHandle, start_server

@@ -10,7 +10,7 @@ import asyncio
 import uuid
 from dataclasses import dataclass
 
-from discovery.registry import AsyncRegistry
+from discovery.registry.async_registry import AsyncRegistry
 from discovery_consul import ConsulBackend
 from discovery_consul.records import consul_service_id
 from discovery_etcd import EtcdBackend

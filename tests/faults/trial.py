@@ -24,10 +24,10 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from discovery.backend import RegistrationState
-from discovery.models import Instance, Snapshot
-from discovery.registration import AsyncRegistration
-from discovery.registry import AsyncRegistry
+from discovery.core.backend import RegistrationState
+from discovery.core.models import Instance, Snapshot
+from discovery.registry.async_registry import AsyncRegistry
+from discovery.registry.registration import AsyncRegistration
 from tests.faults.targets import TTL, Target
 
 NAMESPACE = "default"
@@ -386,5 +386,5 @@ class _ErrorCollector(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if not record.name.startswith("discovery"):
             return
-        if record.levelno >= logging.ERROR or record.name == "discovery.watching":
+        if record.levelno >= logging.ERROR or record.name == "discovery.registry.watch_hub":
             self._sink.append(f"log {record.name}: {record.getMessage()}")

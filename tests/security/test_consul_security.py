@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from discovery import AsyncRegistry, Instance
-from discovery.errors import AuthenticationError, DiscoveryTLSError, PermissionDeniedError
-from discovery.plugins import create_backend
+from discovery.core.errors import AuthenticationError, DiscoveryTLSError, PermissionDeniedError
+from discovery.core.plugins import create_backend
 from discovery_consul import records
 from discovery_consul.backend import ConsulBackend
 from tests.harness.secure import CONSUL_OTHER_SERVICE_PREFIX, CONSUL_SERVICE_PREFIX, SecureServer

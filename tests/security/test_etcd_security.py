@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from discovery import AsyncRegistry, Instance
-from discovery.errors import AuthenticationError, DiscoveryTLSError, PermissionDeniedError
-from discovery.plugins import create_backend
+from discovery.core.errors import AuthenticationError, DiscoveryTLSError, PermissionDeniedError
+from discovery.core.plugins import create_backend
 from discovery_etcd import EtcdBackend
 from tests.harness.secure import ETCD_PREFIX, SecureServer
 

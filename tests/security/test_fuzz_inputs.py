@@ -12,12 +12,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from discovery import Instance
-from discovery.errors import DiscoveryError
+from discovery.core.errors import DiscoveryError
+from discovery.core.plugins import create_backend
+from discovery.core.urls import parse_url
 from discovery.memory import memory_store
-from discovery.plugins import create_backend
-from discovery.urls import parse_url
 from discovery_consul import records
-from discovery_etcd.keys import KeyLayout
+from discovery_etcd.layout import KeyLayout
 from discovery_zookeeper.layout import Layout
 
 SECRET = "Sup3r-Secr3t-Valu3"

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import pytest
 
 from discovery import AsyncRegistry, Instance
-from discovery.errors import DiscoveryError
-from discovery.plugins import create_backend
+from discovery.core.errors import DiscoveryError
+from discovery.core.plugins import create_backend
 from tests.harness.secure import CONSUL_SERVICE_PREFIX, ETCD_PREFIX, SecureServer
 
 pytestmark = pytest.mark.servers

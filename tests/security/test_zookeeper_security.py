@@ -13,7 +13,7 @@ from kazoo.exceptions import NoAuthError
 from kazoo.security import OPEN_ACL_UNSAFE, Permissions
 
 from discovery import AsyncRegistry, Instance
-from discovery.errors import AuthenticationError, DiscoveryTLSError, PermissionDeniedError
+from discovery.core.errors import AuthenticationError, DiscoveryTLSError, PermissionDeniedError
 from tests.harness.secure import SecureServer
 
 pytestmark = pytest.mark.servers

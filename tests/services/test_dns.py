@@ -13,8 +13,8 @@ import dns.rdatatype
 import pytest
 
 from discovery import AsyncRegistry, Instance
-from discovery.dns import DnsServer
 from discovery.services import HEADLESS, Service, ServiceCatalog, ServicePort, ServiceStore, ServiceType
+from discovery.services.dns import DnsServer
 from tests.services.conftest import private_ranges
 from tests.services.support import eventually
 

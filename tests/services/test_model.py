@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from discovery import ValidationError
-from discovery.backend import UnsupportedOperationError
+from discovery.core.backend import UnsupportedOperationError
 from discovery.memory import MemoryBackend, memory_store
 from discovery.services import (
     HEADLESS,

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import pytest
 
 from discovery import AsyncRegistry, Instance, Status
-from discovery.proxy import ListenerKind, ServiceProxy
 from discovery.services import Service, ServiceCatalog, ServicePort, ServiceStore, ServiceType
+from discovery.services.proxy import ListenerKind, ServiceProxy
 from tests.services.conftest import free_port, private_ranges
 from tests.services.support import Client, NamedServer, eventually, greeting_of
 

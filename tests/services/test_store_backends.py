@@ -9,8 +9,6 @@ import dns.asyncquery
 import dns.message
 
 from discovery import AsyncRegistry, Instance
-from discovery.dns import DnsServer
-from discovery.proxy import ServiceProxy
 from discovery.services import (
     ApplyAction,
     ServiceCatalog,
@@ -20,6 +18,8 @@ from discovery.services import (
     parse_manifests,
     read_endpoints,
 )
+from discovery.services.dns import DnsServer
+from discovery.services.proxy import ServiceProxy
 from tests.services.conftest import free_port, private_ranges
 from tests.services.support import NamedServer, eventually, greeting_of
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from discovery import Instance, Status, ValidationError
-from discovery.codec import decode_instance, encode_instance, instance_from_dict, instance_to_dict
+from discovery.core.codec import decode_instance, encode_instance, instance_from_dict, instance_to_dict
 from discovery.testing.conformance import maximal_instance
 
 

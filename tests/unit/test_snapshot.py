@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from discovery.models import Instance, Snapshot
+from discovery.core.models import Instance, Snapshot
 
 
 def _instances() -> list[Instance]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from discovery import ConfigurationError, UnknownBackendError, parse_url
+from discovery.core.plugins import available_schemes, backend_class, create_backend
 from discovery.memory import MemoryBackend
-from discovery.plugins import available_schemes, backend_class, create_backend
 
 
 def test_multiple_endpoints_path_and_params() -> None:

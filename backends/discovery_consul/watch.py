@@ -1,0 +1,158 @@
+"""Watching one service with blocking queries on ``/v1/health/service/<service>``.
+
+Follows Consul's guidance for blocking queries: pass the last ``X-Consul-Index`` with ``wait``; reset the
+index to 0 (a plain re-list) when it goes backwards; never pass an index below 1; rate-limit the loop with a
+token bucket and add jitter, since an index can change without a change we care about. On an error the last
+snapshot is re-published ``stale`` and the query is retried with jittered exponential backoff (tenacity);
+the first answer after that is a full re-list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
+
+from discovery.core.errors import BackendUnavailableError, ValidationError
+from discovery.core.models import Instance, Snapshot
+from discovery_consul import records
+from discovery_consul.connection import ConsulClient
+
+log = logging.getLogger("discovery.consul")
+
+# At most RATE blocking queries per second after a burst of BURST: bounds the load of a flapping service
+# while adding at most 1/RATE seconds to the detection of a change.
+QUERY_RATE = 4.0
+QUERY_BURST = 4.0
+QUERY_JITTER = 0.05
+
+
+class TokenBucket:
+    """A token bucket (hand-written: 15 lines did not justify another dependency)."""
+
+    def __init__(self, rate: float, burst: float, jitter: float = 0.0) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._jitter = jitter
+        self._tokens = burst
+        self._stamp = time.monotonic()
+
+    async def take(self) -> None:
+        """Wait until a token is available and take it."""
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if self._tokens < 1.0:
+            delay = (1.0 - self._tokens) / self._rate + random.uniform(0, self._jitter)
+            await asyncio.sleep(delay)
+            self._tokens = 1.0
+            self._stamp = time.monotonic()
+        self._tokens -= 1.0
+
+
+def decode_entries(
+    scope: str | None, namespace: str, service: str, entries: list[dict[str, object]]
+) -> tuple[Instance, ...]:
+    """The live instances of one scope and namespace in a health answer; foreign or undecodable ones are skipped."""
+    found: list[Instance] = []
+    for entry in entries:
+        if records.scope_of(entry) != scope:
+            continue
+        try:
+            instance = records.instance_from_health_entry(entry)
+        except ValidationError as error:
+            log.debug("skipping a Consul service entry of %s: %s", service, error)
+            continue
+        if instance is not None and instance.namespace == namespace and instance.service == service:
+            found.append(instance)
+    return tuple(found)
+
+
+class HealthWatch:
+    """The blocking-query loop of one service; :meth:`snapshots` yields what it publishes."""
+
+    def __init__(self, client: ConsulClient, scope: str | None, namespace: str, service: str, wait: float) -> None:
+        self._client = client
+        self._scope = scope
+        self._namespace = namespace
+        self._service = service
+        self._wait = wait
+        self._latest: Snapshot | None = None
+        self._revision = 0
+        self._changed = asyncio.Event()
+
+    def _publish(self, instances: tuple[Instance, ...], stale: bool) -> None:
+        latest = self._latest
+        if latest is not None and latest.stale == stale and latest.same_members(instances):
+            return
+        self._revision += 1
+        self._latest = Snapshot(self._service, self._namespace, instances, self._revision, stale)
+        self._changed.set()
+
+    def _mark_stale(self, retry_state: RetryCallState) -> None:
+        error = retry_state.outcome.exception() if retry_state.outcome else None
+        latest = self._latest
+        # Warn once per outage; every retry after that is only debug noise.
+        level = logging.DEBUG if latest is not None and latest.stale else logging.WARNING
+        log.log(level, "watch of %s/%s: %s; keeping the last set (stale)", self._namespace, self._service, error)
+        self._publish(latest.instances if latest is not None else (), stale=True)
+
+    async def run(self) -> None:
+        """Query forever; cancel the task to stop."""
+        bucket = TokenBucket(QUERY_RATE, QUERY_BURST, QUERY_JITTER)
+        index = 0
+        while True:
+            await bucket.take()
+            failed = False
+
+            def note_failure(retry_state: RetryCallState) -> None:
+                nonlocal failed
+                failed = True
+                self._mark_stale(retry_state)
+
+            query_index = index
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(BackendUnavailableError),
+                wait=wait_random_exponential(multiplier=0.2, max=5.0),
+                before_sleep=note_failure,
+                reraise=True,
+            ):
+                with attempt:
+                    # After a failure, re-list without blocking: the index we held may predate what we missed.
+                    query_index = 0 if failed else index
+                    new_index, entries = await self._client.health_service(
+                        self._service, self._namespace, index=query_index, wait=self._wait
+                    )
+            # An index that went backwards (agent restart, snapshot restore) starts over with a re-list.
+            index = 0 if new_index < query_index else max(new_index, 1)
+            self._publish(decode_entries(self._scope, self._namespace, self._service, entries), stale=False)
+
+    async def snapshots(self, task: asyncio.Task[None]) -> AsyncIterator[Snapshot]:
+        """Yield every snapshot :meth:`run` (running as ``task``) publishes, bursts coalesced."""
+        while True:
+            waiter = asyncio.ensure_future(self._changed.wait())
+            try:
+                await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+            if self._changed.is_set():
+                self._changed.clear()
+                if self._latest is not None:
+                    yield self._latest
+                continue
+            if task.cancelled():
+                return  # the backend closed
+            error = task.exception()
+            if error is not None:
+                raise error
+            return
+
+
+def watch_task_name(namespace: str, service: str) -> str:
+    """The asyncio task name of a watch (shows in task dumps)."""
+    return f"discovery-consul-watch-{namespace}/{service}"
+

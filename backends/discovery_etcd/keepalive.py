@@ -1,0 +1,284 @@
+"""Leases: one per distinct TTL, kept alive by our own loop, re-granted (with every key re-written) when lost.
+
+aetcd runs no keepalive of its own. Each :class:`LeaseGroup` refreshes its lease every TTL/3 (jittered).
+A refresh answered with TTL 0 means the lease is gone (expired during a partition or pause, or revoked
+from outside): the group emits ``LOST``, grants a new lease, re-puts every key it holds and emits
+``RESTORED``. When no refresh has succeeded for a whole TTL the lease has expired as far as this client can
+know, so ``LOST`` is emitted then already; if the lease survived after all (an etcd restart extends leases),
+the next successful refresh emits ``RESTORED``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
+
+from discovery.core.backend import RegistrationState, StateListener
+from discovery.core.errors import BackendUnavailableError, DiscoveryError, NotRegisteredError
+from discovery_etcd.connection import EndpointPool, is_lease_not_found
+
+log = logging.getLogger(__name__)
+
+#: etcd's default --max-txn-ops.
+MAX_TXN_OPS = 128
+
+
+@dataclass(slots=True)
+class LeasedKey:
+    """One key this client keeps alive, with its value and the registration's state listener."""
+
+    key: bytes
+    value: bytes
+    on_state: StateListener
+
+
+class LeaseGroupRetired(NotRegisteredError):
+    """The group was emptied and its lease is being revoked: the key belongs in a fresh group."""
+
+
+class KeyLocks:
+    """One lock per key, alive only while someone holds or awaits it: orders the writes of one key."""
+
+    def __init__(self) -> None:
+        self._locks: dict[bytes, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: bytes) -> AsyncIterator[None]:
+        """Hold the key's lock for the ``async with`` block."""
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+def _retry_keepalive(error: BaseException) -> bool:
+    return isinstance(error, BackendUnavailableError)
+
+
+class LeaseGroup:
+    """One lease of one TTL and every key of this client attached to it."""
+
+    def __init__(self, pool: EndpointPool, ttl: int) -> None:
+        self.ttl = ttl
+        self._pool = pool
+        self._lease_id: int | None = None
+        self._keys: dict[bytes, LeasedKey] = {}
+        # Serialises lease grants, re-grants (with their re-write of every key), retiring and removing a key from
+        # the group; puts hold it only to read the lease id, so a key deleted meanwhile is never re-put.
+        self._lock = asyncio.Lock()
+        # Puts in flight outside the lock: a group with writers is not empty and must not be retired.
+        self._writers = 0
+        self._key_locks = KeyLocks()
+        self._lost = False
+        # Set from the moment a lease is known lost until every key is on the new lease.
+        self._rewrite_pending = False
+        self._last_refresh = time.monotonic()
+        self._keepalive: asyncio.Task[None] | None = None
+        self._retired = False
+
+    @property
+    def lease_id(self) -> int | None:
+        """The current lease (``None`` before the first registration)."""
+        return self._lease_id
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._keys
+
+    async def put(self, leased: LeasedKey) -> None:
+        """Write a key attached to this group's lease (granting the lease first if needed).
+
+        The group lock covers only granting/reading the lease id and counting this writer in (so the group is
+        not retired under it); the put itself runs unlocked, so registrations sharing a TTL are concurrent.
+        Writes of one key stay ordered (a put and a delete of the same key never overlap).
+        """
+        async with self._key_locks.hold(leased.key):
+            async with self._lock:
+                if self._retired:
+                    raise LeaseGroupRetired("this lease group was emptied and is being revoked")
+                if self._lease_id is None:
+                    await self._grant_locked()
+                lease_id = self._lease_id
+                self._writers += 1
+            try:
+                await self._put_on(leased, lease_id)
+            except DiscoveryError as error:
+                if not is_lease_not_found(error.__cause__ or error):
+                    raise
+                # The lease vanished before the keepalive noticed: recover the others (unless a concurrent
+                # writer already did), then write this one.
+                async with self._lock:
+                    if self._lease_id == lease_id:
+                        await self._recover_locked()
+                    await self._put_on(leased, self._lease_id)
+                    self._keys[leased.key] = leased
+            else:
+                self._keys[leased.key] = leased
+                if self._lease_id != lease_id and self._lease_id is not None:
+                    # A re-grant finished while this put was in flight: its re-write did not include this key.
+                    async with self._lock:
+                        await self._put_on(leased, self._lease_id)
+            finally:
+                self._writers -= 1
+        self._ensure_keepalive()
+
+    async def retire_if_empty(self) -> bool:
+        """Retire the group if no key uses it; checked under the write lock, so a put waiting for the lock is
+        refused (and goes to a fresh group) instead of landing on a lease about to be revoked.
+        """
+        async with self._lock:
+            if self._keys or self._writers:
+                return False
+            self._retired = True
+            return True
+
+    async def delete(self, key: bytes) -> None:
+        """Delete a key and stop keeping it alive (missing keys are fine)."""
+        async with self._key_locks.hold(key):
+            # Popped under the group lock so that no re-grant re-puts it; deleted outside it.
+            async with self._lock:
+                self._keys.pop(key, None)
+            await self._pool.call("delete a registration", lambda client: client.delete(key))
+
+    def leased(self, key: bytes) -> LeasedKey | None:
+        """The record of a key this group keeps alive."""
+        return self._keys.get(key)
+
+    def forget(self, key: bytes) -> None:
+        """Stop keeping a key alive without deleting it (it moved to another lease)."""
+        self._keys.pop(key, None)
+
+    async def revoke(self) -> None:
+        """Stop the keepalive and revoke the lease, which deletes every key attached to it."""
+        await self.stop()
+        lease_id, self._lease_id = self._lease_id, None
+        self._keys.clear()
+        if lease_id is not None:
+            await self._pool.call("revoke a lease", lambda client: client.revoke_lease(lease_id))
+
+    async def stop(self) -> None:
+        """Stop the keepalive loop, leaving the lease to expire on its own."""
+        task, self._keepalive = self._keepalive, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _ensure_keepalive(self) -> None:
+        if self._keepalive is None or self._keepalive.done():
+            self._keepalive = asyncio.get_running_loop().create_task(
+                self._keepalive_loop(), name=f"etcd-keepalive-ttl{self.ttl}"
+            )
+
+    async def _grant_locked(self) -> None:
+        lease = await self._pool.call("grant a lease", lambda client: client.lease(self.ttl))
+        self._lease_id = int(lease.id)
+        self._last_refresh = time.monotonic()
+
+    async def _put_on(self, leased: LeasedKey, lease_id: int | None) -> None:
+        await self._pool.call(
+            "write a registration", lambda client: client.put(leased.key, leased.value, lease=lease_id)
+        )
+
+    async def _put_all_locked(self) -> None:
+        # One transaction per chunk: watchers see the whole set come back at one revision, not key by key.
+        lease_id = self._lease_id
+        records = list(self._keys.values())
+        for start in range(0, len(records), MAX_TXN_OPS):
+            chunk = records[start : start + MAX_TXN_OPS]
+
+            async def put_chunk(client: Any, chunk: list[LeasedKey] = chunk) -> None:
+                puts = [client.transactions.put(leased.key, leased.value, lease=lease_id) for leased in chunk]
+                await client.transaction(compare=[], success=puts, failure=[])
+
+            await self._pool.call("re-write registrations", put_chunk)
+
+    async def _recover_locked(self) -> None:
+        self._mark_lost()
+        self._rewrite_pending = True
+        await self._grant_locked()
+        await self._put_all_locked()
+        self._rewrite_pending = False
+        self._mark_restored()
+
+    def _mark_lost(self) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        log.warning("etcd lease %s (ttl %ss) lost; %d registration(s) affected", self._lease_id, self.ttl, len(self))
+        self._emit(RegistrationState.LOST)
+
+    def _mark_restored(self) -> None:
+        if not self._lost:
+            return
+        self._lost = False
+        log.info("etcd lease %s (ttl %ss) restored", self._lease_id, self.ttl)
+        self._emit(RegistrationState.RESTORED)
+
+    def _emit(self, state: RegistrationState) -> None:
+        for leased in list(self._keys.values()):
+            try:
+                leased.on_state(state)
+            except Exception:  # a listener's bug must not stop the keepalive
+                log.exception("registration state listener failed")
+
+    def _cadence(self) -> float:
+        return self.ttl / 3 * random.uniform(0.8, 1.0)
+
+    async def _keepalive_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._cadence())
+            retrying = AsyncRetrying(
+                retry=retry_if_exception(_retry_keepalive),
+                wait=wait_random_exponential(multiplier=0.05, max=self.ttl / 6),
+                before_sleep=self._note_failure,
+                reraise=True,
+            )
+            try:
+                async for attempt in retrying:
+                    with attempt:
+                        await self._refresh_once()
+            except Exception:  # not a connection problem (e.g. permissions): keep trying at the normal pace
+                log.exception("etcd lease keepalive failed")
+
+    def _note_failure(self, state: RetryCallState) -> None:
+        if time.monotonic() - self._last_refresh > self.ttl:
+            self._mark_lost()
+
+    async def _refresh_once(self) -> None:
+        lease_id = self._lease_id
+        if lease_id is None:
+            return
+        if not self._rewrite_pending:
+            reply = await self._pool.call(
+                "refresh a lease", lambda client: client.refresh_lease(lease_id), timeout=max(self.ttl / 3, 0.5)
+            )
+            if reply is not None and int(reply.TTL) > 0:
+                self._last_refresh = time.monotonic()
+                self._mark_restored()
+                return
+        async with self._lock:
+            if self._lease_id == lease_id or self._rewrite_pending:
+                await self._recover_locked()
+
+
+def lease_ttl(ttl: float) -> int:
+    """etcd leases have whole-second TTLs: round a requested TTL up."""
+    return max(1, int(-(-ttl // 1)))

@@ -1,0 +1,234 @@
+"""One kazoo client and its session, seen from the event loop.
+
+State changes reach the loop as :class:`SessionEvent` values (``SUSPENDED``, ``EXPIRED``, ``CONNECTED`` with a
+flag telling whether the session is new). The kazoo listener only forwards; it never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import AuthFailedError, NoAuthError
+from kazoo.retry import KazooRetry
+
+from discovery.core.errors import AuthenticationError, BackendUnavailableError, PermissionDeniedError
+from discovery_zookeeper.bridge import CONNECTION_ERRORS, await_kazoo, call_in_loop
+from discovery_zookeeper.security import kazoo_logger, tls_preflight
+from discovery_zookeeper.settings import ZooKeeperConfig
+
+logger = logging.getLogger(__name__)
+
+
+class SessionEvent(enum.Enum):
+    """What the rest of the backend needs to know about the connection."""
+
+    SUSPENDED = "suspended"
+    EXPIRED = "expired"
+    RECONNECTED = "reconnected"
+    NEW_SESSION = "new-session"
+
+
+SessionListener = Callable[[SessionEvent], None]
+
+
+class ZooKeeperSession:
+    """Owns the ``KazooClient``; offers awaitable requests with timeouts and loop-side state events."""
+
+    def __init__(self, config: ZooKeeperConfig) -> None:
+        self._config = config
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._listeners: list[SessionListener] = []
+        self._session_id: int | None = None
+        self.connected = asyncio.Event()
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        self._stopping = False
+        self.client = self._new_client()
+
+    def _new_client(self) -> KazooClient:
+        # kazoo's own reconnect loop: quick first retries, capped well below any session timeout so a restarted
+        # server is found again before the session expires; kazoo adds random jitter to every delay.
+        retry = KazooRetry(max_tries=-1, delay=0.05, backoff=2, max_jitter=0.3, max_delay=1.0)
+        client = KazooClient(
+            hosts=self._config.hosts,
+            timeout=self._config.session_timeout,
+            connection_retry=retry,
+            command_retry=None,
+            logger=kazoo_logger(self._config.security),
+            **self._config.security.kazoo_arguments(),
+        )
+        client.add_listener(lambda state: self._on_kazoo_state(client, state))
+        return client
+
+    @property
+    def session_id(self) -> int | None:
+        """The id of the live session (``None`` while disconnected)."""
+        client_id = self.client.client_id
+        return None if client_id is None else int(client_id[0])
+
+    @property
+    def negotiated_timeout(self) -> float:
+        """The session timeout the server granted (it clamps to ``[2, 20]`` ticks by default)."""
+        granted = getattr(self.client, "_session_timeout", None)
+        return float(granted) / 1000.0 if granted else self._config.session_timeout
+
+    def add_listener(self, listener: SessionListener) -> None:
+        """Call ``listener`` on the event loop for every session event."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: SessionListener) -> None:
+        """Stop calling ``listener``."""
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
+
+    async def start(self) -> None:
+        """Connect, or raise ``BackendUnavailableError`` after ``connect_timeout``."""
+        self._loop = asyncio.get_running_loop()
+        tls = self._config.security.tls
+        if tls is not None:
+            await self._loop.run_in_executor(
+                None, tls_preflight, self._config.hosts, tls, min(self._config.connect_timeout, 5.0)
+            )
+        started = self.client.start_async()
+        ready = await self._loop.run_in_executor(None, started.wait, self._config.connect_timeout)
+        if not ready or not self.client.connected:
+            await self._loop.run_in_executor(None, self._stop_quietly)
+            raise BackendUnavailableError(
+                f"could not connect to ZooKeeper at {self._config.hosts} within {self._config.connect_timeout:g}s"
+            )
+        self._session_id = self.session_id
+        self.connected.set()
+
+    async def stop(self) -> None:
+        """Close the session (ephemeral nodes are deleted by the server at once) and free kazoo's threads."""
+        self._stopping = True
+        self._cancel_expiry_timer()
+        self.connected.clear()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._stop_quietly)
+
+    async def drop(self) -> None:
+        """Disconnect *without* closing the session, as a crashed process would.
+
+        kazoo has no public call for this: ``stop()`` always sends CloseSession. We mark the client stopped (so
+        its connection loop does not reconnect), then shut the TCP socket down under it; the loop sees the
+        connection drop and exits without ever queueing CloseSession. The server keeps the session until it
+        times out, so its ephemeral nodes vanish only by expiry. See docs/decisions/zookeeper-abort.md.
+        """
+        self._stopping = True
+        self._cancel_expiry_timer()
+        self.connected.clear()
+        await asyncio.get_running_loop().run_in_executor(None, _drop_client, self.client, self._config.session_timeout)
+
+    def _stop_quietly(self) -> None:
+        try:
+            self.client.stop()
+        except Exception as error:  # kazoo raises assorted errors when stopping a half-open client
+            logger.debug("stopping kazoo: %s", error)
+        with contextlib.suppress(Exception):
+            self.client.close()
+
+    # -- kazoo thread → loop -------------------------------------------------------------------------------------
+
+    def _on_kazoo_state(self, client: KazooClient, state: str) -> None:
+        if self._loop is not None:
+            call_in_loop(self._loop, self._on_state, client, state)
+
+    def _on_state(self, client: KazooClient, state: str) -> None:
+        if client is not self.client or self._stopping:
+            return  # a replaced client's last words
+        if state == KazooState.CONNECTED:
+            # Read now, on the loop: the id kazoo reports after this event tells old session from new.
+            current = self.session_id
+            if current is None:
+                return  # already gone again; the next event will tell
+            self._cancel_expiry_timer()
+            self.connected.set()
+            event = SessionEvent.RECONNECTED if current == self._session_id else SessionEvent.NEW_SESSION
+            self._session_id = current
+        elif state == KazooState.SUSPENDED:
+            self.connected.clear()
+            self._arm_expiry_timer()
+            event = SessionEvent.SUSPENDED
+        else:
+            self.connected.clear()
+            event = SessionEvent.EXPIRED
+        self._emit(event)
+
+    def _emit(self, event: SessionEvent) -> None:
+        logger.debug("ZooKeeper session event %s (session %s)", event.value, self._session_id)
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                logger.exception("session listener failed")
+
+    # -- Curator-style simulated expiry --------------------------------------------------------------------------
+
+    def _arm_expiry_timer(self) -> None:
+        if self._expiry_timer is None and self._loop is not None:
+            self._expiry_timer = self._loop.call_later(self.negotiated_timeout, self._simulate_expiry)
+
+    def _cancel_expiry_timer(self) -> None:
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+
+    def _simulate_expiry(self) -> None:
+        """No server has answered for a whole session timeout: treat the session as expired and start a new one.
+
+        The server expires a session it has not heard from for its timeout, so ours is (almost certainly) gone.
+        Waiting for the server to say so can take forever: a server that lost its data refuses a client that
+        has seen a newer zxid, and kazoo would retry that session endlessly. Curator does the same by default
+        (``StandardConnectionHandlingPolicy``). See docs/decisions/zookeeper-simulated-expiry.md.
+        """
+        self._expiry_timer = None
+        if self.connected.is_set() or self._stopping or self._loop is None:
+            return
+        logger.warning("no ZooKeeper server answered for %gs: treating session as expired", self.negotiated_timeout)
+        old = self.client
+        self.client = self._new_client()
+        self.client.start_async()
+        self._loop.run_in_executor(None, _drop_client, old, self._config.session_timeout)
+        self._emit(SessionEvent.EXPIRED)
+
+    # -- requests ------------------------------------------------------------------------------------------------
+
+    async def request(self, what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a kazoo ``*_async`` call and await it with the request timeout."""
+        try:
+            async_result = call(*args, **kwargs)
+        except CONNECTION_ERRORS as error:
+            raise BackendUnavailableError(f"ZooKeeper {what} failed: {type(error).__name__}: {error}") from error
+        try:
+            return await await_kazoo(async_result, self._config.request_timeout, what)
+        except NoAuthError:
+            raise PermissionDeniedError(f"ZooKeeper denied {what}: the ACL does not allow our identity") from None
+        except AuthFailedError:
+            raise AuthenticationError(f"ZooKeeper rejected our credentials during {what}") from None
+
+
+def _drop_client(client: KazooClient, wait: float) -> None:
+    """Stop a kazoo client *without* sending CloseSession, and free its threads (blocking; run in an executor).
+
+    kazoo has no public call for this: ``stop()`` always queues CloseSession. We mark the client stopped (so its
+    connection loop does not reconnect), then shut its TCP socket down; the loop sees the connection drop and
+    exits without ever sending CloseSession.
+    """
+    connection = client._connection
+    client._stopped.set()
+    sock: socket.socket | None = getattr(connection, "_socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    connection.connection_stopped.wait(wait)
+    with contextlib.suppress(Exception):
+        client.handler.stop()
+    with contextlib.suppress(Exception):
+        client.close()

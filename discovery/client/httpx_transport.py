@@ -1,0 +1,352 @@
+"""httpx transports that resolve service names through a registry (needs the ``[http]`` extra)::
+
+    with Registry.connect(url) as registry:
+        with httpx.Client(transport=DiscoveryTransport(registry)) as client:
+            client.get("http://orders/api/items")          # or http://orders.<namespace>/...
+
+A host that names a service (``orders`` in the transport's namespace, or ``orders.<namespace>``) is resolved
+by the service's :class:`~discovery.client.cache.ServiceCache` and balancer. A connect failure (nothing was sent)
+is retried on another instance, up to ``attempts`` in all (tenacity). Every transport error is reported to
+the failure feedback, every response as a success; a request counts as in flight until its response is
+closed. Other hosts (``localhost``, IP literals, names with more than two labels, names listed in
+``passthrough``) go straight to the wrapped transport.
+
+The ``Host`` header keeps the service name (as a Kubernetes Service's virtual host does); for ``https`` the
+TLS server name (SNI) is the service name as well.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import threading
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
+from typing import TYPE_CHECKING
+
+import httpx
+from tenacity import AsyncRetrying, Retrying, retry_if_exception_type, stop_after_attempt
+
+from discovery.client.balancers import Balancer, RoundRobin
+from discovery.client.cache import ServiceCache
+from discovery.client.feedback import DownInstancePolicy, FailureTracker
+from discovery.core.errors import ValidationError
+from discovery.core.models import DEFAULT_NAMESPACE, Instance
+from discovery.core.validation import validate_namespace
+
+if TYPE_CHECKING:
+    from discovery.registry.async_registry import AsyncRegistry
+    from discovery.registry.blocking import Registry
+
+__all__ = ["AsyncDiscoveryTransport", "BalancerFactory", "DiscoveryTransport", "ServiceRouter"]
+
+#: Makes a fresh balancer for one service (a class such as ``RoundRobin`` is one).
+BalancerFactory = Callable[[], Balancer]
+#: Errors raised before any byte of the request was sent: safe to retry on another instance.
+RETRYABLE_ERRORS: tuple[type[Exception], ...] = (httpx.ConnectError, httpx.ConnectTimeout)
+
+ServiceTarget = tuple[str, str]  # (namespace, service)
+#: Hosts whose resolution is remembered (the rule is pure, so this only bounds memory).
+_RESOLVED_HOSTS_KEPT = 1024
+
+
+def _is_dns_label(text: str) -> bool:
+    try:
+        validate_namespace(text)  # the same DNS-1123 label rule as a service name
+    except ValidationError:
+        return False
+    return True
+
+
+class ServiceRouter:
+    """Decides which hosts name a service, and which balancer and key each service uses."""
+
+    def __init__(
+        self,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        namespaces: Collection[str] | None = None,
+        passthrough: Collection[str] = ("localhost",),
+        balancer: BalancerFactory = RoundRobin,
+        balancers: Mapping[str, BalancerFactory] | None = None,
+        hash_key: Callable[[httpx.Request], str | None] | None = None,
+        port_name: str | None = None,
+    ) -> None:
+        self.namespace = validate_namespace(namespace)
+        self.namespaces = None if namespaces is None else frozenset(validate_namespace(n) for n in namespaces)
+        self.passthrough = frozenset(h.lower() for h in passthrough)
+        self.balancer = balancer
+        self.balancers = dict(balancers or {})
+        self.hash_key = hash_key
+        self.port_name = port_name
+        self._resolved: dict[str, ServiceTarget | None] = {}
+
+    def resolve(self, host: str) -> ServiceTarget | None:
+        """``(namespace, service)`` for a host naming a service, else ``None`` (sent as it is)."""
+        try:
+            return self._resolved[host]
+        except KeyError:
+            pass
+        target = self._resolve(host)
+        if len(self._resolved) >= _RESOLVED_HOSTS_KEPT:
+            self._resolved.clear()
+        self._resolved[host] = target
+        return target
+
+    def _resolve(self, host: str) -> ServiceTarget | None:
+        host = host.lower()
+        if host in self.passthrough:
+            return None
+        try:
+            ipaddress.ip_address(host)
+            return None
+        except ValueError:
+            pass
+        labels = host.split(".")
+        if len(labels) == 1 and _is_dns_label(labels[0]):
+            return (self.namespace, labels[0])
+        if (
+            len(labels) == 2
+            and all(_is_dns_label(label) for label in labels)
+            and (self.namespaces is None or labels[1] in self.namespaces)
+        ):
+            return (labels[1], labels[0])
+        return None
+
+    def balancer_for(self, target: ServiceTarget) -> Balancer:
+        """A new balancer for a service (``balancers`` by ``service.namespace``, then ``service``)."""
+        namespace, service = target
+        factory = self.balancers.get(f"{service}.{namespace}") or self.balancers.get(service) or self.balancer
+        return factory()
+
+    def key_of(self, request: httpx.Request) -> str | None:
+        """The hashing key of a request (for :class:`~discovery.client.balancers.ConsistentHash`)."""
+        return None if self.hash_key is None else self.hash_key(request)
+
+    def address_of(self, request: httpx.Request, instance: Instance) -> httpx.Request:
+        """A copy of ``request`` aimed at ``instance`` (Host header and TLS server name unchanged)."""
+        port = instance.port
+        if self.port_name is not None:
+            port = instance.ports.get(self.port_name, port)
+        extensions = dict(request.extensions)
+        if request.url.scheme == "https":
+            extensions.setdefault("sni_hostname", request.url.host)
+        return httpx.Request(
+            request.method,
+            request.url.copy_with(host=instance.address, port=port),
+            headers=request.headers,
+            stream=request.stream,
+            extensions=extensions,
+        )
+
+
+class _TrackedSyncStream(httpx.SyncByteStream):
+    def __init__(self, stream: httpx.SyncByteStream, on_close: Callable[[], None]) -> None:
+        self._stream = stream
+        self._on_close: Callable[[], None] | None = on_close
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._stream
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        finally:
+            on_close, self._on_close = self._on_close, None
+            if on_close is not None:
+                on_close()
+
+
+class _TrackedAsyncStream(httpx.AsyncByteStream):
+    def __init__(self, stream: httpx.AsyncByteStream, on_close: Callable[[], None]) -> None:
+        self._stream = stream
+        self._on_close: Callable[[], None] | None = on_close
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            on_close, self._on_close = self._on_close, None
+            if on_close is not None:
+                on_close()
+
+
+def _check_attempts(attempts: int) -> int:
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+        raise ValidationError("attempts", f"must be an integer >= 1, got {attempts!r}")
+    return attempts
+
+
+class DiscoveryTransport(httpx.BaseTransport):
+    """A blocking httpx transport resolving service names through a :class:`~discovery.Registry`.
+
+    ``transport`` is the wrapped transport (default ``httpx.HTTPTransport()``); ``failures`` is the
+    down-instance policy shared by this transport's caches; the other keyword arguments are those of
+    :class:`ServiceRouter`. Closing the transport closes its caches, not the registry.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        attempts: int = 3,
+        failures: DownInstancePolicy | None = None,
+        router: ServiceRouter | None = None,
+        **router_options: object,
+    ) -> None:
+        self.registry = registry
+        self.router = router if router is not None else ServiceRouter(**router_options)  # type: ignore[arg-type]
+        self.attempts = _check_attempts(attempts)
+        self.failures = FailureTracker(failures)
+        self._inner = transport if transport is not None else httpx.HTTPTransport()
+        self._caches: dict[ServiceTarget, ServiceCache] = {}
+        self._lock = threading.Lock()
+        # One Retrying for all requests: tenacity keeps its per-call state thread-local, and a blocking client
+        # runs one request at a time per thread.
+        self._retrying = Retrying(
+            stop=stop_after_attempt(self.attempts), retry=retry_if_exception_type(RETRYABLE_ERRORS), reraise=True
+        )
+
+    def cache(self, service: str, namespace: str | None = None) -> ServiceCache:
+        """The cache of a service (opened on first use)."""
+        target = (namespace or self.router.namespace, service)
+        cache = self._caches.get(target)
+        if cache is None:
+            with self._lock:
+                cache = self._caches.get(target)
+                if cache is None:
+                    cache = self._caches[target] = ServiceCache.open(
+                        self.registry,
+                        service,
+                        target[0],
+                        balancer=self.router.balancer_for(target),
+                        failures=self.failures,
+                    )
+        return cache
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request``, resolving its host through the registry when it names a service."""
+        target = self.router.resolve(request.url.host)
+        if target is None:
+            return self._inner.handle_request(request)
+        cache = self.cache(target[1], target[0])
+        key = self.router.key_of(request)
+        tried: list[Instance] = []
+        for attempt in self._retrying:
+            with attempt:
+                instance = cache.pick_excluding(tried, key)
+                tried.append(instance)
+                return self._send(cache, instance, request)
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    def _send(self, cache: ServiceCache, instance: Instance, request: httpx.Request) -> httpx.Response:
+        cache.started(instance)
+        try:
+            response = self._inner.handle_request(self.router.address_of(request, instance))
+        except httpx.TransportError:
+            cache.finished(instance)
+            cache.note_error(instance)
+            raise
+        cache.note_success(instance)
+        assert isinstance(response.stream, httpx.SyncByteStream)
+        response.stream = _TrackedSyncStream(response.stream, lambda: cache.finished(instance))
+        return response
+
+    def close(self) -> None:
+        """Close the caches and the wrapped transport."""
+        with self._lock:
+            caches, self._caches = list(self._caches.values()), {}
+        for cache in caches:
+            cache.close()
+        self._inner.close()
+
+
+class AsyncDiscoveryTransport(httpx.AsyncBaseTransport):
+    """The asyncio form of :class:`DiscoveryTransport`, over an :class:`~discovery.AsyncRegistry` (use it on
+    the registry's event loop).
+    """
+
+    def __init__(
+        self,
+        registry: AsyncRegistry,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        attempts: int = 3,
+        failures: DownInstancePolicy | None = None,
+        router: ServiceRouter | None = None,
+        **router_options: object,
+    ) -> None:
+        self.registry = registry
+        self.router = router if router is not None else ServiceRouter(**router_options)  # type: ignore[arg-type]
+        self.attempts = _check_attempts(attempts)
+        self.failures = FailureTracker(failures)
+        self._inner = transport if transport is not None else httpx.AsyncHTTPTransport()
+        self._caches: dict[ServiceTarget, ServiceCache] = {}
+        self._opening: dict[ServiceTarget, asyncio.Task[ServiceCache]] = {}
+
+    async def cache(self, service: str, namespace: str | None = None) -> ServiceCache:
+        """The cache of a service (opened on first use; concurrent first requests share one opening)."""
+        target = (namespace or self.router.namespace, service)
+        cache = self._caches.get(target)
+        if cache is not None:
+            return cache
+        opening = self._opening.get(target)
+        if opening is None:
+            opening = self._opening[target] = asyncio.ensure_future(
+                ServiceCache.open_async(
+                    self.registry,
+                    service,
+                    target[0],
+                    balancer=self.router.balancer_for(target),
+                    failures=self.failures,
+                )
+            )
+        try:
+            cache = await asyncio.shield(opening)
+        finally:
+            if opening.done():
+                self._opening.pop(target, None)
+        self._caches[target] = cache
+        return cache
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request``, resolving its host through the registry when it names a service."""
+        target = self.router.resolve(request.url.host)
+        if target is None:
+            return await self._inner.handle_async_request(request)
+        cache = await self.cache(target[1], target[0])
+        key = self.router.key_of(request)
+        tried: list[Instance] = []
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.attempts), retry=retry_if_exception_type(RETRYABLE_ERRORS), reraise=True
+        )
+        async for attempt in retrying:
+            with attempt:
+                instance = cache.pick_excluding(tried, key)
+                tried.append(instance)
+                return await self._send(cache, instance, request)
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    async def _send(self, cache: ServiceCache, instance: Instance, request: httpx.Request) -> httpx.Response:
+        cache.started(instance)
+        try:
+            response = await self._inner.handle_async_request(self.router.address_of(request, instance))
+        except httpx.TransportError:
+            cache.finished(instance)
+            cache.note_error(instance)
+            raise
+        cache.note_success(instance)
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        response.stream = _TrackedAsyncStream(response.stream, lambda: cache.finished(instance))
+        return response
+
+    async def aclose(self) -> None:
+        """Close the caches and the wrapped transport."""
+        caches, self._caches = list(self._caches.values()), {}
+        for cache in caches:
+            await cache.aclose()
+        await self._inner.aclose()

@@ -1,0 +1,199 @@
+"""The contract every storage adapter fulfils.
+
+A backend is asyncio-native and owned by one :class:`discovery.AsyncRegistry`, whose event loop calls
+every method. The registry does the backend-neutral work (validation, selectors, status filters, the
+watch fan-out and its cache, the sync facade); a backend only stores, keeps alive, lists and watches.
+
+Adapters are found through the ``discovery.backends`` entry-point group by URL scheme, e.g.
+``zookeeper = "discovery_zookeeper:ZooKeeperBackend"``.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+from discovery.core.errors import UnsupportedOperationError, ValidationError
+from discovery.core.models import Instance, Snapshot
+from discovery.core.urls import BackendURL
+
+
+class RegistrationState(enum.StrEnum):
+    """The states a registration goes through; ``LOST`` → ``RESTORED`` may repeat."""
+
+    PENDING = "pending"
+    REGISTERED = "registered"
+    LOST = "lost"
+    RESTORED = "restored"
+    DEREGISTERED = "deregistered"
+
+
+StateListener = Callable[[RegistrationState], None]
+"""Called by a backend, on the registry's event loop, when a registration is lost or restored."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDefinition:
+    """One durable definition (e.g. a ``Service``): opaque bytes stored under ``kind/namespace/name``."""
+
+    kind: str
+    namespace: str
+    name: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DefinitionSnapshot:
+    """Every definition of one kind (in one namespace, or in all when ``namespace`` is ``None``).
+
+    ``stale`` is set while the backend is unreachable: the last known set is kept, not emptied.
+    """
+
+    kind: str
+    namespace: str | None
+    items: tuple[StoredDefinition, ...]
+    stale: bool = False
+
+
+_DEFINITION_KIND_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+def validate_definition_kind(kind: object) -> str:
+    """A definition kind is a short lowercase word (``services``): it becomes a path segment on every backend."""
+    if not isinstance(kind, str) or not kind or len(kind) > 63 or not set(kind) <= _DEFINITION_KIND_CHARS:
+        raise ValidationError("kind", f"{kind!r} is not a definition kind (lowercase letters, digits and '-')")
+    return kind
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a backend promises; the conformance suite holds it to these numbers.
+
+    The worst-case time for a dead registrant's instance to leave lookups and watches is
+    ``effective_ttl + detection_slack`` seconds.
+    """
+
+    name: str
+    default_ttl: float
+    min_ttl: float
+    detection_slack: float
+    #: Whether the TTL can differ per registration (ZooKeeper: no, the session timeout applies to all).
+    ttl_per_registration: bool = True
+    #: Whether registrants in other processes are visible (the in-memory backend: no).
+    cross_process: bool = True
+    #: Whether the backend can lose a connection (and must then mark watch snapshots stale).
+    networked: bool = True
+
+
+class Backend(abc.ABC):
+    """Abstract adapter. Subclasses set :attr:`scheme` and implement every abstract method.
+
+    Rules every implementation keeps (the conformance kit checks them):
+
+    * ``register`` writes the instance and keeps it alive until ``deregister``/``close``; if the server
+      forgets it (session expiry, lease loss, agent restart), the backend writes it again by itself and
+      calls ``on_state(LOST)`` then ``on_state(RESTORED)``.
+    * ``watch`` yields the current :class:`Snapshot` first, then a new full snapshot after every change
+      (bursts may be coalesced), forever. While the server is unreachable it yields the last set with
+      ``stale=True`` and, once back, re-lists so that no change is missed. ``revision`` may be the
+      backend's own; the registry re-stamps it.
+    * ``close`` deregisters everything this backend registered; ``abort`` stops keeping registrations
+      alive and drops connections *without* deregistering, as a crashed process would.
+    * Reads never see another service's keys (``api`` vs ``api-v2``) or another namespace's.
+    * Instances that cannot be decoded (written by a foreign tool) are skipped, never fatal.
+    """
+
+    scheme: ClassVar[str]
+
+    @classmethod
+    @abc.abstractmethod
+    def from_url(cls, url: BackendURL) -> Backend:
+        """Build an unstarted backend from a URL; raise ``ConfigurationError`` for unknown parameters."""
+
+    @property
+    @abc.abstractmethod
+    def capabilities(self) -> Capabilities:
+        """What this backend promises."""
+
+    def effective_ttl(self, requested: float | None) -> float:
+        """The TTL a registration really gets for a requested one (``None`` = the default)."""
+        caps = self.capabilities
+        if requested is None or not caps.ttl_per_registration:
+            return caps.default_ttl
+        return max(requested, caps.min_ttl)
+
+    def detection_bound(self, ttl: float | None = None) -> float:
+        """Worst-case seconds for a dead registrant's instance to disappear, for a requested TTL."""
+        return self.effective_ttl(ttl) + self.capabilities.detection_slack
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Connect. Raise ``BackendUnavailableError`` if the server cannot be reached in time."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Deregister everything this backend registered, then disconnect."""
+
+    @abc.abstractmethod
+    async def abort(self) -> None:
+        """Stop keep-alives and disconnect without deregistering (simulates a crash)."""
+
+    @abc.abstractmethod
+    async def register(self, instance: Instance, ttl: float, on_state: StateListener) -> None:
+        """Write ``instance`` (replacing one with the same key) and keep it alive with ``ttl``."""
+
+    @abc.abstractmethod
+    async def update(self, instance: Instance) -> None:
+        """Rewrite a registered instance (same key) with new field values, keeping it alive."""
+
+    @abc.abstractmethod
+    async def deregister(self, instance: Instance) -> None:
+        """Remove a registered instance and stop keeping it alive. Removing a missing one is not an error."""
+
+    @abc.abstractmethod
+    async def list(self, namespace: str, service: str) -> tuple[Instance, ...]:
+        """A fresh read of all instances of a service (every status)."""
+
+    @abc.abstractmethod
+    async def services(self, namespace: str) -> tuple[str, ...]:
+        """The names of services with at least one instance in a namespace, sorted."""
+
+    @abc.abstractmethod
+    def watch(self, namespace: str, service: str) -> AsyncIterator[Snapshot]:
+        """Yield the current snapshot, then one after every change; see the class rules."""
+
+    # -- optional capability: durable definitions ------------------------------------------------------------------
+    #
+    # Definitions (Services, ...) are plain durable records: they outlive the process that wrote them (persistent
+    # znode, etcd key without lease, Consul KV) and live apart from instance records, so a definition named ``web``
+    # and instances of a service ``web`` never collide. Backends without this capability keep these defaults.
+
+    @property
+    def supports_definitions(self) -> bool:
+        """Whether :meth:`put_definition` and friends are implemented."""
+        return False
+
+    async def put_definition(self, kind: str, namespace: str, name: str, data: bytes) -> None:
+        """Create or replace the definition ``kind/namespace/name`` durably."""
+        raise UnsupportedOperationError(f"the {self.capabilities.name} backend cannot store definitions")
+
+    async def get_definition(self, kind: str, namespace: str, name: str) -> bytes | None:
+        """The stored bytes of a definition, or ``None``."""
+        raise UnsupportedOperationError(f"the {self.capabilities.name} backend cannot store definitions")
+
+    async def delete_definition(self, kind: str, namespace: str, name: str) -> bool:
+        """Delete a definition; ``True`` if it existed."""
+        raise UnsupportedOperationError(f"the {self.capabilities.name} backend cannot store definitions")
+
+    async def list_definitions(self, kind: str, namespace: str | None = None) -> tuple[StoredDefinition, ...]:
+        """Every definition of ``kind`` in ``namespace`` (``None`` = every namespace), sorted by namespace, name."""
+        raise UnsupportedOperationError(f"the {self.capabilities.name} backend cannot store definitions")
+
+    def watch_definitions(self, kind: str, namespace: str | None = None) -> AsyncIterator[DefinitionSnapshot]:
+        """Yield the current set of definitions of ``kind``, then the whole set again after every change
+        (stale-marked while the backend is unreachable, re-read once it is back).
+        """
+        raise UnsupportedOperationError(f"the {self.capabilities.name} backend cannot store definitions")

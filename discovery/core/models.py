@@ -1,0 +1,140 @@
+"""The data model: ``Instance`` (one registered endpoint), ``Snapshot`` (a service's current set), ``Status``."""
+
+from __future__ import annotations
+
+import enum
+import operator
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any
+
+from discovery.core import validation
+from discovery.core.errors import ValidationError
+
+DEFAULT_NAMESPACE = "default"
+
+
+class Status(enum.StrEnum):
+    """The life-cycle status of an instance. Only ``UP`` instances are picked by default."""
+
+    STARTING = "STARTING"
+    UP = "UP"
+    DRAINING = "DRAINING"
+    DOWN = "DOWN"
+
+
+def _frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(sorted(mapping.items())))
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """One registered endpoint of a service. Construction validates every field.
+
+    Raises :class:`discovery.ValidationError` naming the field when any value is malformed.
+    """
+
+    service: str
+    id: str
+    address: str
+    port: int
+    namespace: str = DEFAULT_NAMESPACE
+    labels: Mapping[str, str] = field(default_factory=dict)
+    ports: Mapping[str, int] = field(default_factory=dict)
+    status: Status = Status.UP
+    weight: int = 1
+    zone: str | None = None
+
+    def __post_init__(self) -> None:
+        validation.validate_service_name(self.service)
+        validation.validate_instance_id(self.id)
+        validation.validate_address(self.address)
+        validation.validate_port("port", self.port)
+        validation.validate_namespace(self.namespace)
+        object.__setattr__(self, "labels", _frozen(validation.validate_labels(self.labels)))
+        object.__setattr__(self, "ports", _frozen(validation.validate_named_ports(self.ports)))
+        try:
+            object.__setattr__(self, "status", Status(self.status))
+        except ValueError:
+            raise ValidationError(
+                "status", f"{self.status!r} is not one of {', '.join(s.value for s in Status)}"
+            ) from None
+        validation.validate_weight(self.weight)
+        validation.validate_zone(self.zone)
+
+    def __hash__(self) -> int:
+        return hash((self.namespace, self.service, self.id, self.address, self.port, self.status))
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """``(namespace, service, id)``: what identifies the instance within a registry."""
+        return (self.namespace, self.service, self.id)
+
+    def with_changes(self, **changes: Any) -> Instance:
+        """A copy with some fields replaced (validated again)."""
+        return replace(self, **changes)
+
+    def port_named(self, name: str) -> int | None:
+        """The named port ``name`` (``None`` if the instance has none by that name)."""
+        return self.ports.get(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The canonical JSON-ready form (see :mod:`discovery.core.codec`)."""
+        from discovery.core.codec import instance_to_dict
+
+        return instance_to_dict(self)
+
+
+_BY_ID = operator.attrgetter("id")
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The full set of instances of one service at one moment.
+
+    ``revision`` increases with every snapshot a watch delivers. ``stale`` is set while the backend is
+    unreachable: the last good set is kept rather than emptied.
+    """
+
+    service: str
+    namespace: str
+    instances: tuple[Instance, ...]
+    revision: int = 0
+    stale: bool = False
+
+    def __post_init__(self) -> None:
+        ordered = tuple(sorted(self.instances, key=_BY_ID))
+        object.__setattr__(self, "instances", ordered)
+
+    def __iter__(self) -> Iterator[Instance]:
+        return iter(self.instances)
+
+    def __len__(self) -> int:
+        return len(self.instances)
+
+    def ids(self) -> frozenset[str]:
+        """The instance ids in this snapshot."""
+        return frozenset(i.id for i in self.instances)
+
+    def get(self, instance_id: str) -> Instance | None:
+        """The instance with this id, if present."""
+        for instance in self.instances:
+            if instance.id == instance_id:
+                return instance
+        return None
+
+    def same_members(self, other: Snapshot | Iterable[Instance]) -> bool:
+        """True when both hold exactly the same instances (all fields), ignoring revision and staleness."""
+        theirs = other.instances if isinstance(other, Snapshot) else tuple(sorted(other, key=_BY_ID))
+        return self.instances == theirs
+
+    def with_revision(self, revision: int, *, stale: bool | None = None) -> Snapshot:
+        """A copy with another revision (and optionally another ``stale`` flag)."""
+        # Not dataclasses.replace: that re-runs __post_init__, re-sorting instances that are already sorted,
+        # and watch fan-out re-stamps every snapshot a backend delivers.
+        copy = object.__new__(Snapshot)
+        for name, value in (("service", self.service), ("namespace", self.namespace), ("instances", self.instances),
+                            ("revision", revision), ("stale", self.stale if stale is None else stale)):
+            object.__setattr__(copy, name, value)
+        return copy

@@ -1,0 +1,298 @@
+"""``AsyncRegistry``: the asyncio API (``Registry`` in :mod:`discovery.registry.blocking` is its blocking facade)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Collection, Generator, Mapping
+from types import TracebackType
+from typing import Any
+
+from discovery.core.backend import Backend, Capabilities, RegistrationState
+from discovery.core.errors import ClosedError
+from discovery.core.models import DEFAULT_NAMESPACE, Instance, Snapshot, Status
+from discovery.core.plugins import create_backend
+from discovery.core.selectors import Selector, parse_selector
+from discovery.core.urls import BackendURL
+from discovery.core.validation import validate_namespace, validate_service_name, validate_ttl
+from discovery.registry.registration import AsyncRegistration
+from discovery.registry.watch_hub import SnapshotCallback, WatchHub
+
+SelectorLike = str | Mapping[str, str] | Selector | None
+StatusFilter = Collection[Status | str] | None
+DEFAULT_STATUSES: tuple[Status, ...] = (Status.UP,)
+
+
+def _status_set(statuses: StatusFilter) -> frozenset[Status] | None:
+    if statuses is None:
+        return None
+    from discovery.core.errors import ValidationError
+
+    try:
+        return frozenset(Status(s) for s in statuses)
+    except ValueError as bad:
+        raise ValidationError("statuses", str(bad)) from None
+
+
+def filter_instances(
+    instances: tuple[Instance, ...], selector: Selector, statuses: frozenset[Status] | None
+) -> tuple[Instance, ...]:
+    """The instances matching a selector and a status set (``None`` = any status)."""
+    return tuple(
+        i for i in instances if (statuses is None or i.status in statuses) and selector.matches(i.labels)
+    )
+
+
+class AsyncRegistry:
+    """Register, look up and watch instances through one backend. Use ``await AsyncRegistry.connect(url)``
+    or ``async with AsyncRegistry.connect(url) as registry``.
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self._hub = WatchHub(backend)
+        self._registrations: dict[tuple[str, str, str], AsyncRegistration] = {}
+        self._closed = False
+        self._started = False
+
+    @classmethod
+    def connect(cls, url: str | BackendURL | None = None) -> _Connecting:
+        """Connect to the backend named by ``url`` (``None`` = ``$DISCOVERY_URL``, else ``memory://``)."""
+        return _Connecting(cls(create_backend(url)))
+
+    @property
+    def backend(self) -> Backend:
+        """The backend adapter."""
+        return self._backend
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the backend promises."""
+        return self._backend.capabilities
+
+    def detection_bound(self, ttl: float | None = None) -> float:
+        """Worst-case seconds for a dead registrant's instance to disappear, for a requested TTL."""
+        return self._backend.detection_bound(ttl)
+
+    async def start(self) -> None:
+        """Connect the backend (done by ``connect``)."""
+        if not self._started:
+            await self._backend.start()
+            self._started = True
+
+    async def __aenter__(self) -> AsyncRegistry:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def register(self, instance: Instance, ttl: float | None = None) -> AsyncRegistration:
+        """Write ``instance`` and keep it alive until deregistered or closed.
+
+        Raises :class:`ValidationError` for a bad instance or TTL (nothing is written).
+        """
+        self._check_open()
+        if not isinstance(instance, Instance):
+            from discovery.core.errors import ValidationError
+
+            raise ValidationError("instance", f"expected an Instance, got {type(instance).__name__}")
+        instance = instance.with_changes()  # re-validates, even if the object was forged
+        requested = validate_ttl(ttl)
+        effective = self._backend.effective_ttl(requested)
+        registration = AsyncRegistration(
+            instance,
+            effective,
+            self._backend.detection_bound(requested),
+            self._update,
+            self._deregister,
+        )
+        previous = self._registrations.get(instance.key)
+        await self._backend.register(instance, effective, registration._set_state)
+        if previous is not None and previous is not registration:
+            previous._set_state(RegistrationState.DEREGISTERED)
+        self._registrations[instance.key] = registration
+        registration._set_state(RegistrationState.REGISTERED)
+        return registration
+
+    async def _update(self, registration: AsyncRegistration, instance: Instance) -> None:
+        self._check_open()
+        await self._backend.update(instance)
+
+    async def _deregister(self, registration: AsyncRegistration) -> None:
+        key = registration.instance.key
+        if self._registrations.get(key) is registration:
+            del self._registrations[key]
+            if not self._closed:
+                await self._backend.deregister(registration.instance)
+        registration._set_state(RegistrationState.DEREGISTERED)
+
+    @property
+    def registrations(self) -> tuple[AsyncRegistration, ...]:
+        """The live registrations made through this registry."""
+        return tuple(self._registrations.values())
+
+    async def snapshot(self, service: str, namespace: str = DEFAULT_NAMESPACE) -> Snapshot:
+        """The current full set of a service: from the watch cache when watched, else one backend read."""
+        validate_service_name(service)
+        validate_namespace(namespace)
+        self._check_open()
+        cached = self._hub.cached(namespace, service)
+        if cached is not None:
+            return cached
+        return Snapshot(service, namespace, await self._backend.list(namespace, service))
+
+    def cached_snapshot(self, service: str, namespace: str = DEFAULT_NAMESPACE) -> Snapshot | None:
+        """The cached snapshot of a watched service, or ``None``; never does I/O (safe from any thread)."""
+        return self._hub.cached(namespace, service)
+
+    async def instances(
+        self,
+        service: str,
+        namespace: str = DEFAULT_NAMESPACE,
+        selector: SelectorLike = None,
+        statuses: StatusFilter = DEFAULT_STATUSES,
+    ) -> tuple[Instance, ...]:
+        """Instances of a service matching a label selector and statuses (default: ``UP`` only;
+        ``statuses=None`` for all). Answered from the cache when the service is watched.
+        """
+        parsed = parse_selector(selector)
+        wanted = _status_set(statuses)
+        snapshot = await self.snapshot(service, namespace)
+        return filter_instances(snapshot.instances, parsed, wanted)
+
+    async def services(self, namespace: str = DEFAULT_NAMESPACE) -> tuple[str, ...]:
+        """Names of the services that have instances in a namespace."""
+        validate_namespace(namespace)
+        self._check_open()
+        return await self._backend.services(namespace)
+
+    def subscribe(
+        self, service: str, callback: SnapshotCallback, namespace: str = DEFAULT_NAMESPACE
+    ) -> Callable[[], Any]:
+        """Call ``callback(snapshot)`` with the current snapshot and after every change, on the event loop.
+
+        Returns an async function that unsubscribes. The callback must not block.
+        """
+        validate_service_name(service)
+        validate_namespace(namespace)
+        self._check_open()
+        self._hub.subscribe(namespace, service, callback)
+
+        async def unsubscribe() -> None:
+            await self._hub.unsubscribe(namespace, service, callback)
+
+        return unsubscribe
+
+    def watch(self, service: str, namespace: str = DEFAULT_NAMESPACE) -> AsyncWatch:
+        """An async iterator of snapshots: the current one first, then one per change."""
+        validate_service_name(service)
+        validate_namespace(namespace)
+        self._check_open()
+        return AsyncWatch(self._hub, namespace, service)
+
+    async def close(self, *, deregister: bool = True) -> None:
+        """Stop watching and close the backend. With ``deregister=False`` registrations are left to
+        expire as if this process had crashed (useful in tests and for handing over to a successor).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        await self._hub.close()
+        if self._started:
+            if deregister:
+                await self._backend.close()
+            else:
+                await self._backend.abort()
+        for registration in list(self._registrations.values()):
+            registration._set_state(RegistrationState.DEREGISTERED)
+        self._registrations.clear()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("this registry is closed")
+
+
+class AsyncWatch:
+    """Async iterator (and async context manager) over a service's snapshots."""
+
+    def __init__(self, hub: WatchHub, namespace: str, service: str) -> None:
+        self._hub = hub
+        self._namespace = namespace
+        self._service = service
+        self._queue: asyncio.Queue[Snapshot] = asyncio.Queue()
+        self._subscribed = False
+        self._closed = False
+
+    def _subscribe(self) -> None:
+        if not self._subscribed and not self._closed:
+            self._hub.subscribe(self._namespace, self._service, self._queue.put_nowait)
+            self._subscribed = True
+
+    def __aiter__(self) -> AsyncWatch:
+        self._subscribe()
+        return self
+
+    async def __anext__(self) -> Snapshot:
+        if self._closed:
+            raise StopAsyncIteration
+        self._subscribe()
+        return await self._queue.get()
+
+    async def next(self, timeout: float | None = None) -> Snapshot:
+        """The next snapshot, waiting at most ``timeout`` seconds (``TimeoutError`` after)."""
+        async with asyncio.timeout(timeout):
+            return await self.__anext__()
+
+    async def until(self, predicate: Callable[[Snapshot], bool], timeout: float | None = None) -> Snapshot:
+        """Consume snapshots until one satisfies ``predicate`` and return it (``TimeoutError`` after)."""
+        async with asyncio.timeout(timeout):
+            async for snapshot in self:
+                if predicate(snapshot):
+                    return snapshot
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """Stop watching."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._subscribed:
+            await self._hub.unsubscribe(self._namespace, self._service, self._queue.put_nowait)
+
+    async def __aenter__(self) -> AsyncWatch:
+        self._subscribe()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class _Connecting:
+    """What ``AsyncRegistry.connect`` returns: await it, or use it with ``async with``."""
+
+    def __init__(self, registry: AsyncRegistry) -> None:
+        self._registry = registry
+
+    def __await__(self) -> Generator[Any, None, AsyncRegistry]:
+        return self._connect().__await__()
+
+    async def _connect(self) -> AsyncRegistry:
+        await self._registry.start()
+        return self._registry
+
+    async def __aenter__(self) -> AsyncRegistry:
+        return await self._connect()
+
+    async def __aexit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            await self._registry.close()
+
+

@@ -1,0 +1,262 @@
+"""``Registry``: the blocking facade. It runs an :class:`AsyncRegistry` on one background loop thread.
+
+Lookups of a watched service are answered from the cached snapshot in the caller's thread, without a
+hop to the loop thread.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any
+
+from discovery.core.backend import Capabilities, RegistrationState
+from discovery.core.models import DEFAULT_NAMESPACE, Instance, Snapshot
+from discovery.core.plugins import create_backend
+from discovery.core.selectors import parse_selector
+from discovery.core.urls import BackendURL
+from discovery.core.validation import validate_namespace, validate_service_name
+from discovery.registry.async_registry import (
+    DEFAULT_STATUSES,
+    AsyncRegistry,
+    SelectorLike,
+    StatusFilter,
+    _status_set,
+    filter_instances,
+)
+from discovery.registry.loop_thread import LoopThread
+from discovery.registry.registration import AsyncRegistration
+from discovery.registry.watch_hub import SnapshotCallback
+
+_MAX_REMEMBERED_LOOKUPS = 1024
+
+
+class Registration:
+    """Blocking handle of a registration (see :class:`discovery.registry.registration.AsyncRegistration`)."""
+
+    def __init__(self, inner: AsyncRegistration, loop: LoopThread) -> None:
+        self._inner = inner
+        self._loop = loop
+
+    def __repr__(self) -> str:
+        return repr(self._inner)
+
+    @property
+    def instance(self) -> Instance:
+        """The instance as last written."""
+        return self._inner.instance
+
+    @property
+    def ttl(self) -> float:
+        """The effective TTL in seconds."""
+        return self._inner.ttl
+
+    @property
+    def detection_bound(self) -> float:
+        """Worst-case seconds for this instance to disappear after its process dies."""
+        return self._inner.detection_bound
+
+    @property
+    def state(self) -> RegistrationState:
+        """The current state."""
+        return self._inner.state
+
+    @property
+    def history(self) -> tuple[RegistrationState, ...]:
+        """Every state so far, in order."""
+        return self._inner.history
+
+    @property
+    def active(self) -> bool:
+        """Whether it is still kept alive."""
+        return self._inner.active
+
+    def on_change(self, callback: Callable[[Registration, RegistrationState], None]) -> Callable[[], None]:
+        """Call ``callback(registration, state)`` on each change (in the loop thread; must not block)."""
+        return self._inner.on_change(lambda _inner, state: callback(self, state))
+
+    def wait_for(self, state: RegistrationState, timeout: float | None = None) -> None:
+        """Block until the registration has been in ``state`` (``TimeoutError`` after ``timeout``)."""
+        self._loop.run(self._inner.wait_for(state, timeout))
+
+    def update(self, **changes: Any) -> Instance:
+        """Rewrite the instance with changed fields (``status=``, ``labels=``, ``weight=``, …)."""
+        return self._loop.run(self._inner.update(**changes))
+
+    def deregister(self) -> None:
+        """Remove the instance (idempotent)."""
+        self._loop.run(self._inner.deregister())
+
+
+class Watch:
+    """Blocking iterator of snapshots (the current one first). Close it, or use it as a context manager."""
+
+    def __init__(self, registry: Registry, service: str, namespace: str) -> None:
+        self._registry = registry
+        self._service = service
+        self._namespace = namespace
+        self._queue: queue.SimpleQueue[Snapshot] = queue.SimpleQueue()
+        self._unsubscribe = registry.subscribe(service, self._queue.put, namespace)
+
+    def __iter__(self) -> Iterator[Snapshot]:
+        return self
+
+    def __next__(self) -> Snapshot:
+        return self._queue.get()
+
+    def next(self, timeout: float | None = None) -> Snapshot:
+        """The next snapshot, waiting at most ``timeout`` seconds (``TimeoutError`` after)."""
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"no snapshot of {self._namespace}/{self._service} within {timeout} s") from None
+
+    def until(self, predicate: Callable[[Snapshot], bool], timeout: float) -> Snapshot:
+        """Consume snapshots until one satisfies ``predicate``; ``TimeoutError`` after ``timeout`` seconds."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            snapshot = self.next(max(0.0, deadline - time.monotonic()))
+            if predicate(snapshot):
+                return snapshot
+
+    def close(self) -> None:
+        """Stop watching."""
+        self._unsubscribe()
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Registry:
+    """Blocking registry: ``with Registry.connect("etcd://127.0.0.1:2379") as registry: ...``."""
+
+    def __init__(self, core: AsyncRegistry, loop: LoopThread) -> None:
+        self._core = core
+        self._loop = loop
+        # (service, namespace, selector, statuses) -> (snapshot, filtered result); valid while the snapshot is.
+        self._lookups: dict[tuple[object, ...], tuple[Snapshot, tuple[Instance, ...]]] = {}
+
+    @classmethod
+    def connect(cls, url: str | BackendURL | None = None, *, timeout: float | None = 30.0) -> Registry:
+        """Connect (``None`` = ``$DISCOVERY_URL``, else ``memory://``) on a new background loop thread."""
+        backend = create_backend(url)
+        loop = LoopThread()
+        try:
+            core = loop.run(_make_core(backend), timeout)
+        except BaseException:
+            loop.stop()
+            raise
+        return cls(core, loop)
+
+    @property
+    def async_registry(self) -> AsyncRegistry:
+        """The asyncio registry underneath (use it only from :attr:`loop`)."""
+        return self._core
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the backend promises."""
+        return self._core.capabilities
+
+    def detection_bound(self, ttl: float | None = None) -> float:
+        """Worst-case seconds for a dead registrant's instance to disappear."""
+        return self._core.detection_bound(ttl)
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def register(self, instance: Instance, ttl: float | None = None) -> Registration:
+        """Write ``instance`` and keep it alive; see :meth:`AsyncRegistry.register`."""
+        return Registration(self._loop.run(self._core.register(instance, ttl)), self._loop)
+
+    def instances(
+        self,
+        service: str,
+        namespace: str = DEFAULT_NAMESPACE,
+        selector: SelectorLike = None,
+        statuses: StatusFilter = DEFAULT_STATUSES,
+    ) -> tuple[Instance, ...]:
+        """Instances matching a selector and statuses; answered in this thread when the service is watched.
+
+        For a watched service the filtered result is remembered per snapshot, so repeating the same lookup
+        costs a dictionary read until the service changes.
+        """
+        cached = self._core.cached_snapshot(service, namespace) if isinstance(service, str) else None
+        lookup_key: tuple[object, ...] | None = None
+        if cached is not None and (selector is None or isinstance(selector, str)) and isinstance(statuses, tuple):
+            lookup_key = (service, namespace, selector, statuses)
+            remembered = self._lookups.get(lookup_key)
+            if remembered is not None and remembered[0] is cached:
+                return remembered[1]
+        validate_service_name(service)
+        validate_namespace(namespace)
+        parsed = parse_selector(selector)
+        wanted = _status_set(statuses)
+        if cached is None:
+            return self._loop.run(self._core.instances(service, namespace, parsed, statuses))
+        found = filter_instances(cached.instances, parsed, wanted)
+        if lookup_key is not None:
+            if len(self._lookups) >= _MAX_REMEMBERED_LOOKUPS:
+                self._lookups.clear()
+            self._lookups[lookup_key] = (cached, found)
+        return found
+
+    def snapshot(self, service: str, namespace: str = DEFAULT_NAMESPACE) -> Snapshot:
+        """The current full set of a service (cached when watched)."""
+        validate_service_name(service)
+        validate_namespace(namespace)
+        cached = self._core.cached_snapshot(service, namespace)
+        return cached if cached is not None else self._loop.run(self._core.snapshot(service, namespace))
+
+    def services(self, namespace: str = DEFAULT_NAMESPACE) -> tuple[str, ...]:
+        """Names of services with instances in a namespace."""
+        return self._loop.run(self._core.services(namespace))
+
+    def subscribe(
+        self, service: str, callback: SnapshotCallback, namespace: str = DEFAULT_NAMESPACE
+    ) -> Callable[[], None]:
+        """Call ``callback(snapshot)`` now and after every change, in the loop thread (it must not block).
+
+        Returns a function that unsubscribes.
+        """
+
+        async def subscribe() -> Callable[[], Any]:
+            return self._core.subscribe(service, callback, namespace)
+
+        unsubscribe_async = self._loop.run(subscribe())
+
+        def unsubscribe() -> None:
+            if not self._core.closed:
+                self._loop.run(unsubscribe_async())
+
+        return unsubscribe
+
+    def watch(self, service: str, namespace: str = DEFAULT_NAMESPACE) -> Watch:
+        """A blocking iterator of snapshots: the current one first, then one per change."""
+        return Watch(self, service, namespace)
+
+    def close(self, *, deregister: bool = True) -> None:
+        """Close the registry (see :meth:`AsyncRegistry.close`) and stop the loop thread."""
+        if self._loop.loop.is_closed():
+            return
+        try:
+            self._loop.run(self._core.close(deregister=deregister))
+        finally:
+            self._loop.stop()
+
+
+async def _make_core(backend: Any) -> AsyncRegistry:
+    core = AsyncRegistry(backend)
+    await core.start()
+    return core
