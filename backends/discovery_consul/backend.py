@@ -8,7 +8,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-from discovery.core.backend import Backend, Capabilities, DefinitionSnapshot, StateListener, StoredDefinition
+from discovery.core.backend import Backend, Capabilities, StateListener
 from discovery.core.errors import ClosedError, DiscoveryError
 from discovery.core.models import Instance, Snapshot
 from discovery.core.urls import BackendURL
@@ -45,6 +45,7 @@ class ConsulBackend(Backend):
         self._maybe_at_agent: set[str] = set()
         self._watch_tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._definitions = ConsulDefinitions(self._require_client, settings.scope, settings.wait)
 
     def __repr__(self) -> str:
         return f"ConsulBackend({str(self._settings.url)!r})"
@@ -63,6 +64,11 @@ class ConsulBackend(Backend):
     def settings(self) -> ConsulSettings:
         """The parsed options."""
         return self._settings
+
+    @property
+    def definitions(self) -> ConsulDefinitions:
+        """Definitions are KV entries under ``discovery/_definitions/<scope>/`` (see :mod:`.definitions`)."""
+        return self._definitions
 
     def _require_client(self) -> ConsulClient:
         if self._closed:
@@ -195,37 +201,6 @@ class ConsulBackend(Backend):
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-
-    # -- durable definitions: Consul KV, see discovery_consul.definitions ---------------------------------------
-
-    @property
-    def supports_definitions(self) -> bool:
-        """Definitions are KV entries under ``discovery/_definitions/<scope>/``."""
-        return True
-
-    def _definitions(self) -> ConsulDefinitions:
-        self._require_client()
-        return ConsulDefinitions(self._require_client, self._settings.scope, self._settings.wait)
-
-    async def put_definition(self, kind: str, namespace: str, name: str, data: bytes) -> None:
-        """Create or overwrite a definition."""
-        await self._definitions().put(kind, namespace, name, data)
-
-    async def get_definition(self, kind: str, namespace: str, name: str) -> bytes | None:
-        """A definition's bytes, or ``None``."""
-        return await self._definitions().get(kind, namespace, name)
-
-    async def delete_definition(self, kind: str, namespace: str, name: str) -> bool:
-        """Delete a definition; ``True`` if it existed."""
-        return await self._definitions().delete(kind, namespace, name)
-
-    async def list_definitions(self, kind: str, namespace: str | None = None) -> tuple[StoredDefinition, ...]:
-        """Every definition of a kind."""
-        return await self._definitions().read_all(kind, namespace)
-
-    def watch_definitions(self, kind: str, namespace: str | None = None) -> AsyncIterator[DefinitionSnapshot]:
-        """The set of definitions of a kind, then again after every change."""
-        return self._definitions().watch(kind, namespace)
 
 
 __all__ = ["ConsulBackend"]

@@ -224,6 +224,34 @@ class ConsulClient:
             raw_index, entries = await self._call(what, self._consul.health.service(service, tag=tag), timeout)
         return int(raw_index), list(entries or ())
 
+    async def kv_put(self, key: str, value: bytes) -> None:
+        """``PUT /v1/kv/<key>``."""
+        written = await self._call(f"PUT /v1/kv/{key}", self._consul.kv.put(key, value))
+        if written is not True:
+            raise BackendUnavailableError(f"Consul did not store {key}")
+
+    async def kv_get(self, key: str) -> bytes | None:
+        """``GET /v1/kv/<key>``: the value, or ``None`` when the key does not exist."""
+        _, entry = await self._call(f"GET /v1/kv/{key}", self._consul.kv.get(key))
+        return None if entry is None else bytes(entry.get("Value") or b"")
+
+    async def kv_delete(self, key: str) -> None:
+        """``DELETE /v1/kv/<key>`` (a missing key is not an error)."""
+        await self._call(f"DELETE /v1/kv/{key}", self._consul.kv.delete(key))
+
+    async def kv_list(self, prefix: str, index: int = 0, wait: float = 0.0) -> tuple[int, list[tuple[str, bytes]]]:
+        """``GET /v1/kv/<prefix>?recurse``: the index and every ``(key, value)``; blocking when ``index`` > 0."""
+        blocking = index > 0
+        timeout = self._timeout + (wait * 17 / 16 if blocking else 0.0)  # room for Consul's wait jitter
+        what = f"GET /v1/kv/{prefix}?recurse"
+        if blocking:
+            raw_index, entries = await self._call_blocking(
+                what, self._blocking.kv.get(prefix, recurse=True, index=index, wait=f"{wait:g}s"), timeout
+            )
+        else:
+            raw_index, entries = await self._call(what, self._consul.kv.get(prefix, recurse=True), timeout)
+        return int(raw_index), [(str(e.get("Key", "")), bytes(e.get("Value") or b"")) for e in entries or ()]
+
     async def catalog_services(self) -> dict[str, list[str]]:
         """``GET /v1/catalog/services``: every service name with the union of its tags."""
         _, services = await self._call("GET /v1/catalog/services", self._consul.catalog.services())

@@ -39,8 +39,10 @@ async def test_registration_over_https_with_acl_token(secure_consul: SecureServe
         async with r.watch(name) as watch:
             snapshot = await watch.until(lambda s: "o-1" in s.ids(), timeout=5)
         assert [i.address for i in snapshot.instances] == ["10.0.0.1"]
-        await r.backend.put_definition("service", "default", "web", b"{}")
-        assert await r.backend.get_definition("service", "default", "web") == b"{}"
+        definitions = r.backend.definitions
+        assert definitions is not None
+        await definitions.put("service", "default", "web", b"{}")
+        assert await definitions.get("service", "default", "web") == b"{}"
 
 
 async def test_other_token_cannot_touch_our_services(secure_consul: SecureServer) -> None:
@@ -58,7 +60,7 @@ async def test_other_token_cannot_touch_our_services(secure_consul: SecureServer
             with pytest.raises(PermissionDeniedError):
                 await rogue.register(Instance(name, "rogue", "6.6.6.6", 1), 2.0, lambda state: None)
             with pytest.raises(PermissionDeniedError):
-                await rogue.put_definition("service", "default", "web", b"{}")
+                await rogue.definitions.put("service", "default", "web", b"{}")
         finally:
             await rogue.close()
         assert [i.address for i in await r.instances(name)] == ["10.0.0.1"]
