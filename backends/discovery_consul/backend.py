@@ -1,5 +1,5 @@
 """``ConsulBackend``: registrations in Consul's native catalog, kept alive by TTL checks, watched by blocking
-queries. See :mod:`discovery_consul.records` for the layout and docs/decisions/consul-*.md for the reasons.
+queries. See :mod:`discovery_consul.layout` for the layout and docs/decisions/consul-*.md for the reasons.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from discovery.core.backend import Backend, Capabilities, StateListener
 from discovery.core.errors import ClosedError, DiscoveryError
 from discovery.core.models import Instance, Snapshot
 from discovery.core.urls import BackendURL
-from discovery_consul import records
+from discovery_consul import layout
 from discovery_consul.connection import ConsulClient
 from discovery_consul.definitions import ConsulDefinitions
 from discovery_consul.keepalive import Registration
@@ -81,8 +81,7 @@ class ConsulBackend(Backend):
         """Open the connection pool and prove the agent answers (``BackendUnavailableError`` if not)."""
         settings = self._settings
         client = ConsulClient(
-            settings.host, settings.port, token=settings.token, dc=settings.dc, timeout=settings.timeout,
-            tls=settings.tls,
+            settings.host, settings.port, security=settings.security, dc=settings.dc, timeout=settings.timeout
         )
         try:
             await client.agent_self()
@@ -134,7 +133,7 @@ class ConsulBackend(Backend):
         previous = self._registrations.pop(instance.key, None)
         if previous is not None:
             await previous.stop()
-        service_id = records.consul_service_id(instance, self._settings.scope)
+        service_id = layout.consul_service_id(instance, self._settings.scope)
         registration = Registration(
             client, instance, ttl, on_state, self._settings.deregister_after, self._settings.scope,
             known_to_agent=previous is not None or service_id in self._maybe_at_agent,
@@ -170,7 +169,7 @@ class ConsulBackend(Backend):
         registration = self._registrations.pop(instance.key, None)
         if registration is not None:
             await registration.stop()
-        service_id = records.consul_service_id(instance, self._settings.scope)
+        service_id = layout.consul_service_id(instance, self._settings.scope)
         self._maybe_at_agent.add(service_id)
         await client.deregister_service(service_id)
         self._maybe_at_agent.discard(service_id)

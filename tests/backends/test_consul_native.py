@@ -20,7 +20,7 @@ from discovery.core.errors import BackendUnavailableError
 from discovery.core.models import Instance, Status
 from discovery.core.urls import parse_url
 from discovery.testing.conformance import CONVERGENCE_TIMEOUT, SCHEDULING_ALLOWANCE, eventually
-from discovery_consul import ConsulBackend, records
+from discovery_consul import ConsulBackend, layout
 from tests.backends.consul_support import (
     Follower,
     StateLog,
@@ -127,10 +127,10 @@ async def test_heartbeat_stopped_leaves_watchers_within_bound(
     assert elapsed <= bound + SCHEDULING_ALLOWANCE
     # abort() does not deregister: the entry is still in the catalog, critical, until Consul reaps it.
     entries = http_json(consul_server.host, consul_server.port, f"/v1/health/service/{service}")
-    victim_id = records.consul_service_id(victim, watcher.settings.scope)  # type: ignore[attr-defined]
+    victim_id = layout.consul_service_id(victim, watcher.settings.scope)  # type: ignore[attr-defined]
     victim_checks = [e["Checks"] for e in entries if e["Service"]["ID"] == victim_id]
     assert victim_checks, "abort() must leave the registration for Consul to reap"
-    liveness = {c["CheckID"]: c["Status"] for c in victim_checks[0]}[records.liveness_check_id(victim_id)]
+    liveness = {c["CheckID"]: c["Status"] for c in victim_checks[0]}[layout.liveness_check_id(victim_id)]
     assert liveness == "critical"
 
 
@@ -174,7 +174,7 @@ async def test_maintenance_mode_is_draining_both_ways(
     service = unique("maint")
     instance = Instance(service, "m1", "127.0.0.1", 1)
     await owner.register(instance, SHORT_TTL, ignore_state)
-    service_id = records.consul_service_id(instance, owner.settings.scope)  # type: ignore[attr-defined]
+    service_id = layout.consul_service_id(instance, owner.settings.scope)  # type: ignore[attr-defined]
     host, port = consul_server.host, consul_server.port
     env = {**os.environ, "CONSUL_HTTP_ADDR": f"{host}:{port}"}
 
@@ -194,7 +194,7 @@ async def test_maintenance_mode_is_draining_both_ways(
         await owner.update(instance.with_changes(status=Status.DRAINING))
         await follower.until(lambda s: [i.status for i in s] == [Status.DRAINING], CONVERGENCE_TIMEOUT)
         checks = http_json(host, port, "/v1/agent/checks")
-        assert checks[records.maintenance_check_id(service_id)]["Status"] == "critical"
+        assert checks[layout.maintenance_check_id(service_id)]["Status"] == "critical"
         # A label change while DRAINING keeps maintenance mode: no UP in between.
         await owner.update(instance.with_changes(status=Status.DRAINING, labels={"v": "2"}))
         await follower.until(lambda s: [i.labels.get("v") for i in s] == ["2"], CONVERGENCE_TIMEOUT)
@@ -202,7 +202,7 @@ async def test_maintenance_mode_is_draining_both_ways(
         await follower.until(lambda s: [i.status for i in s] == [Status.UP], CONVERGENCE_TIMEOUT)
     finally:
         await follower.close()
-    assert records.maintenance_check_id(service_id) not in http_json(host, port, "/v1/agent/checks")
+    assert layout.maintenance_check_id(service_id) not in http_json(host, port, "/v1/agent/checks")
     # Every snapshot between "DRAINING with the new label" and the final update shows DRAINING.
     relabelled = [i for s in follower.seen for i in s if i.labels.get("v") == "2"]
     assert relabelled and all(i.status is Status.DRAINING for i in relabelled)
@@ -272,11 +272,11 @@ async def test_first_registration_sets_both_checks_in_its_one_call(
     owner = await backends()
     instance = Instance(unique("onecall"), "o1", "127.0.0.1", 1, status=status)
     await owner.register(instance, SHORT_TTL, ignore_state)
-    service_id = records.consul_service_id(instance, owner.settings.scope)  # type: ignore[attr-defined]
+    service_id = layout.consul_service_id(instance, owner.settings.scope)  # type: ignore[attr-defined]
     checks = http_json(consul_server.host, consul_server.port, "/v1/agent/checks")
-    assert checks[records.liveness_check_id(service_id)]["Status"] == "passing"
+    assert checks[layout.liveness_check_id(service_id)]["Status"] == "passing"
     expected = "passing" if status is Status.UP else "critical"
-    assert checks[records.status_check_id(service_id)]["Status"] == expected
+    assert checks[layout.status_check_id(service_id)]["Status"] == expected
     assert [i.status for i in await owner.list("default", instance.service)] == [status]
 
 

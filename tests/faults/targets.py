@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from discovery.registry.async_registry import AsyncRegistry
 from discovery_consul import ConsulBackend
-from discovery_consul.records import consul_service_id
+from discovery_consul.layout import consul_service_id
 from discovery_etcd import EtcdBackend
 from discovery_zookeeper import ZooKeeperBackend
 from tests.harness.specs import ZK_TICK_MS
