@@ -69,7 +69,9 @@ class EtcdBackend(Backend):
 
     @property
     def pool(self) -> EndpointPool:
-        """The connection pool (tests use it to reach the raw client)."""
+        """The endpoint pool: raw aetcd calls over this backend's endpoints, failover, retries and credentials, for
+        what the contract does not cover (``await backend.pool.call("read", lambda client: client.get(key))``).
+        """
         return self._pool
 
     def effective_ttl(self, requested: float | None) -> float:

@@ -68,16 +68,17 @@ class ZooKeeperBackend(Backend):
 
     @property
     def session_id(self) -> int | None:
-        """The live ZooKeeper session id (``None`` while disconnected); tests use it to force an expiry."""
+        """The live ZooKeeper session id (``None`` while disconnected): the ``ephemeralOwner`` of our znodes."""
         return None if self._session is None else self._session.session_id
 
-    @property
-    def session_password(self) -> bytes | None:
-        """The live session's password, for the same purpose as :attr:`session_id`."""
-        if self._session is None:
-            return None
-        client_id = self._session.client.client_id
-        return None if client_id is None else bytes(client_id[1])
+    def session_credentials_for_tests(self) -> tuple[int, bytes] | None:
+        """Test seam: the live session's id and password (kazoo's ``client_id``), or ``None`` while disconnected.
+
+        With them a second client can join this session and close it, which expires it on purpose (the session
+        and fault tests). Nothing else needs the password: it stays out of every other attribute.
+        """
+        client_id = None if self._session is None else self._session.client.client_id
+        return None if client_id is None else (int(client_id[0]), bytes(client_id[1]))
 
     async def start(self) -> None:
         """Connect and open the session."""

@@ -39,10 +39,6 @@ class LoopThread:
             future.cancel()
             raise
 
-    def call_soon(self, function: Any, *args: Any) -> None:
-        """Schedule a plain call on the loop thread."""
-        self.loop.call_soon_threadsafe(function, *args)
-
     def stop(self) -> None:
         """Stop the loop and join the thread."""
         if self.loop.is_closed():

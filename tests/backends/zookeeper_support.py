@@ -39,8 +39,9 @@ def expire_session_now(server: ServerHandle, backend: ZooKeeperBackend) -> int:
 
     Returns the expired session id.
     """
-    session_id, password = backend.session_id, backend.session_password
-    assert session_id is not None and password is not None, "backend has no live session"
+    credentials = backend.session_credentials_for_tests()
+    assert credentials is not None, "backend has no live session"
+    session_id, password = credentials
     twin = KazooClient(hosts=f"{server.host}:{server.port}", client_id=(session_id, password), timeout=SESSION_TIMEOUT)
     twin.start(timeout=15)
     twin.stop()

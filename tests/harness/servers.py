@@ -162,7 +162,7 @@ class ProcessRunner:
         if ex is None or ex.process is None:
             return None
         proc = ex.process
-        ex._timeout = timeout  # mirakuru waits this long before SIGKILL
+        ex._timeout = timeout  # noqa: SLF001 - mirakuru's only knob for how long stop() waits before SIGKILL
         try:
             ex.stop()
         except ProcessFinishedWithError as err:
