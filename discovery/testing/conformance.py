@@ -237,10 +237,14 @@ class ConformanceSuite:
         assert await registry.instances("rereg") == (second_instance,)
 
     async def test_register_same_id_twice_replaces(self, registry: AsyncRegistry) -> None:
-        await registry.register(make_instance("twice", 1, labels={"gen": "1"}))
+        first = await registry.register(make_instance("twice", 1, labels={"gen": "1"}))
         newer = make_instance("twice", 1, labels={"gen": "2"})
-        await registry.register(newer)
+        second = await registry.register(newer)
         assert await registry.instances("twice") == (newer,)
+        assert first.state is RegistrationState.DEREGISTERED and second.state is RegistrationState.REGISTERED
+        await first.deregister()  # the replaced handle no longer owns the key
+        assert await registry.instances("twice") == (newer,)
+        assert registry.registrations == (second,)
 
     # -- liveness -----------------------------------------------------------------------------------------
 
