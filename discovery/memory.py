@@ -285,19 +285,29 @@ class _Owned:
     instance: Instance
     ttl: float
     on_state: StateListener
+    #: When the keep-alive next refreshes this entry (a third of its TTL after the last refresh).
+    due: float = 0.0
 
 
 class MemoryBackend(Backend):
-    """``memory://[/store]?ttl=seconds``: the embedded backend (one process, several registries)."""
+    """``memory://[/store]?ttl=seconds``: the embedded backend (one process, several registries).
+
+    Its writes and reads need no I/O, so they are also offered as :attr:`immediate` operations, callable from
+    any thread: the blocking ``Registry`` runs them in the caller's thread. ``_lock`` makes each of them atomic
+    with respect to the keep-alive (on the event loop) and to :meth:`close`.
+    """
 
     scheme = "memory"
 
     def __init__(self, store: MemoryStore, default_ttl: float = _DEFAULT_TTL) -> None:
         self._store = store
         self._owner = next(_owner_ids)
+        self._lock = threading.Lock()
         self._owned: dict[Key, _Owned] = {}
         self._keepalive: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
+        self._next_due = float("inf")
         self._closed = False
         self._definitions = MemoryDefinitions(memory_definitions(store.name), self._check_open)
         self._capabilities = Capabilities(
@@ -331,21 +341,30 @@ class MemoryBackend(Backend):
         """Durable definitions for the life of the process, shared by every backend of the same store."""
         return self._definitions
 
+    @property
+    def immediate(self) -> MemoryBackend:
+        """This backend itself: every write and read is done in the calling thread, without I/O."""
+        return self
+
     async def start(self) -> None:
         """Start the keep-alive task."""
+        self._loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
         self._keepalive = asyncio.create_task(self._keep_alive(), name="discovery-memory-keepalive")
 
     async def close(self) -> None:
         """Remove every owned entry and stop."""
-        for key in list(self._owned):
-            self._store.remove(key, self._owner)
-        self._owned.clear()
+        with self._lock:
+            for key in self._owned:
+                self._store.remove(key, self._owner)
+            self._owned.clear()
+            self._closed = True
         await self.abort()
 
     async def abort(self) -> None:
         """Stop refreshing; owned entries expire at their deadline, as after a crash."""
-        self._closed = True
+        with self._lock:
+            self._closed = True
         if self._keepalive is not None:
             self._keepalive.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -354,30 +373,57 @@ class MemoryBackend(Backend):
 
     async def register(self, instance: Instance, ttl: float, on_state: StateListener) -> None:
         """Store the instance and keep it alive."""
-        self._check_open()
-        self._owned[instance.key] = _Owned(instance, ttl, on_state)
-        self._store.put(instance, self._owner, ttl)
-        if self._wakeup is not None:
-            self._wakeup.set()
+        self.register_now(instance, ttl, on_state)
 
     async def update(self, instance: Instance) -> None:
         """Replace the stored instance, keeping its TTL."""
-        self._check_open()
-        owned = self._owned[instance.key]
-        owned.instance = instance
-        self._store.put(instance, self._owner, owned.ttl)
+        self.update_now(instance)
 
     async def deregister(self, instance: Instance) -> None:
         """Remove the instance."""
-        self._owned.pop(instance.key, None)
-        self._store.remove(instance.key, self._owner)
+        self.deregister_now(instance)
 
     async def list(self, namespace: str, service: str) -> tuple[Instance, ...]:
         """All instances of a service."""
-        return self._store.list(namespace, service)[0]
+        return self.list_now(namespace, service)
 
     async def services(self, namespace: str) -> tuple[str, ...]:
         """Services with instances in a namespace."""
+        return self.services_now(namespace)
+
+    def register_now(self, instance: Instance, ttl: float, on_state: StateListener) -> None:
+        """:meth:`register` in the calling thread."""
+        due = time.monotonic() + ttl / 3
+        with self._lock:
+            self._check_open()
+            self._owned[instance.key] = _Owned(instance, ttl, on_state, due)
+            self._store.put(instance, self._owner, ttl)
+            wake = due < self._next_due
+        if wake and self._loop is not None and self._wakeup is not None:
+            # Due before the keep-alive's next round: it re-plans its sleep (on its loop, from any thread).
+            with contextlib.suppress(RuntimeError):  # the loop closed: nothing is kept alive any more
+                self._loop.call_soon_threadsafe(self._wakeup.set)
+
+    def update_now(self, instance: Instance) -> None:
+        """:meth:`update` in the calling thread."""
+        with self._lock:
+            self._check_open()
+            owned = self._owned[instance.key]
+            owned.instance = instance
+            self._store.put(instance, self._owner, owned.ttl)
+
+    def deregister_now(self, instance: Instance) -> None:
+        """:meth:`deregister` in the calling thread."""
+        with self._lock:
+            self._owned.pop(instance.key, None)
+            self._store.remove(instance.key, self._owner)
+
+    def list_now(self, namespace: str, service: str) -> tuple[Instance, ...]:
+        """:meth:`list` in the calling thread."""
+        return self._store.list(namespace, service)[0]
+
+    def services_now(self, namespace: str) -> tuple[str, ...]:
+        """:meth:`services` in the calling thread."""
         return self._store.services(namespace)
 
     async def watch(self, namespace: str, service: str) -> AsyncIterator[Snapshot]:
@@ -400,23 +446,39 @@ class MemoryBackend(Backend):
             raise ClosedError("this memory backend is closed")
 
     async def _keep_alive(self) -> None:
+        """Refresh each owned entry a third of its TTL after the last refresh.
+
+        A wake-up (a registration due sooner than the next round) only re-plans the sleep: entries are
+        refreshed when due, so registering costs O(1), not a refresh of everything owned.
+        """
         assert self._wakeup is not None
         while True:
-            period = min((o.ttl for o in self._owned.values()), default=_DEFAULT_TTL) / 3
+            now = time.monotonic()
+            with self._lock:
+                self._next_due = min((o.due for o in self._owned.values()), default=now + _DEFAULT_TTL / 3)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(period):
+                async with asyncio.timeout(max(0.0, self._next_due - now)):
                     await self._wakeup.wait()
             self._wakeup.clear()
-            for key, owned in list(self._owned.items()):
-                if self._owned.get(key) is not owned:
-                    continue
-                outcome = self._store.refresh(key, self._owner)
+            now = time.monotonic()
+            with self._lock:
+                # An entry due within half its period is refreshed now too: rounds stay one per half period
+                # at most, and no entry goes longer than a third of its TTL without a refresh.
+                due = [(key, o) for key, o in self._owned.items() if o.due <= now + o.ttl / 6]
+            for key, owned in due:
+                with self._lock:  # per entry: a registration from another thread waits for one refresh at most
+                    if self._owned.get(key) is not owned:
+                        continue  # deregistered or replaced since the round began
+                    owned.due = now + owned.ttl / 3
+                    outcome = self._store.refresh(key, self._owner)
+                    if outcome == "missing":
+                        # Expired while we were alive (e.g. the loop was blocked past the TTL): write it back.
+                        self._store.put(owned.instance, self._owner, owned.ttl)
+                    elif outcome == "taken":
+                        # Another registrant registered the same id since: it owns the entry now.
+                        del self._owned[key]
                 if outcome == "missing":
-                    # Expired while we were still alive (e.g. the loop was blocked past the TTL): write it back.
                     owned.on_state(RegistrationState.LOST)
-                    self._store.put(owned.instance, self._owner, owned.ttl)
                     owned.on_state(RegistrationState.RESTORED)
                 elif outcome == "taken":
-                    # Another registrant registered the same id since: it owns the entry now.
-                    del self._owned[key]
                     owned.on_state(RegistrationState.LOST)

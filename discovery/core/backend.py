@@ -15,7 +15,7 @@ import abc
 import enum
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from discovery.core.definitions import DefinitionStore
 from discovery.core.models import Instance, Snapshot
@@ -34,6 +34,29 @@ class RegistrationState(enum.StrEnum):
 
 StateListener = Callable[[RegistrationState], None]
 """Called by a backend, on the registry's event loop, when a registration is lost or restored."""
+
+
+class ImmediateOperations(Protocol):
+    """Writes and reads a backend completes without I/O, safe to call from any thread (the memory backend).
+
+    The blocking facade calls these in the caller's thread instead of handing the call to the loop thread;
+    each means the same as the :class:`Backend` coroutine of the same name without ``_now``.
+    """
+
+    def register_now(self, instance: Instance, ttl: float, on_state: StateListener) -> None:
+        """:meth:`Backend.register`, done before returning."""
+
+    def update_now(self, instance: Instance) -> None:
+        """:meth:`Backend.update`, done before returning."""
+
+    def deregister_now(self, instance: Instance) -> None:
+        """:meth:`Backend.deregister`, done before returning."""
+
+    def list_now(self, namespace: str, service: str) -> tuple[Instance, ...]:
+        """:meth:`Backend.list`, done before returning."""
+
+    def services_now(self, namespace: str) -> tuple[str, ...]:
+        """:meth:`Backend.services`, done before returning."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,5 +162,12 @@ class Backend(abc.ABC):
 
         See :mod:`discovery.core.definitions`; the default is ``None``, so a third-party backend without them
         keeps working and says clearly what it lacks.
+        """
+        return None
+
+    @property
+    def immediate(self) -> ImmediateOperations | None:
+        """The same operations without I/O and callable from any thread, or ``None`` (the default: every
+        networked backend). The blocking facade uses them to answer in the caller's thread.
         """
         return None

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Callable, Collection, Generator, Mapping
 from types import TracebackType
 from typing import Any
 
-from discovery.core.backend import Backend, Capabilities, RegistrationState
+from discovery.core.backend import Backend, Capabilities, ImmediateOperations, RegistrationState
 from discovery.core.errors import ClosedError, ValidationError
 from discovery.core.models import DEFAULT_NAMESPACE, Instance, Snapshot, Status
 from discovery.core.plugins import create_backend
@@ -45,13 +46,20 @@ def filter_instances(
 class AsyncRegistry:
     """Register, look up and watch instances through one backend. Use ``await AsyncRegistry.connect(url)``
     or ``async with AsyncRegistry.connect(url) as registry``.
+
+    Where the backend offers :attr:`Backend.immediate` operations (the memory backend), the ``*_now`` methods
+    do the same work from any thread without the event loop; the blocking ``Registry`` uses them.
     """
 
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
+        self._immediate = backend.immediate
         self._hub = WatchHub(backend)
         # Each live registration with the state record only this registry (and its backend) writes.
         self._registrations: dict[tuple[str, str, str], tuple[AsyncRegistration, RegistrationStates]] = {}
+        # Guards _registrations and _closed against the *_now methods, which run in other threads.
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._started = False
 
@@ -77,6 +85,7 @@ class AsyncRegistry:
     async def start(self) -> None:
         """Connect the backend (done by ``connect``)."""
         if not self._started:
+            self._loop = asyncio.get_running_loop()
             await self._backend.start()
             self._started = True
 
@@ -95,12 +104,38 @@ class AsyncRegistry:
         Raises :class:`ValidationError` for a bad instance or TTL (nothing is written).
         """
         self._check_open()
+        registration, states = self._prepare(instance, ttl)
+        await self._backend.register(registration.instance, registration.ttl, states.enter)
+        with self._lock:
+            replaced = self._commit(registration, states)
+        self._registered(states, replaced)
+        return registration
+
+    @property
+    def immediate(self) -> bool:
+        """Whether the ``*_now`` methods work: the backend writes and reads without I/O."""
+        return self._immediate is not None
+
+    def register_now(self, instance: Instance, ttl: float | None = None) -> AsyncRegistration:
+        """:meth:`register`, done before returning, from any thread; only when :attr:`immediate`."""
+        immediate = self._require_immediate()
+        self._check_open()
+        registration, states = self._prepare(instance, ttl)
+        with self._lock:  # atomic with close(): written and recorded before it, or refused after it
+            self._check_open()
+            immediate.register_now(registration.instance, registration.ttl, states.enter)
+            replaced = self._commit(registration, states)
+        self._registered(states, replaced)
+        return registration
+
+    def _prepare(self, instance: Instance, ttl: float | None) -> tuple[AsyncRegistration, RegistrationStates]:
         if not isinstance(instance, Instance):
             raise ValidationError("instance", f"expected an Instance, got {type(instance).__name__}")
         instance = instance.with_changes()  # re-validates, even if the object was forged
         requested = validate_ttl(ttl)
         effective = self._backend.effective_ttl(requested)
-        states = RegistrationStates()
+        states = RegistrationStates(self._loop)
+        immediate = self._immediate is not None
         registration = AsyncRegistration(
             instance,
             effective,
@@ -108,32 +143,68 @@ class AsyncRegistry:
             self._update,
             lambda deregistered: self._deregister(deregistered, states),
             states,
+            update_now=self._update_now if immediate else None,
+            deregister_now=(lambda deregistered: self._deregister_now(deregistered, states)) if immediate else None,
         )
-        await self._backend.register(instance, effective, states.enter)
-        previous = self._registrations.get(instance.key)
-        if previous is not None:
-            previous[1].enter(RegistrationState.DEREGISTERED)  # replaced: the key is the new one's now
-        self._registrations[instance.key] = (registration, states)
+        return registration, states
+
+    def _commit(self, registration: AsyncRegistration, states: RegistrationStates) -> RegistrationStates | None:
+        """Record a written registration (under ``_lock``); returns the states of the one it replaced."""
+        key = registration.instance.key
+        previous = self._registrations.get(key)
+        self._registrations[key] = (registration, states)
+        return None if previous is None else previous[1]
+
+    @staticmethod
+    def _registered(states: RegistrationStates, replaced: RegistrationStates | None) -> None:
+        """Announce a committed registration (outside ``_lock``: listeners may call back into the registry)."""
+        if replaced is not None:
+            replaced.enter(RegistrationState.DEREGISTERED)  # replaced: the key is the new one's now
         states.enter(RegistrationState.REGISTERED)
-        return registration
+
+    def _require_immediate(self) -> ImmediateOperations:
+        if self._immediate is None:
+            raise RuntimeError(f"the {self._backend.scheme} backend needs I/O: use the coroutine instead")
+        return self._immediate
 
     async def _update(self, registration: AsyncRegistration, instance: Instance) -> None:
         self._check_open()
         await self._backend.update(instance)
 
+    def _update_now(self, registration: AsyncRegistration, instance: Instance) -> None:
+        immediate = self._require_immediate()
+        with self._lock:
+            self._check_open()
+            immediate.update_now(instance)
+
     async def _deregister(self, registration: AsyncRegistration, states: RegistrationStates) -> None:
         key = registration.instance.key
-        current = self._registrations.get(key)
-        if current is not None and current[0] is registration:
-            del self._registrations[key]
-            if not self._closed:
-                await self._backend.deregister(registration.instance)
+        with self._lock:
+            current = self._registrations.get(key)
+            owned = current is not None and current[0] is registration
+            if owned:
+                del self._registrations[key]
+            write = owned and not self._closed
+        if write:
+            await self._backend.deregister(registration.instance)
+        states.enter(RegistrationState.DEREGISTERED)
+
+    def _deregister_now(self, registration: AsyncRegistration, states: RegistrationStates) -> None:
+        immediate = self._require_immediate()
+        key = registration.instance.key
+        with self._lock:
+            current = self._registrations.get(key)
+            if current is not None and current[0] is registration:
+                del self._registrations[key]
+                if not self._closed:
+                    immediate.deregister_now(registration.instance)
         states.enter(RegistrationState.DEREGISTERED)
 
     @property
     def registrations(self) -> tuple[AsyncRegistration, ...]:
         """The live registrations made through this registry."""
-        return tuple(registration for registration, _ in self._registrations.values())
+        with self._lock:
+            return tuple(registration for registration, _ in self._registrations.values())
 
     async def snapshot(self, service: str, namespace: str = DEFAULT_NAMESPACE) -> Snapshot:
         """The current full set of a service: from the watch cache when watched, else one backend read."""
@@ -144,6 +215,16 @@ class AsyncRegistry:
         if cached is not None:
             return cached
         return Snapshot(service, namespace, await self._backend.list(namespace, service))
+
+    def snapshot_now(self, service: str, namespace: str = DEFAULT_NAMESPACE) -> Snapshot:
+        """:meth:`snapshot`, from any thread; only when :attr:`immediate` (or the service is watched)."""
+        validate_service_name(service)
+        validate_namespace(namespace)
+        self._check_open()
+        cached = self._hub.cached(namespace, service)
+        if cached is not None:
+            return cached
+        return Snapshot(service, namespace, self._require_immediate().list_now(namespace, service))
 
     def cached_snapshot(self, service: str, namespace: str = DEFAULT_NAMESPACE) -> Snapshot | None:
         """The cached snapshot of a watched service, or ``None``; never does I/O (safe from any thread)."""
@@ -169,6 +250,12 @@ class AsyncRegistry:
         validate_namespace(namespace)
         self._check_open()
         return await self._backend.services(namespace)
+
+    def services_now(self, namespace: str = DEFAULT_NAMESPACE) -> tuple[str, ...]:
+        """:meth:`services`, from any thread; only when :attr:`immediate`."""
+        validate_namespace(namespace)
+        self._check_open()
+        return self._require_immediate().services_now(namespace)
 
     def subscribe(
         self, service: str, callback: SnapshotCallback, namespace: str = DEFAULT_NAMESPACE
@@ -198,18 +285,21 @@ class AsyncRegistry:
         """Stop watching and close the backend. With ``deregister=False`` registrations are left to
         expire as if this process had crashed (useful in tests and for handing over to a successor).
         """
-        if self._closed:
-            return
-        self._closed = True
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         await self._hub.close()
         if self._started:
             if deregister:
                 await self._backend.close()
             else:
                 await self._backend.abort()
-        for _, states in list(self._registrations.values()):
+        with self._lock:
+            ended = list(self._registrations.values())
+            self._registrations.clear()
+        for _, states in ended:
             states.enter(RegistrationState.DEREGISTERED)
-        self._registrations.clear()
 
     @property
     def closed(self) -> bool:

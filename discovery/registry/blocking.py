@@ -1,7 +1,8 @@
 """``Registry``: the blocking facade. It runs an :class:`AsyncRegistry` on one background loop thread.
 
 Lookups of a watched service are answered from the cached snapshot in the caller's thread, without a
-hop to the loop thread.
+hop to the loop thread. So is every write and read on a backend that needs no I/O (memory: the registry's
+``*_now`` methods); only the other backends' calls are handed to the loop thread.
 """
 
 from __future__ import annotations
@@ -83,11 +84,18 @@ class Registration:
 
     def update(self, **changes: Any) -> Instance:
         """Rewrite the instance with changed fields (``status=``, ``labels=``, ``weight=``, …)."""
+        if self._inner.immediate:
+            self._loop.refuse_loop_thread()
+            return self._inner.update_now(**changes)
         return self._loop.run(self._inner.update(**changes))
 
     def deregister(self) -> None:
         """Remove the instance (idempotent)."""
-        self._loop.run(self._inner.deregister())
+        if self._inner.immediate:
+            self._loop.refuse_loop_thread()
+            self._inner.deregister_now()
+        else:
+            self._loop.run(self._inner.deregister())
 
 
 class Watch:
@@ -186,6 +194,9 @@ class Registry:
 
     def register(self, instance: Instance, ttl: float | None = None) -> Registration:
         """Write ``instance`` and keep it alive; see :meth:`AsyncRegistry.register`."""
+        if self._core.immediate:
+            self._loop.refuse_loop_thread()
+            return Registration(self._core.register_now(instance, ttl), self._loop)
         return Registration(self._loop.run(self._core.register(instance, ttl)), self._loop)
 
     def instances(
@@ -212,6 +223,9 @@ class Registry:
         parsed = parse_selector(selector)
         wanted = parse_statuses(statuses)
         if cached is None:
+            if self._core.immediate:
+                self._loop.refuse_loop_thread()
+                return filter_instances(self._core.snapshot_now(service, namespace).instances, parsed, wanted)
             return self._loop.run(self._core.instances(service, namespace, parsed, statuses))
         found = filter_instances(cached.instances, parsed, wanted)
         if lookup_key is not None:
@@ -225,10 +239,18 @@ class Registry:
         validate_service_name(service)
         validate_namespace(namespace)
         cached = self._core.cached_snapshot(service, namespace)
-        return cached if cached is not None else self._loop.run(self._core.snapshot(service, namespace))
+        if cached is not None:
+            return cached
+        if self._core.immediate:
+            self._loop.refuse_loop_thread()
+            return self._core.snapshot_now(service, namespace)
+        return self._loop.run(self._core.snapshot(service, namespace))
 
     def services(self, namespace: str = DEFAULT_NAMESPACE) -> tuple[str, ...]:
         """Names of services with instances in a namespace."""
+        if self._core.immediate:
+            self._loop.refuse_loop_thread()
+            return self._core.services_now(namespace)
         return self._loop.run(self._core.services(namespace))
 
     def subscribe(

@@ -3,11 +3,84 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
+
+from discovery.core.errors import ClosedError
 
 T = TypeVar("T")
+
+
+class _Call(Generic[T]):
+    """One coroutine handed from a caller's thread to the loop thread, and its outcome.
+
+    The caller blocks on a bare lock that the coroutine's own task releases as its last step. This is what
+    ``asyncio.run_coroutine_threadsafe`` does with a ``concurrent.futures.Future`` (a condition variable) and a
+    done callback (one more loop iteration); the lock is about half the cost per call (benchmarks/facade.py).
+    """
+
+    __slots__ = ("_abandoned", "_coroutine", "_error", "_finished", "_result", "_task")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, T]) -> None:
+        self._coroutine = coroutine
+        self._finished = threading.Lock()
+        self._finished.acquire()
+        self._result: T | None = None
+        self._error: BaseException | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._abandoned = False
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run the coroutine in a task on ``loop`` (called in the loop thread)."""
+        if self._abandoned:  # the caller gave up before the loop got to it
+            self._coroutine.close()
+            return
+        self._task = loop.create_task(self._run())
+        self._task.add_done_callback(self._ended)
+
+    async def _run(self) -> None:
+        try:
+            self._result = await self._coroutine
+        except BaseException as error:
+            self._error = error
+            if not isinstance(error, Exception):
+                raise  # cancellation and interpreter exits stay what they are for the task too
+        finally:
+            self._release()
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        # A task cancelled before its first step never enters _run's body: say so to the caller here.
+        if self._finished.locked() and self._error is None:
+            self._error = asyncio.CancelledError()
+        self._release()
+
+    def _release(self) -> None:
+        if self._finished.locked():
+            self._finished.release()
+
+    def fail(self, error: BaseException) -> None:
+        """End the call with ``error`` unless it has ended (the loop stopped without running it to the end)."""
+        if self._finished.locked() and self._error is None:
+            self._error = error
+        self._release()
+
+    def abandon(self) -> None:
+        """The caller stopped waiting: cancel the task (called in the loop thread)."""
+        self._abandoned = True
+        if self._task is not None:
+            self._task.cancel()
+
+    def wait(self, timeout: float | None) -> bool:
+        """Block until the outcome is known; ``False`` if ``timeout`` seconds passed first."""
+        return self._finished.acquire(timeout=-1 if timeout is None else timeout)
+
+    def outcome(self) -> T:
+        """The coroutine's result, or raise its error."""
+        if self._error is not None:
+            raise self._error
+        return self._result  # type: ignore[return-value]  # set by _run when there is no error
 
 
 class LoopThread:
@@ -15,6 +88,7 @@ class LoopThread:
 
     def __init__(self, name: str = "discovery-loop") -> None:
         self.loop = asyncio.new_event_loop()
+        self._calls: set[_Call[Any]] = set()  # calls handed over and not yet answered
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
@@ -27,17 +101,33 @@ class LoopThread:
         """Whether the caller is the loop's own thread (where blocking on it would deadlock)."""
         return threading.current_thread() is self._thread
 
+    def refuse_loop_thread(self) -> None:
+        """Raise ``RuntimeError`` in the loop's own thread: a blocking call there would deadlock on a backend
+        with I/O, so it is refused on every backend (code that works on memory works on the others).
+        """
+        if self.in_loop_thread:
+            raise RuntimeError("a blocking discovery call was made from a discovery callback; use the async API")
+
     def run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coroutine`` on the loop and block until it finishes (or ``timeout`` seconds pass)."""
         if self.in_loop_thread:
             coroutine.close()
-            raise RuntimeError("a blocking discovery call was made from a discovery callback; use the async API")
-        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+            self.refuse_loop_thread()
+        call = _Call(coroutine)
+        self._calls.add(call)
         try:
-            return future.result(timeout)
-        except TimeoutError:
-            future.cancel()
-            raise
+            try:
+                self.loop.call_soon_threadsafe(call.start, self.loop)
+            except RuntimeError:  # the loop is closed
+                coroutine.close()
+                raise ClosedError("this registry is closed") from None
+            if not call.wait(timeout):
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing left to cancel
+                    self.loop.call_soon_threadsafe(call.abandon)
+                raise TimeoutError(f"the call did not finish within {timeout} s")
+            return call.outcome()
+        finally:
+            self._calls.discard(call)
 
     def stop(self) -> None:
         """Stop the loop and join the thread."""
@@ -47,3 +137,6 @@ class LoopThread:
         if not self.in_loop_thread:
             self._thread.join(timeout=10)
             self.loop.close()
+            # A call that raced the stop and was never answered must not block its caller forever.
+            for call in list(self._calls):
+                call.fail(ClosedError("this registry was closed during the call"))

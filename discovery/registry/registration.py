@@ -7,7 +7,9 @@ the registry hands over, the backend) writes; the :class:`AsyncRegistration` use
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,14 +28,19 @@ UPDATABLE_FIELDS = frozenset({"address", "port", "labels", "ports", "status", "w
 class RegistrationStates:
     """The state and history of one registration, and who is told about changes.
 
-    :meth:`enter` is the one way to change the state; once ``DEREGISTERED`` it changes no more.
+    :meth:`enter` is the one way to change the state; once ``DEREGISTERED`` it changes no more. It may be
+    called from any thread: the state changes at once, and listeners and waiters are told on ``loop`` (the
+    registry's), in order.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._state = RegistrationState.PENDING
         self._history: list[RegistrationState] = []
         self._listeners: list[Callable[[RegistrationState], None]] = []
         self._changed = asyncio.Event()
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._waiting = 0  # wait_for calls parked on _changed
 
     @property
     def state(self) -> RegistrationState:
@@ -47,12 +54,23 @@ class RegistrationStates:
 
     def enter(self, state: RegistrationState) -> None:
         """Move to ``state`` and tell every listener (a listener's failure is logged, never raised)."""
-        if self._state is RegistrationState.DEREGISTERED:
-            return
-        self._state = state
-        self._history.append(state)
+        with self._lock:
+            if self._state is RegistrationState.DEREGISTERED:
+                return
+            self._state = state
+            self._history.append(state)
+            listeners = list(self._listeners)  # those listening now; one added later hears only later states
+            if not listeners and not self._waiting:
+                return  # nobody to tell (a waiter that comes later finds the state in the history)
+        if self._loop is not None and not _running_on(self._loop):
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits there, tell listeners here
+                self._loop.call_soon_threadsafe(self._tell, state, listeners)
+                return
+        self._tell(state, listeners)
+
+    def _tell(self, state: RegistrationState, listeners: list[Callable[[RegistrationState], None]]) -> None:
         self._changed.set()
-        for listener in list(self._listeners):
+        for listener in listeners:
             try:
                 listener(state)
             except Exception:
@@ -60,7 +78,8 @@ class RegistrationStates:
 
     def listen(self, listener: Callable[[RegistrationState], None]) -> Callable[[], None]:
         """Call ``listener(state)`` on every change; returns a function that removes it."""
-        self._listeners.append(listener)
+        with self._lock:
+            self._listeners.append(listener)
 
         def remove() -> None:
             if listener in self._listeners:
@@ -70,9 +89,24 @@ class RegistrationStates:
 
     async def wait_for(self, state: RegistrationState) -> None:
         """Wait until ``state`` has been entered (now or earlier)."""
-        while state not in self._history:
-            self._changed.clear()
-            await self._changed.wait()
+        while True:
+            with self._lock:
+                if state in self._history:
+                    return
+                self._changed.clear()
+                self._waiting += 1
+            try:
+                await self._changed.wait()
+            finally:
+                with self._lock:
+                    self._waiting -= 1
+
+
+def _running_on(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
 
 
 class AsyncRegistration:
@@ -88,12 +122,17 @@ class AsyncRegistration:
         update: Callable[[AsyncRegistration, Instance], Awaitable[None]],
         deregister: Callable[[AsyncRegistration], Awaitable[None]],
         states: RegistrationStates,
+        *,
+        update_now: Callable[[AsyncRegistration, Instance], None] | None = None,
+        deregister_now: Callable[[AsyncRegistration], None] | None = None,
     ) -> None:
         self._instance = instance
         self._ttl = ttl
         self._detection_bound = detection_bound
         self._update = update
         self._deregister = deregister
+        self._update_now = update_now
+        self._deregister_now = deregister_now
         self._states = states
 
     def __repr__(self) -> str:
@@ -147,14 +186,7 @@ class AsyncRegistration:
 
         Raises :class:`ValidationError` (nothing written) for an unknown field or a bad value.
         """
-        unknown = set(changes) - UPDATABLE_FIELDS
-        if unknown:
-            raise ValidationError(
-                sorted(unknown)[0], f"cannot be updated (updatable: {', '.join(sorted(UPDATABLE_FIELDS))})"
-            )
-        if not self.active:
-            raise NotRegisteredError(f"{self!r} is deregistered")
-        updated = self._instance.with_changes(**changes)
+        updated = self._changed(changes)
         await self._update(self, updated)
         self._instance = updated
         return updated
@@ -164,3 +196,34 @@ class AsyncRegistration:
         if not self.active:
             return
         await self._deregister(self)
+
+    @property
+    def immediate(self) -> bool:
+        """Whether :meth:`update_now` and :meth:`deregister_now` work: the backend writes without I/O."""
+        return self._update_now is not None and self._deregister_now is not None
+
+    def update_now(self, **changes: Any) -> Instance:
+        """:meth:`update`, done before returning, from any thread; only when :attr:`immediate`."""
+        if self._update_now is None:
+            raise RuntimeError("this backend needs I/O to update; await update() instead")
+        updated = self._changed(changes)
+        self._update_now(self, updated)
+        self._instance = updated
+        return updated
+
+    def deregister_now(self) -> None:
+        """:meth:`deregister`, done before returning, from any thread; only when :attr:`immediate`."""
+        if self._deregister_now is None:
+            raise RuntimeError("this backend needs I/O to deregister; await deregister() instead")
+        if self.active:
+            self._deregister_now(self)
+
+    def _changed(self, changes: dict[str, Any]) -> Instance:
+        unknown = set(changes) - UPDATABLE_FIELDS
+        if unknown:
+            raise ValidationError(
+                sorted(unknown)[0], f"cannot be updated (updatable: {', '.join(sorted(UPDATABLE_FIELDS))})"
+            )
+        if not self.active:
+            raise NotRegisteredError(f"{self!r} is deregistered")
+        return self._instance.with_changes(**changes)

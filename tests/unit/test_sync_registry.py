@@ -91,3 +91,80 @@ def test_blocking_call_from_a_callback_is_refused(registry: Registry) -> None:
     assert done.wait(5)
     unsubscribe()
     assert errors and "async API" in str(errors[0])
+
+
+def test_writes_and_reads_on_memory_are_done_in_the_callers_thread(registry: Registry) -> None:
+    # The loop thread is held busy: every call below must finish without it, so none of them hops threads.
+    release = threading.Event()
+    loop_thread_blocked = threading.Event()
+
+    def block_loop() -> None:
+        loop_thread_blocked.set()
+        release.wait(10)
+
+    answers: list[object] = []
+
+    def calls() -> None:
+        registration = registry.register(Instance("web", "w1", "127.0.0.1", 80))
+        answers.append(registry.instances("web"))
+        registration.update(status=Status.DRAINING)
+        answers.append(registry.snapshot("web").instances[0].status)
+        answers.append(registry.services())
+        registration.deregister()
+        answers.append(registration.state)
+
+    registry.loop.call_soon_threadsafe(block_loop)
+    assert loop_thread_blocked.wait(5)
+    caller = threading.Thread(target=calls)
+    try:
+        caller.start()
+        caller.join(5)
+        assert not caller.is_alive(), "a blocking call waited for the loop thread"
+    finally:
+        release.set()
+        caller.join(5)
+    assert [i.id for i in answers[0]] == ["w1"]  # type: ignore[attr-defined]
+    assert answers[1:] == [Status.DRAINING, ("web",), RegistrationState.DEREGISTERED]
+
+
+def test_state_listeners_run_on_the_loop_thread_after_an_in_thread_write(registry: Registry) -> None:
+    first = registry.register(Instance("web", "w1", "127.0.0.1", 80))
+    heard: list[tuple[RegistrationState, threading.Thread]] = []
+    done = threading.Event()
+
+    def listener(_registration: object, state: RegistrationState) -> None:
+        heard.append((state, threading.current_thread()))
+        done.set()
+
+    first.on_change(listener)
+    second = registry.register(Instance("web", "w1", "127.0.0.1", 81))  # same key: replaces the first
+    assert done.wait(5)
+    assert first.state is RegistrationState.DEREGISTERED and second.state is RegistrationState.REGISTERED
+    assert [state for state, _ in heard] == [RegistrationState.DEREGISTERED]
+    assert heard[0][1] is not threading.current_thread()
+    assert heard[0][1].name == "discovery-loop"
+
+
+def test_registrations_racing_close_leave_nothing_behind(url: str) -> None:
+    registry = Registry.connect(url)
+    made: list[object] = []
+    started = threading.Barrier(9)
+
+    def registrant(worker: int) -> None:
+        started.wait(5)
+        for n in range(200):
+            try:
+                made.append(registry.register(Instance("web", f"w{worker}-{n}", "127.0.0.1", 80), ttl=30))
+            except ClosedError:
+                return
+
+    threads = [threading.Thread(target=registrant, args=(w,)) for w in range(8)]
+    for thread in threads:
+        thread.start()
+    started.wait(5)
+    registry.close()
+    for thread in threads:
+        thread.join(10)
+    assert made, "no registration got in before close(): the race was not exercised"
+    assert all(r.state is RegistrationState.DEREGISTERED for r in made)  # type: ignore[attr-defined]
+    assert memory_store(url.removeprefix("memory:///")).keys() == frozenset()
