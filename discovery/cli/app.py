@@ -53,6 +53,19 @@ def _add_commands(group: click.Group) -> None:
 _add_commands(cli)
 
 
+def command_paths(group: click.Group = cli) -> list[tuple[str, ...]]:
+    """Every subcommand of ``group`` as the words that call it, nested groups included: ``("get", "services")``.
+
+    The wheel check and the tests run ``--help`` on each, so a new command is covered without being listed.
+    """
+    paths: list[tuple[str, ...]] = []
+    for name, command in sorted(group.commands.items()):
+        paths.append((name,))
+        if isinstance(command, click.Group):
+            paths.extend((name, *rest) for rest in command_paths(command))
+    return paths
+
+
 def run(argv: Sequence[str] | None) -> int:
     """Run the command line; returns the exit code."""
     try:
