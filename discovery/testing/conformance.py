@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import pytest
 import pytest_asyncio
@@ -40,27 +40,12 @@ from discovery.core.validation import (
     MAX_NAMED_PORTS,
 )
 from discovery.registry.async_registry import AsyncRegistry
-
-T = TypeVar("T")
+from discovery.testing.waiting import eventually
 
 #: How long a healthy backend may take to show a change to a watcher or a lookup (not a performance bound).
 CONVERGENCE_TIMEOUT = 15.0
 #: Scheduling allowance on top of a declared detection bound (a loaded 2-core CI machine).
 SCHEDULING_ALLOWANCE = 1.0
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], timeout: float, interval: float = 0.05
-) -> T:
-    """Poll ``probe`` until ``accept`` holds for its result; raise AssertionError with the last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if accept(value):
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"condition not met within {timeout:.1f} s; last value: {value!r}")
-        await asyncio.sleep(interval)
 
 
 def make_instance(service: str, number: int, **fields: Any) -> Instance:

@@ -15,8 +15,8 @@ import pytest
 from discovery import AsyncRegistry, Instance
 from discovery.services import HEADLESS, Service, ServiceCatalog, ServicePort, ServiceStore, ServiceType
 from discovery.services.dns import DnsServer
+from discovery.testing import eventually
 from tests.services.conftest import private_ranges
-from tests.services.support import eventually
 
 
 @dataclass

@@ -14,8 +14,10 @@ import pytest
 from discovery import AsyncRegistry, Instance, Status
 from discovery.services import Service, ServiceCatalog, ServicePort, ServiceStore, ServiceType
 from discovery.services.proxy import ListenerKind, ServiceProxy
-from tests.services.conftest import free_port, private_ranges
-from tests.services.support import Client, NamedServer, eventually, greeting_of
+from discovery.testing import eventually
+from tests.harness import free_port
+from tests.services.conftest import private_ranges
+from tests.services.support import Client, NamedServer, greeting_of
 
 
 @dataclass
