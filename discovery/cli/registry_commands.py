@@ -29,8 +29,14 @@ def services(options: GlobalOptions, namespace: str) -> None:
     options.run(work, quiet=True)
 
 
-def list_instances(options: GlobalOptions, service: str, namespace: str, selector: str | None, every: bool) -> None:
-    """Print the instances of ``service`` (only UP ones unless ``every``) as a table."""
+@click.command(name="list")
+@click.argument("service")
+@namespace_option
+@click.option("-l", "--selector", default=None, help="label selector, e.g. 'app=web,tier!=db'")
+@click.option("--all", "every", is_flag=True, help="every status, not only UP")
+@click.pass_obj
+def list_command(options: GlobalOptions, service: str, namespace: str, selector: str | None, every: bool) -> None:
+    """Instances of a registry service (``list`` and ``get instances`` are one command)."""
 
     async def work(registry: AsyncRegistry) -> None:
         statuses = None if every else (Status.UP,)
@@ -38,21 +44,6 @@ def list_instances(options: GlobalOptions, service: str, namespace: str, selecto
         out().print(instance_table(found))
 
     options.run(work, quiet=True)
-
-
-selector_option = click.option("-l", "--selector", default=None, help="label selector, e.g. 'app=web,tier!=db'")
-every_status_option = click.option("--all", "every", is_flag=True, help="every status, not only UP")
-
-
-@click.command(name="list")
-@click.argument("service")
-@namespace_option
-@selector_option
-@every_status_option
-@click.pass_obj
-def list_command(options: GlobalOptions, service: str, namespace: str, selector: str | None, every: bool) -> None:
-    """Instances of a registry service."""
-    list_instances(options, service, namespace, selector, every)
 
 
 @click.command()

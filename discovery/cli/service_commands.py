@@ -3,31 +3,29 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import click
 
 from discovery.cli.output import endpoints_table, err, key_value_table, out, service_table
-from discovery.cli.registry_commands import every_status_option, list_instances, selector_option
-from discovery.cli.session import GlobalOptions, NotFound, all_namespaces_option, namespace_option
+from discovery.cli.registry_commands import list_command
+from discovery.cli.session import GlobalOptions, NotFound, namespace_option, with_options
 from discovery.registry.async_registry import AsyncRegistry
 from discovery.services import AllocationRanges, LoadedService, Service, ServiceStore, parse_manifests, read_endpoints
 
-_range_options = [
+with_ranges = with_options(
     click.option("--cluster-ip-range", default=None, metavar="CIDR",
                  help="ClusterIP range (default $DISCOVERY_CLUSTER_IP_RANGE or 127.10.0.0/16)"),
     click.option("--node-port-range", default=None, metavar="FIRST-LAST",
                  help="node port range (default $DISCOVERY_NODE_PORT_RANGE or 30000-32767)"),
-]
-
-
-def with_ranges(function: Callable[..., Any]) -> Callable[..., Any]:
-    """Add the allocation range options (``--cluster-ip-range``, ``--node-port-range``)."""
-    for option in reversed(_range_options):
-        function = option(function)
-    return function
+)
+#: NAME (optional), ``-n``, ``-A``: which Services ``get`` shows.
+with_service_selection = with_options(
+    click.argument("name", required=False),
+    namespace_option,
+    click.option("-A", "--all-namespaces", is_flag=True, help="every namespace"),
+)
 
 
 def _read_manifests(files: Sequence[str], namespace: str | None) -> list[LoadedService]:
@@ -82,9 +80,7 @@ def get() -> None:
 
 
 @get.command(name="services")
-@click.argument("name", required=False)
-@namespace_option
-@all_namespaces_option
+@with_service_selection
 @click.pass_obj
 def get_services(options: GlobalOptions, name: str | None, namespace: str, all_namespaces: bool) -> None:
     """Services (one, a namespace's, or all with -A)."""
@@ -97,9 +93,7 @@ def get_services(options: GlobalOptions, name: str | None, namespace: str, all_n
 
 
 @get.command(name="endpoints")
-@click.argument("name", required=False)
-@namespace_option
-@all_namespaces_option
+@with_service_selection
 @click.pass_obj
 def get_endpoints(options: GlobalOptions, name: str | None, namespace: str, all_namespaces: bool) -> None:
     """Endpoints of Services: UP instances matching the selector, target ports resolved."""
@@ -111,15 +105,7 @@ def get_endpoints(options: GlobalOptions, name: str | None, namespace: str, all_
     options.run(work, quiet=True)
 
 
-@get.command(name="instances")
-@click.argument("service")
-@namespace_option
-@selector_option
-@every_status_option
-@click.pass_obj
-def get_instances(options: GlobalOptions, service: str, namespace: str, selector: str | None, every: bool) -> None:
-    """Instances of a registry service (same as ``list``)."""
-    list_instances(options, service, namespace, selector, every)
+get.add_command(list_command, name="instances")  # the same command as ``list``
 
 
 @click.group()

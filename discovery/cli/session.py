@@ -63,4 +63,16 @@ class GlobalOptions:
 
 
 namespace_option = click.option("-n", "--namespace", default="default", show_default=True, help="namespace")
-all_namespaces_option = click.option("-A", "--all-namespaces", is_flag=True, help="every namespace")
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def with_options(*options: Decorator) -> Decorator:
+    """One decorator that applies ``options`` (click options and arguments) in the order written."""
+
+    def apply(function: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return apply
