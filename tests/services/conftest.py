@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 
 from discovery import AsyncRegistry
-from discovery.services import AllocationRanges, ServiceStore
+from discovery.services import AllocationRanges, Service, ServiceCatalog, ServiceStore
 from tests.harness import free_port, isolated_url
 
 BACKENDS = ["memory", "zookeeper", "etcd", "consul"]
@@ -48,3 +49,23 @@ async def registry(backend_url: str) -> AsyncIterator[AsyncRegistry]:
 def store(registry: AsyncRegistry) -> ServiceStore:
     """A ServiceStore on the registry's backend with test ranges."""
     return ServiceStore(registry.backend, private_ranges())
+
+
+@contextlib.asynccontextmanager
+async def running_catalog(url: str) -> AsyncIterator[tuple[AsyncRegistry, ServiceStore, ServiceCatalog]]:
+    """A registry on ``url``, a ServiceStore with private ranges and a started ServiceCatalog over them."""
+    async with AsyncRegistry.connect(url) as registry:
+        store = ServiceStore(registry.backend, private_ranges())
+        catalog = ServiceCatalog(registry, store, rescan_interval=0.1)
+        await catalog.start()
+        try:
+            yield registry, store, catalog
+        finally:
+            await catalog.close()
+
+
+async def apply_and_wait(store: ServiceStore, catalog: ServiceCatalog, service: Service) -> Service:
+    """Apply ``service`` and wait until the catalog holds it as stored; returns it as stored."""
+    applied = (await store.apply(service)).service
+    await catalog.wait_until(lambda c: c.service(*applied.key) == applied, 10)
+    return applied
