@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "scripts" / "smoke_installed.py"
 
@@ -22,17 +24,20 @@ def test_every_module_the_readme_names_imports() -> None:
     assert "discovery.client.httpx_transport (module)" in result.stdout
 
 
-def test_a_moved_module_in_the_readme_fails_the_check(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("readme_text", "reason"),
+    [
+        ("```python\nfrom discovery.httpx_transport import DiscoveryTransport\n```\n",
+         "discovery.httpx_transport (named in the README) is neither a module"),
+        ("```python\nfrom discovery import Registry, NoSuchThing\n```\n", "NoSuchThing"),
+        ("See `discovery.client.no_such_module` for details.\n",
+         "discovery.client.no_such_module (named in the README) is neither a module"),
+    ],
+    ids=["moved module", "broken import line", "module named in prose"],
+)
+def test_a_readme_naming_what_does_not_exist_fails_the_check(tmp_path: Path, readme_text: str, reason: str) -> None:
     readme = tmp_path / "README.md"
-    readme.write_text("```python\nfrom discovery.httpx_transport import DiscoveryTransport\n```\n")
+    readme.write_text(readme_text)
     result = _check_readme(readme)
     assert result.returncode == 1
-    assert "discovery.httpx_transport (named in the README) is neither a module" in result.stderr
-
-
-def test_a_broken_import_line_in_the_readme_fails_the_check(tmp_path: Path) -> None:
-    readme = tmp_path / "README.md"
-    readme.write_text("```python\nfrom discovery import Registry, NoSuchThing\n```\n")
-    result = _check_readme(readme)
-    assert result.returncode == 1
-    assert "NoSuchThing" in result.stderr
+    assert reason in result.stderr
