@@ -53,8 +53,6 @@ def run_command(*words: str, timeout: float = 60) -> str:
 
 
 def check_command_line() -> None:
-    from discovery.cli.app import command_paths
-
     version = importlib.metadata.version(DISTRIBUTION)
     printed = run_command("--version").strip()
     if printed != f"discovery {version}":
@@ -62,6 +60,8 @@ def check_command_line() -> None:
     print(f"ok  discovery --version: {printed}")
     run_command("--help")
     print("ok  discovery --help")
+    from discovery.cli.app import command_paths  # after --help: a broken CLI fails above with the command's error
+
     paths = command_paths()
     for path in paths:
         run_command(*path, "--help")
@@ -117,6 +117,7 @@ def check_readme(readme: Path) -> None:
 
 
 def main(arguments: list[str]) -> None:
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # "ok" lines in order with FAILED
     readme = Path(arguments[0])
     if "--readme-only" not in arguments:
         check_installed_copy()
