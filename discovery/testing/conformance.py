@@ -43,28 +43,14 @@ from discovery.core.validation import (
     MAX_NAMED_PORTS,
 )
 from discovery.registry.async_registry import AsyncRegistry
+from discovery.testing.waiting import eventually
 
-T = TypeVar("T")
 Case = TypeVar("Case", bound=Callable[..., Any])
 
 #: How long a healthy backend may take to show a change to a watcher or a lookup (not a performance bound).
 CONVERGENCE_TIMEOUT = 15.0
 #: Scheduling allowance on top of a declared detection bound (a loaded 2-core CI machine).
 SCHEDULING_ALLOWANCE = 1.0
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], timeout: float, interval: float = 0.05
-) -> T:
-    """Poll ``probe`` until ``accept`` holds for its result; raise AssertionError with the last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if accept(value):
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"condition not met within {timeout:.1f} s; last value: {value!r}")
-        await asyncio.sleep(interval)
 
 
 #: The optional capabilities a case may require, and how a backend shows that it has each.

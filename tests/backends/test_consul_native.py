@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,10 +18,10 @@ from discovery.core.backend import Backend, RegistrationState
 from discovery.core.errors import BackendUnavailableError
 from discovery.core.models import Instance, Status
 from discovery.core.urls import parse_url
-from discovery.testing.conformance import CONVERGENCE_TIMEOUT, SCHEDULING_ALLOWANCE, eventually
+from discovery.testing import Follower, eventually
+from discovery.testing.conformance import CONVERGENCE_TIMEOUT, SCHEDULING_ALLOWANCE
 from discovery_consul import ConsulBackend, layout
 from tests.backends.consul_support import (
-    Follower,
     StateLog,
     dns_answers,
     http_json,
@@ -30,7 +29,7 @@ from tests.backends.consul_support import (
     started_backend,
     unique,
 )
-from tests.harness import ServerHandle
+from tests.harness import ServerHandle, free_port
 
 pytestmark = pytest.mark.servers
 
@@ -256,10 +255,7 @@ async def test_agent_restart_with_state_loss_is_restored(fresh_server: Callable[
 
 
 async def test_unreachable_agent_is_backend_unavailable() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    backend = ConsulBackend.from_url(parse_url(f"consul://127.0.0.1:{port}?timeout=1"))
+    backend = ConsulBackend.from_url(parse_url(f"consul://127.0.0.1:{free_port()}?timeout=1"))
     with pytest.raises(BackendUnavailableError):
         await backend.start()
 

@@ -85,6 +85,11 @@ def free_ports(names: tuple[str, ...], udp: frozenset[str] = frozenset(), host: 
     return ports
 
 
+def free_port(host: str = HOST) -> int:
+    """One port nobody listens on right now (a test's own server, or a dead address to fail against)."""
+    return free_ports(("port",), host=host)["port"]
+
+
 def port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.5)
