@@ -39,6 +39,7 @@ class ZooKeeperBackend(Backend):
         self._session: ZooKeeperSession | None = None
         self._registrations: Registrations | None = None
         self._watches: set[ServiceWatch] = set()
+        self._capabilities: Capabilities | None = None
         self._closed = False
         self._definitions = ZooKeeperDefinitions(self._live_session, config.root)
 
@@ -53,13 +54,16 @@ class ZooKeeperBackend(Backend):
         session_timeout = self.config.session_timeout
         if self._session is not None and self._session.client.connected:
             session_timeout = max(session_timeout, self._session.negotiated_timeout)
-        return Capabilities(
-            name="zookeeper",
-            default_ttl=session_timeout,
-            min_ttl=session_timeout,
-            detection_slack=self.config.tick,
-            ttl_per_registration=False,
-        )
+        if self._capabilities is None or self._capabilities.default_ttl != session_timeout:
+            # Built again only when the granted timeout changes: every registration reads it (twice).
+            self._capabilities = Capabilities(
+                name="zookeeper",
+                default_ttl=session_timeout,
+                min_ttl=session_timeout,
+                detection_slack=self.config.tick,
+                ttl_per_registration=False,
+            )
+        return self._capabilities
 
     @property
     def definitions(self) -> ZooKeeperDefinitions:

@@ -3,6 +3,11 @@
 kazoo completes requests and calls listeners and watchers on its own threads. Nothing here ever blocks such a
 thread: completions and events are handed to the event loop with ``call_soon_threadsafe``, and every request
 is awaited with a timeout (a request made while disconnected waits in kazoo's queue until the reconnect).
+
+A reply reaches the loop straight from kazoo's connection thread: the client's handler (:class:`LoopHandler`)
+makes results (:class:`LoopResult`) that schedule the loop's side themselves when they are set, instead of
+``rawlink`` callbacks, which kazoo runs on its completion thread (one more thread to wake, and to contend for
+the GIL, per reply).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from kazoo.exceptions import ConnectionClosedError, ConnectionLoss, OperationTimeoutError, SessionExpiredError
+from kazoo.handlers.threading import AsyncResult, SequentialThreadingHandler
 
 from discovery.core.errors import BackendUnavailableError
 
@@ -43,6 +49,51 @@ def _settle(future: asyncio.Future[Any], async_result: Any) -> None:
         future.set_result(async_result.value)
 
 
+class LoopResult(AsyncResult):  # type: ignore[misc]  # kazoo is untyped
+    """kazoo's threading ``AsyncResult`` that can also settle an asyncio future itself, from the thread that
+    sets it (see the module docs). Without :meth:`settle_on` it is kazoo's result, unchanged.
+    """
+
+    def __init__(self, handler: Any) -> None:
+        super().__init__(handler)
+        self._target: tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]] | None = None
+
+    def set(self, value: Any = None) -> None:
+        """Store the value (kazoo), then settle the future on its loop."""
+        super().set(value)
+        self._hand_over()
+
+    def set_exception(self, exception: BaseException) -> None:
+        """Store the exception (kazoo), then settle the future on its loop."""
+        super().set_exception(exception)
+        self._hand_over()
+
+    def settle_on(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]) -> None:
+        """Settle ``future`` on ``loop`` with this result once it is set (at once if it is already)."""
+        self._target = (loop, future)
+        if self.ready():
+            # Set meanwhile by another thread, which may also hand over: settling twice is a no-op.
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        target = self._target
+        if target is not None:
+            call_in_loop(target[0], _settle, target[1], self)
+
+
+class LoopHandler(SequentialThreadingHandler):  # type: ignore[misc]  # kazoo is untyped
+    """kazoo's threading handler, making :class:`LoopResult` results (kazoo's documented handler interface)."""
+
+    def async_result(self) -> LoopResult:
+        """A result that can settle an asyncio future straight from kazoo's connection thread."""
+        return LoopResult(self)
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
 async def await_kazoo(async_result: Any, timeout: float, what: str) -> Any:
     """Await a kazoo ``IAsyncResult`` without blocking; raise ``BackendUnavailableError`` on timeout/connection loss.
 
@@ -50,13 +101,19 @@ async def await_kazoo(async_result: Any, timeout: float, what: str) -> Any:
     """
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
-    async_result.rawlink(lambda result: call_in_loop(loop, _settle, future, result))
+    if isinstance(async_result, LoopResult):
+        async_result.settle_on(loop, future)
+    else:
+        async_result.rawlink(lambda result: call_in_loop(loop, _settle, future, result))
+    # A timer that fails the future, not asyncio.timeout (a context object per request) nor asyncio.wait_for
+    # (on Python 3.11 it swallows a cancel() that arrives just as the reply does, and a watch task that ignores
+    # its cancellation makes registry.close() hang forever): cancelling the caller cancels the bare future.
+    timer = loop.call_later(timeout, _expire, future)
     try:
-        # Not asyncio.wait_for: on Python 3.11 it swallows a cancel() that arrives just as the reply does, and
-        # a watch task that ignores its cancellation makes registry.close() hang forever.
-        async with asyncio.timeout(timeout):
-            return await future
+        return await future
     except TimeoutError:
         raise BackendUnavailableError(f"ZooKeeper did not answer {what} within {timeout:g}s") from None
     except CONNECTION_ERRORS as lost:
         raise BackendUnavailableError(f"ZooKeeper connection lost during {what}: {type(lost).__name__}") from lost
+    finally:
+        timer.cancel()

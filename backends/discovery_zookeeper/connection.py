@@ -19,7 +19,7 @@ from kazoo.exceptions import AuthFailedError, NoAuthError
 from kazoo.retry import KazooRetry
 
 from discovery.core.errors import AuthenticationError, BackendUnavailableError, PermissionDeniedError
-from discovery_zookeeper.bridge import CONNECTION_ERRORS, await_kazoo, call_in_loop
+from discovery_zookeeper.bridge import CONNECTION_ERRORS, LoopHandler, await_kazoo, call_in_loop
 from discovery_zookeeper.security import kazoo_logger, tls_preflight
 from discovery_zookeeper.settings import ZooKeeperConfig
 
@@ -60,6 +60,7 @@ class ZooKeeperSession:
             timeout=self._config.session_timeout,
             connection_retry=retry,
             command_retry=None,
+            handler=LoopHandler(),
             logger=kazoo_logger(self._config.security),
             **self._config.security.kazoo_arguments(),
         )

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
@@ -32,6 +33,89 @@ class _Contended(Exception):
     """The znode changed between our read and our write; try the whole write again."""
 
 
+#: A transaction's creates are capped in number and bytes, well below ZooKeeper's 1 MiB request limit
+#: (jute.maxbuffer), past which the server drops the connection.
+BATCH_MAX_CREATES = 128
+BATCH_MAX_BYTES = 256 * 1024
+
+
+class EphemeralCreates:
+    """Creates of ephemeral znodes, many per round trip (group commit).
+
+    A create asked for while no transaction is in flight is sent at once; creates asked for while one is in flight
+    wait and go together in the next, as one ``multi`` transaction. One registrant therefore waits for nothing,
+    and N concurrent ones share round trips (and kazoo's per-request cost) instead of queueing N requests. A
+    transaction is atomic: if any create in it fails (the node exists, its parent is missing), none is made, and
+    each caller is told to write its node one by one (:meth:`create` returns ``False``).
+    """
+
+    def __init__(self, session: ZooKeeperSession) -> None:
+        self._session = session
+        self._queued: list[tuple[str, bytes, asyncio.Future[bool]]] = []
+        self._flush_planned = False
+        self._in_flight = False
+
+    async def create(self, path: str, data: bytes) -> bool:
+        """``True`` once the node is created (owned by the live session); ``False`` if it was not, for a reason the
+        one-by-one write handles (it exists, its parent is missing); ``BackendUnavailableError`` as any request.
+        """
+        loop = asyncio.get_running_loop()
+        created: asyncio.Future[bool] = loop.create_future()
+        if not self._in_flight and not self._queued:
+            # Nothing to share the round trip with: send it from here, now (no task, no extra loop iteration).
+            self._in_flight = True
+            await self._commit([(path, data, created)])
+            return created.result()
+        self._queued.append((path, data, created))
+        if not self._in_flight and not self._flush_planned:
+            self._flush_planned = True
+            loop.call_soon(self._flush)
+        return await created
+
+    def _flush(self) -> None:
+        self._flush_planned = False
+        if self._in_flight:
+            return  # the transaction in flight sends what is queued when it completes
+        batch: list[tuple[str, bytes, asyncio.Future[bool]]] = []
+        size = 0
+        while self._queued and len(batch) < BATCH_MAX_CREATES:
+            path, data, created = self._queued[0]
+            if batch and size + len(data) > BATCH_MAX_BYTES:
+                break
+            self._queued.pop(0)
+            if created.cancelled():
+                continue  # its caller gave up before it was sent
+            batch.append((path, data, created))
+            size += len(data)
+        if batch:
+            self._in_flight = True
+            asyncio.get_running_loop().create_task(self._commit(batch), name="zookeeper-creates")
+        elif self._queued:
+            self._flush()
+
+    async def _commit(self, batch: list[tuple[str, bytes, asyncio.Future[bool]]]) -> None:
+        try:
+            transaction = self._session.client.transaction()
+            for path, data, _ in batch:
+                transaction.create(path, data, ephemeral=True)
+            results: Any = await self._session.request("multi", transaction.commit_async)
+        except (NodeExistsError, NoNodeError):
+            results = None  # a failed transaction reported as the whole request's error
+        except Exception as error:  # the connection, a timeout, a refusal: every caller sees it
+            for _, _, created in batch:
+                if not created.done():
+                    created.set_exception(error)
+            return
+        finally:
+            self._in_flight = False
+            if self._queued:
+                self._flush()
+        succeeded = isinstance(results, list) and not any(isinstance(result, Exception) for result in results)
+        for _, _, created in batch:
+            if not created.done():
+                created.set_result(succeeded)
+
+
 @dataclass(slots=True)
 class _Registration:
     instance: Instance
@@ -48,6 +132,7 @@ class Registrations:
         self._layout = layout
         self._payload_class = payload_class
         self._entries: dict[Key, _Registration] = {}
+        self._creates = EphemeralCreates(session)
         self._healer: asyncio.Task[None] | None = None
         self._closed = False
         session.add_listener(self._on_session_event)
@@ -59,7 +144,7 @@ class Registrations:
     async def register(self, instance: Instance, on_state: StateListener) -> None:
         """Write the instance's ephemeral znode (replacing any with the same key) and remember it."""
         entry = _Registration(instance, on_state)
-        await self._write(entry)
+        await self._write(entry, create_first=True)
         self._entries[instance.key] = entry
 
     async def update(self, instance: Instance) -> None:
@@ -101,7 +186,14 @@ class Registrations:
 
     # -- writing -------------------------------------------------------------------------------------------------
 
-    async def _write(self, entry: _Registration) -> None:
+    async def _write(self, entry: _Registration, *, create_first: bool = False) -> None:
+        """Write the entry's znode, owned by the live session. ``create_first``: the node most likely does not
+        exist (a registration, a restore): try a create shared with others first (:class:`EphemeralCreates`).
+        """
+        if create_first:
+            path = self._layout.instance_path(entry.instance)
+            if await self._creates.create(path, self._record(entry)):
+                return
         try:
             await self._write_once(entry)  # the common case, without building a retry loop per write
             return
@@ -119,7 +211,7 @@ class Registrations:
     async def _write_once(self, entry: _Registration) -> None:
         client = self._session.client
         path = self._layout.instance_path(entry.instance)
-        data = encode_record(entry.instance, payload_class=self._payload_class, registered_at_ms=entry.registered_at_ms)
+        data = self._record(entry)
         try:
             await self._session.request("create", client.create_async, path, data, ephemeral=True, makepath=True)
             return
@@ -135,6 +227,9 @@ class Registrations:
         except (NoNodeError, BadVersionError):
             pass
         raise _Contended(path)
+
+    def _record(self, entry: _Registration) -> bytes:
+        return encode_record(entry.instance, payload_class=self._payload_class, registered_at_ms=entry.registered_at_ms)
 
     # -- healing -------------------------------------------------------------------------------------------------
 
@@ -177,7 +272,7 @@ class Registrations:
         for key, entry in list(self._entries.items()):
             if not entry.lost or self._entries.get(key) is not entry:
                 continue
-            await self._write(entry)
+            await self._write(entry, create_first=True)
             if self._entries.get(key) is entry and entry.lost:
                 entry.lost = False
                 _notify(entry, RegistrationState.RESTORED)

@@ -45,6 +45,8 @@ class Instance:
     status: Status = Status.UP
     weight: int = 1
     zone: str | None = None
+    # The field values as validated (the objects themselves): see :meth:`checked`.
+    _validated: tuple[object, ...] | None = field(default=None, init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         validation.validate_service_name(self.service)
@@ -62,6 +64,23 @@ class Instance:
             ) from None
         validation.validate_weight(self.weight)
         validation.validate_zone(self.zone)
+        object.__setattr__(self, "_validated", self._values())
+
+    def _values(self) -> tuple[object, ...]:
+        return (self.service, self.id, self.address, self.port, self.namespace, self.labels, self.ports,
+                self.status, self.weight, self.zone)
+
+    def checked(self) -> Instance:
+        """This instance if every field is still the very object validated at construction, else a validated
+        copy (:class:`ValidationError` if a value is bad).
+
+        ``Instance`` is frozen, but ``object.__setattr__`` or ``object.__new__`` can still forge one; a write
+        path calls this instead of validating every field again (an identity check per field, not a parse).
+        """
+        validated = getattr(self, "_validated", None)  # unset on an object made without __init__
+        if validated is not None and all(a is b for a, b in zip(validated, self._values(), strict=True)):
+            return self
+        return replace(self)
 
     def __hash__(self) -> int:
         return hash((self.namespace, self.service, self.id, self.address, self.port, self.status))

@@ -131,7 +131,7 @@ class AsyncRegistry:
     def _prepare(self, instance: Instance, ttl: float | None) -> tuple[AsyncRegistration, RegistrationStates]:
         if not isinstance(instance, Instance):
             raise ValidationError("instance", f"expected an Instance, got {type(instance).__name__}")
-        instance = instance.with_changes()  # re-validates, even if the object was forged
+        instance = instance.checked()  # validated again only if forged or changed since construction
         requested = validate_ttl(ttl)
         effective = self._backend.effective_ttl(requested)
         states = RegistrationStates(self._loop)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -63,3 +64,21 @@ def test_with_changes_revalidates() -> None:
     assert instance.with_changes(status="DRAINING").status is Status.DRAINING
     with pytest.raises(ValidationError):
         instance.with_changes(port=0)
+
+
+def test_checked_returns_the_same_instance_unless_a_field_was_forged() -> None:
+    instance = Instance("web", "w1", "10.0.0.1", 80, labels={"app": "web"})
+    assert instance.checked() is instance  # validated at construction: no second parse on the write path
+    duplicate = copy.copy(instance)
+    assert duplicate.checked() is duplicate  # the same objects in every field: still the validated values
+    forged = Instance("web", "w2", "10.0.0.1", 80)
+    object.__setattr__(forged, "port", 70000)  # frozen, but not proof against object.__setattr__
+    with pytest.raises(ValidationError, match="port"):
+        forged.checked()
+    built = object.__new__(Instance)  # never went through __init__ at all
+    for name, value in {"service": "web", "id": "w3", "address": "not an address", "port": 80,
+                        "namespace": "default", "labels": {}, "ports": {}, "status": "UP", "weight": 1,
+                        "zone": None}.items():
+        object.__setattr__(built, name, value)
+    with pytest.raises(ValidationError, match="address"):
+        built.checked()

@@ -1,0 +1,113 @@
+"""ZooKeeper writes: concurrent creates share round trips (one ``multi`` each), and a transaction that cannot
+succeed as a whole falls back to one-by-one writes with every registration still made."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+
+import pytest
+from kazoo.client import KazooClient
+
+from discovery.core.models import Instance
+from discovery.registry.async_registry import AsyncRegistry
+from discovery_zookeeper import ZooKeeperBackend
+from discovery_zookeeper.bridge import LoopHandler
+from tests.backends.zookeeper_support import backend_url, raw_client
+from tests.harness import ServerHandle
+from tests.harness.specs import zk_four_letter_word
+
+CONCURRENT = 64
+
+
+def _instance(service: str, number: int) -> Instance:
+    return Instance(service, f"{service}-{number}", "127.0.0.1", 30000 + number)
+
+
+def _root(url: str) -> str:
+    return url.split("/", 3)[3].split("?")[0]
+
+
+def _requests_received(server: ServerHandle) -> int:
+    """The server's count of packets received (requests and pings of every client), from ``srvr``."""
+    found = re.search(r"Received: (\d+)", zk_four_letter_word(server.host, server.port, b"srvr"))
+    assert found, "ZooKeeper did not answer srvr"
+    return int(found.group(1))
+
+
+def _owner(client: KazooClient, path: str) -> int:
+    return int(client.get(path)[1].ephemeralOwner)
+
+
+@pytest.mark.servers
+async def test_concurrent_registrations_share_round_trips(zookeeper_server: ServerHandle) -> None:
+    url = backend_url(zookeeper_server)
+    async with await AsyncRegistry.connect(url) as registry:
+        await registry.register(_instance("api", 999))  # the service's parent znode exists from here on
+        before = await asyncio.to_thread(_requests_received, zookeeper_server)
+        await asyncio.gather(*(registry.register(_instance("api", n)) for n in range(CONCURRENT)))
+        after = await asyncio.to_thread(_requests_received, zookeeper_server)
+        assert len(await registry.instances("api")) == CONCURRENT + 1
+    # One create per registration was 64 requests; group commit sends a lone first one and then the rest together
+    # (pings and the two srvr probes count too, hence the slack).
+    assert after - before <= 12, f"{after - before} requests for {CONCURRENT} concurrent registrations"
+
+
+@pytest.mark.servers
+async def test_a_transaction_that_fails_falls_back_and_registers_every_instance(
+    zookeeper_server: ServerHandle,
+) -> None:
+    url = backend_url(zookeeper_server)
+    stranger = await asyncio.to_thread(raw_client, zookeeper_server)
+    taken = f"/{_root(url)}/default/api/api-3"
+    try:
+        # A node left by another session (as after our own expiry) makes the shared transaction fail as a whole.
+        await asyncio.to_thread(stranger.create, taken, b"{}", ephemeral=True, makepath=True)
+        async with await AsyncRegistry.connect(url) as registry:
+            await registry.register(_instance("api", 100))
+            await asyncio.gather(*(registry.register(_instance("api", n)) for n in range(10)))
+            assert sorted(i.id for i in await registry.instances("api")) == sorted(
+                [f"api-{n}" for n in range(10)] + ["api-100"]
+            )
+            backend = registry.backend
+            assert isinstance(backend, ZooKeeperBackend)
+            assert await asyncio.to_thread(_owner, stranger, taken) == backend.session_id
+    finally:
+        await asyncio.to_thread(stranger.stop)
+        await asyncio.to_thread(stranger.close)
+
+
+@pytest.mark.servers
+async def test_first_concurrent_registrations_of_a_new_service_create_its_parent(
+    zookeeper_server: ServerHandle,
+) -> None:
+    async with await AsyncRegistry.connect(backend_url(zookeeper_server)) as registry:
+        await asyncio.gather(*(registry.register(_instance("fresh", n)) for n in range(20)))
+        assert len(await registry.instances("fresh")) == 20
+
+
+def test_a_reply_settles_its_future_without_kazoos_completion_thread() -> None:
+    handler = LoopHandler()
+    handler.start()
+    release = threading.Event()
+    handler.completion_queue.put(lambda: release.wait(10))  # kazoo's completion thread is busy from here on
+
+    async def main() -> list[object]:
+        loop = asyncio.get_running_loop()
+        late, early = handler.async_result(), handler.async_result()
+        waiting, ready = loop.create_future(), loop.create_future()
+        late.settle_on(loop, waiting)
+        threading.Thread(target=late.set, args=("reply",)).start()  # as kazoo's connection thread does
+        early.set_exception(KeyError("gone"))
+        early.settle_on(loop, ready)  # set before anyone waits: settled at once
+        results = [await asyncio.wait_for(waiting, 5)]
+        with pytest.raises(KeyError):
+            await ready
+        return results
+
+    try:
+        assert asyncio.run(main()) == ["reply"]
+    finally:
+        release.set()
+        handler.stop()
