@@ -127,6 +127,18 @@ class RawAdsStream:
         self._requests: asyncio.Queue[Any] = asyncio.Queue()
         self._call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self._channel).StreamAggregatedResources(
             self._iterate(), metadata=metadata or None)
+        # One reader for the stream's life: cancelling a pending read() would cancel the whole call.
+        self._responses: asyncio.Queue[Any] = asyncio.Queue()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for response in self._call:
+                self._responses.put_nowait(response)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # the stream's end, delivered to the next receive()
+            self._responses.put_nowait(error)
 
     async def _iterate(self) -> Any:
         while True:
@@ -149,7 +161,10 @@ class RawAdsStream:
     async def receive(self, timeout: float = 10.0) -> Any:
         """The next DiscoveryResponse (TimeoutError if none comes)."""
         async with asyncio.timeout(timeout):
-            return await self._call.read()
+            item = await self._responses.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
 
     async def nothing_for(self, seconds: float) -> None:
         """Assert that no response arrives within ``seconds``."""
@@ -163,6 +178,7 @@ class RawAdsStream:
     async def close(self) -> None:
         self._requests.put_nowait(None)
         self._call.cancel()
+        self._reader.cancel()
         await self._channel.close()
 
 
