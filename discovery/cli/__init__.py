@@ -25,6 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    from discovery.cli import xds_command  # noqa: F401  (registers `discovery xds`)
     from discovery.cli.commands import run
 
     return run(argv)
