@@ -191,6 +191,12 @@ async def drive(args: argparse.Namespace) -> None:
             used: list[float] = []
             unused: list[float] = []
             changes_t0 = time.monotonic()
+            hot_times: list[tuple[float, float]] = []
+            cold_times: dict[int, tuple[str, float]] = {}
+            events: list[list[Any]] = []
+            for worker in workers:  # drop the start-up events
+                worker.send("REPORT")
+                await asyncio.to_thread(worker.expect, "REPORT", min(120, remaining()))
             for change in range(args.changes):
                 remaining()
                 since = added = time.monotonic()  # changes are timed from the start of the registry call
@@ -200,26 +206,32 @@ async def drive(args: argparse.Namespace) -> None:
                     used.append((await client.stats(f"xds:///{HOT}", since))["servers"]["e1"][1] - added)
                 removed = time.monotonic()
                 await registration.deregister()
-                await asyncio.sleep(0.3)
+                await asyncio.sleep(1.0)  # well past the removal's p99 before reading the clients' last call
                 for client in clients:
                     last = (await client.stats(f"xds:///{HOT}", since))["servers"]["e1"][2]
                     unused.append(max(0.0, last - removed))
                 own = change % args.services
-                cold_t = time.monotonic()
+                cold_times[40000 + change] = (f"svc-{own}.default", time.monotonic())
                 cold = await registry.register(Instance(f"svc-{own}", f"c{change}", "127.0.0.1", 40000 + change))
-                await asyncio.sleep(0.2)
-                for worker in workers:
-                    worker.send("REPORT")
-                for worker in workers:
-                    history = json.loads(" ".join((await asyncio.to_thread(worker.expect, "REPORT",
-                                                                           min(60, remaining())))[1:]))
-                    for _stream, cluster, port, t, sign in history:
-                        if cluster == f"{HOT}.default" and port == echo[1].port:
-                            (add_fanout if sign > 0 else del_fanout).append(t - (added if sign > 0 else removed))
-                        elif cluster == f"svc-{own}.default" and port == 40000 + change and sign > 0:
-                            single.append(t - cold_t)
+                hot_times.append((added, removed))
+                await asyncio.sleep(0.5)  # deregistering at once could be coalesced with the add on a busy stream
                 await cold.deregister()
                 rss_peak = max(rss_peak, plane.memory_info().rss)
+            await asyncio.sleep(1.0)  # the last deliveries
+            for worker in workers:
+                worker.send("REPORT")
+            for worker in workers:
+                events.extend(json.loads(" ".join((await asyncio.to_thread(worker.expect, "REPORT",
+                                                                           min(120, remaining())))[1:])))
+            for _stream, cluster, port, t, sign in events:
+                if cluster == f"{HOT}.default" and port == echo[1].port:
+                    # the change it belongs to: the latest one of its kind that started before it arrived
+                    starts = [a if sign > 0 else r for a, r in hot_times]
+                    begun = [t0 for t0 in starts if t0 <= t]
+                    if begun:
+                        (add_fanout if sign > 0 else del_fanout).append(t - max(begun))
+                elif sign > 0 and port in cold_times and cluster == cold_times[port][0]:
+                    single.append(t - cold_times[port][1])
             change_s = time.monotonic() - changes_t0
             cpu = sum(plane.cpu_times()[:2]) - cpu0
 
