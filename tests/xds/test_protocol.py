@@ -19,6 +19,7 @@ from discovery import AsyncRegistry, Instance
 from discovery.services import Service, ServicePort, ServiceStore
 from discovery.xds import XdsServer
 from tests.harness import ServerHandle
+from tests.xds.conftest import REAL_BACKENDS, isolated_url
 from tests.xds.support import (
     EchoServer,
     RawAdsStream,
@@ -151,13 +152,15 @@ async def test_nothing_answered_before_the_first_read(fresh_server: Callable[[st
 
 
 @pytest.mark.servers
-async def test_outage_keeps_serving_the_last_endpoints(fresh_server: Callable[[str], ServerHandle],
+@pytest.mark.parametrize("kind", REAL_BACKENDS)
+async def test_outage_keeps_serving_the_last_endpoints(kind: str, fresh_server: Callable[[str], ServerHandle],
                                                        echo_servers: Callable[..., list[EchoServer]],
                                                        xds_clients: Callable[..., XdsClientProcess]) -> None:
-    """etcd stopped for longer than the TTL: clients keep calling every server, and a client that starts
-    during the outage gets the same endpoints (stale, never an empty set)."""
-    etcd = fresh_server("etcd")
-    url = f"{etcd.url}/xds-{uuid.uuid4().hex[:8]}?ttl=2"
+    """The backend stopped for longer than the TTL / session timeout: clients keep calling every server, and a
+    client that starts during the outage gets the same endpoints (stale, never an empty set)."""
+    etcd = fresh_server(kind)
+    tag = f"xds-{uuid.uuid4().hex[:8]}"
+    url = f"{etcd.url}/{tag}?ttl=2" if kind == "etcd" else f"{etcd.url}/{tag}?session_timeout=2"
     servers = echo_servers(3)
     names = {s.name for s in servers}
     async with AsyncRegistry.connect(url) as registry:
@@ -182,28 +185,33 @@ async def test_outage_keeps_serving_the_last_endpoints(fresh_server: Callable[[s
             assert set(after["servers"]) == names and after["errors"][0] == 0
 
 
-async def test_control_plane_restart_converges_every_client(memory_registry: AsyncRegistry,
+@pytest.mark.parametrize("kind", ["memory", *REAL_BACKENDS])
+async def test_control_plane_restart_converges_every_client(kind: str, request: pytest.FixtureRequest,
                                                             echo_servers: Callable[..., list[EchoServer]],
                                                             xds_clients: Callable[..., XdsClientProcess]) -> None:
     """Clients of a control plane that stops, while the registry changes, converge on its restart (same
     port): the removed instance is no longer called and the added one is."""
+    if kind != "memory":
+        request.applymarker(pytest.mark.servers)
+    url = isolated_url(kind, request)
     s0, s1, s2 = echo_servers(3)
-    registrations = {}
-    for s in (s0, s1):
-        registrations[s.name] = await memory_registry.register(Instance("orders", s.name, "127.0.0.1", s.port))
-    async with XdsServer(memory_registry) as first:
-        port = first.port
-        clients = [xds_clients(client_bootstrap(first.address)) for _ in range(2)]
-        for client in clients:
-            await client.start("xds:///orders")
-        for client in clients:
-            await client.wait_for_servers("xds:///orders", [s0.name, s1.name])
-    await registrations[s0.name].deregister()
-    await memory_registry.register(Instance("orders", s2.name, "127.0.0.1", s2.port))
-    async with XdsServer(memory_registry, port=port) as second:
-        assert second.boot_id != first.boot_id
-        for client in clients:
-            converged = await client.wait_for_servers("xds:///orders", [s1.name, s2.name], timeout=30)
-            await asyncio.sleep(0.3)
-            late = await client.stats("xds:///orders", converged)
-            assert s0.name not in late["servers"]
+    async with AsyncRegistry.connect(url) as registry:
+        registrations = {}
+        for s in (s0, s1):
+            registrations[s.name] = await registry.register(Instance("orders", s.name, "127.0.0.1", s.port))
+        async with XdsServer(registry) as first:
+            port = first.port
+            clients = [xds_clients(client_bootstrap(first.address)) for _ in range(2)]
+            for client in clients:
+                await client.start("xds:///orders")
+            for client in clients:
+                await client.wait_for_servers("xds:///orders", [s0.name, s1.name])
+        await registrations[s0.name].deregister()
+        await registry.register(Instance("orders", s2.name, "127.0.0.1", s2.port))
+        async with XdsServer(registry, port=port) as second:
+            assert second.boot_id != first.boot_id
+            for client in clients:
+                converged = await client.wait_for_servers("xds:///orders", [s1.name, s2.name], timeout=30)
+                await asyncio.sleep(0.3)
+                late = await client.stats("xds:///orders", converged)
+                assert s0.name not in late["servers"]
