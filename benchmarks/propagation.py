@@ -98,8 +98,16 @@ def run(context: RunContext, report: Report, backend: str) -> None:
         context.python_worker("write", "ours", target), context.python_worker("watch", "ours", target), trials))
     raw = context.target(backend, "prop")
     raw_name = {"zookeeper": "kazoo ChildrenWatch", "etcd": "aetcd watch", "consul": "py-consul blocking query"}
+    if backend == "zookeeper":
+        # The same-work anchor first: names and records, as our snapshot carries. ChildrenWatch alone delivers
+        # names only (no address, no port), which no client can call.
+        same = context.target(backend, "prop")
+        _row(report, backend, "kazoo ChildrenWatch + get", lambda: _pair(
+            context.python_worker("write", "raw", same), context.python_worker("watch", "raw-read", same), trials),
+            "the same work: each new child's record read")
     _row(report, backend, raw_name[backend], lambda: _pair(
-        context.python_worker("write", "raw", raw), context.python_worker("watch", "raw", raw), trials))
+        context.python_worker("write", "raw", raw), context.python_worker("watch", "raw", raw), trials),
+        "names only, no records" if backend == "zookeeper" else "")
     if not context.profile.anchors:
         return
     tooz = context.target(backend, "prop")

@@ -4,7 +4,8 @@ A :class:`Tool` registers instances of one service, deregisters them, watches th
 it once (uncached). Each raw tool does the least a hand-written integration would do for the same job (the
 same liveness mechanism, one read per lookup) so that a ratio ours/raw is the cost of the abstraction:
 
-* ``kazoo``: ephemeral znodes with a small JSON value, ``ChildrenWatch``, ``get_children`` + one ``get`` per child.
+* ``kazoo``: ephemeral znodes with a small JSON value, ``ChildrenWatch``, ``get_children`` + one ``get`` per child;
+  ``kazoo-read`` (``raw-read``) also reads every new child in its watch, the work a snapshot of records takes.
 * ``aetcd``: one shared lease kept alive every TTL/3, ``put`` with it, ``watch_prefix``, ``get_prefix``.
 * ``py-consul``: agent service with a TTL check passed at once and every TTL/3, blocking queries on
   ``/v1/health/service?passing`` (alive instances only, as ours), one ``health.service`` read.
@@ -163,6 +164,32 @@ class KazooTool:
     def close(self) -> None:
         self._client.stop()
         self._client.close()
+
+
+class KazooReadTool(KazooTool):
+    """Raw kazoo doing a snapshot's work: ``ChildrenWatch``, then a ``get`` of every new child (as Curator's cache
+    does), all sent at once; an id is reported once its record is read. The same work as our watch, which must
+    deliver records (address, port), not names.
+    """
+
+    name = "kazoo-read"
+
+    def watch(self, on_ids: IdsCallback) -> None:
+        from kazoo.recipe.watchers import ChildrenWatch
+
+        known: dict[str, bytes] = {}
+
+        def on_children(children: list[str]) -> None:
+            current = set(children)
+            for gone in known.keys() - current:
+                del known[gone]
+            reads = [(child, self._client.get_async(f"{self._dir}/{child}")) for child in current - known.keys()]
+            for child, read in reads:
+                with contextlib.suppress(Exception):  # deleted between the listing and the read
+                    known[child] = read.get(timeout=10)[0]
+            on_ids(frozenset(known))
+
+        ChildrenWatch(self._client, self._dir, on_children)
 
 
 # ------------------------------------------------------------------------------------------------- aetcd
@@ -340,4 +367,6 @@ def make_tool(name: str, target: Target) -> Tool:
         return OursTool(target)
     if name == "raw":
         return RAW_TOOLS[target.backend](target)
+    if name == "raw-read" and target.backend == "zookeeper":
+        return KazooReadTool(target)
     raise ValueError(f"unknown tool {name!r}")

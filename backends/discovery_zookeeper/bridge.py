@@ -4,10 +4,11 @@ kazoo completes requests and calls listeners and watchers on its own threads. No
 thread: completions and events are handed to the event loop with ``call_soon_threadsafe``, and every request
 is awaited with a timeout (a request made while disconnected waits in kazoo's queue until the reconnect).
 
-A reply reaches the loop straight from kazoo's connection thread: the client's handler (:class:`LoopHandler`)
-makes results (:class:`LoopResult`) that schedule the loop's side themselves when they are set, instead of
-``rawlink`` callbacks, which kazoo runs on its completion thread (one more thread to wake, and to contend for
-the GIL, per reply).
+A reply or a watch event reaches the loop straight from kazoo's connection thread: the client's handler
+(:class:`LoopHandler`) makes results (:class:`LoopResult`) that schedule the loop's side themselves when they are
+set, instead of ``rawlink`` callbacks, which kazoo runs on its completion thread, and it runs watchers that only
+hand over to a loop (:class:`LoopWatcher`) where the event arrives, instead of on its callback thread. Each saves
+one thread wake-up (and one more thread contending for the GIL) per reply or event.
 """
 
 from __future__ import annotations
@@ -81,12 +82,35 @@ class LoopResult(AsyncResult):  # type: ignore[misc]  # kazoo is untyped
             call_in_loop(target[0], _settle, target[1], self)
 
 
+class LoopWatcher:
+    """A kazoo watcher that only schedules ``function(event)`` on ``loop``: it never blocks, so :class:`LoopHandler`
+    runs it on the thread the event arrives on. Make one per watch and pass the same object each time (kazoo keeps
+    a set of watchers per path).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, function: Callable[..., object]) -> None:
+        self._loop = loop
+        self._function = function
+
+    def __call__(self, *args: Any) -> None:
+        call_in_loop(self._loop, self._function, *args)
+
+
 class LoopHandler(SequentialThreadingHandler):  # type: ignore[misc]  # kazoo is untyped
-    """kazoo's threading handler, making :class:`LoopResult` results (kazoo's documented handler interface)."""
+    """kazoo's threading handler (its documented handler interface), making :class:`LoopResult` results and running
+    :class:`LoopWatcher` watchers at once; every other callback goes to kazoo's callback thread as before.
+    """
 
     def async_result(self) -> LoopResult:
         """A result that can settle an asyncio future straight from kazoo's connection thread."""
         return LoopResult(self)
+
+    def dispatch_callback(self, callback: Any) -> None:
+        """Run a :class:`LoopWatcher` now; queue anything else for the callback thread (kazoo's behaviour)."""
+        if isinstance(callback.func, LoopWatcher):
+            callback.func(*callback.args)
+        else:
+            super().dispatch_callback(callback)
 
 
 def _expire(future: asyncio.Future[Any]) -> None:

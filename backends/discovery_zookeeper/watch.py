@@ -21,7 +21,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponen
 
 from discovery.core.errors import BackendUnavailableError, ValidationError
 from discovery.core.models import Instance, Snapshot
-from discovery_zookeeper.bridge import call_in_loop
+from discovery_zookeeper.bridge import LoopWatcher
 from discovery_zookeeper.connection import SessionEvent, ZooKeeperSession
 from discovery_zookeeper.records import decode_record
 
@@ -49,6 +49,9 @@ class ServiceWatch:
         self._stopped = False
         self._stop_requested = asyncio.Event()
         self._revision = 0
+        # One object each, handed to kazoo on every read: kazoo keeps a set of watchers per path.
+        self._watch_children = LoopWatcher(self._loop, self._children_event)
+        self._watch_node = LoopWatcher(self._loop, self._node_event)
 
     def stop(self) -> None:
         """End the stream (the backend is closing)."""
@@ -101,12 +104,6 @@ class ServiceWatch:
             self._full_resync = True
         self._wake.set()
 
-    def _watch_children(self, event: WatchedEvent) -> None:
-        call_in_loop(self._loop, self._children_event, event)
-
-    def _watch_node(self, event: WatchedEvent) -> None:
-        call_in_loop(self._loop, self._node_event, event)
-
     def _children_event(self, event: WatchedEvent) -> None:
         if event.type == EventType.NONE or self._stopped:
             return  # connection state; the session listener handles it
@@ -123,6 +120,12 @@ class ServiceWatch:
 
     async def _sync_until_done(self) -> None:
         """Apply pending changes, retrying with jittered backoff while the server does not answer."""
+        if self._session.connected.is_set() and not self._stopped:
+            try:
+                await self._sync()  # the common case, without building a retry loop per change
+                return
+            except BackendUnavailableError:
+                pass
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(BackendUnavailableError),
             wait=wait_random_exponential(multiplier=0.05, max=2.0),
@@ -182,7 +185,10 @@ class ServiceWatch:
         # A member read as missing (deleted and created again under the same name, as the healer of another
         # client does) never left the children list: read it again, or it would stay missing for good.
         new = sorted(name for name in current if self._members.get(name) is None)
-        values = await asyncio.gather(*(self._read_node(name) for name in new))
+        if len(new) == 1:
+            values = [await self._read_node(new[0])]  # the usual change: one task fewer than gather's
+        else:
+            values = list(await asyncio.gather(*(self._read_node(name) for name in new)))
         for name, value in zip(new, values, strict=True):
             if name in current:
                 self._members[name] = value

@@ -9,11 +9,12 @@ import threading
 
 import pytest
 from kazoo.client import KazooClient
+from kazoo.protocol.states import Callback
 
 from discovery.core.models import Instance
 from discovery.registry.async_registry import AsyncRegistry
 from discovery_zookeeper import ZooKeeperBackend
-from discovery_zookeeper.bridge import LoopHandler
+from discovery_zookeeper.bridge import LoopHandler, LoopWatcher
 from tests.backends.zookeeper_support import backend_url, raw_client
 from tests.harness import ServerHandle
 from tests.harness.specs import zk_four_letter_word
@@ -108,6 +109,27 @@ def test_a_reply_settles_its_future_without_kazoos_completion_thread() -> None:
 
     try:
         assert asyncio.run(main()) == ["reply"]
+    finally:
+        release.set()
+        handler.stop()
+
+
+def test_a_loop_watcher_runs_without_kazoos_callback_thread() -> None:
+    handler = LoopHandler()
+    handler.start()
+    release = threading.Event()
+    handler.callback_queue.put(lambda: release.wait(10))  # kazoo's callback thread is busy from here on
+
+    async def main() -> str:
+        loop = asyncio.get_running_loop()
+        heard: asyncio.Future[str] = loop.create_future()
+        watcher = LoopWatcher(loop, heard.set_result)
+        # As kazoo's connection thread does when a watch event arrives.
+        threading.Thread(target=handler.dispatch_callback, args=(Callback("watch", watcher, ("event",)),)).start()
+        return await asyncio.wait_for(heard, 5)
+
+    try:
+        assert asyncio.run(main()) == "event"
     finally:
         release.set()
         handler.stop()
