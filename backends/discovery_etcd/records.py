@@ -71,7 +71,7 @@ def decode_endpoint(raw: bytes, namespace: str, service: str, key_segment: str) 
     plain endpoint written by another etcd naming client (``Metadata`` null or foreign, e.g. a Go service's
     ``<target>/<host:port>``) is a read-only ``UP`` instance at ``Addr`` whose id is the key segment, escaped
     reversibly where it is not a valid id (:func:`discovery.core.foreign.foreign_instance_id`:
-    ``10.0.0.1:8080`` → ``10.0.0.1_3a8080``). Deletion updates (``Op`` 1), non-JSON values, an ``Addr``
+    ``10.0.0.1:8080`` → ``10.0.0.1_x3a8080``). Deletion updates (``Op`` 1), non-JSON values, an ``Addr``
     without a port, and records whose embedded identity contradicts the key are skipped, each with one DEBUG
     line (the result is cached, so a re-list does not log it again).
     """

@@ -21,11 +21,11 @@ from collections.abc import Iterable
 from discovery.core import validation
 from discovery.core.errors import ValidationError
 
-#: The escape character: ``_`` followed by two lowercase hex digits is one escaped UTF-8 byte.
-ESCAPE = "_"
-_ESCAPED_BYTE = re.compile(r"_([0-9a-f]{2})")
+#: The escape: ``_x`` followed by two lowercase hex digits is one escaped UTF-8 byte. ``_x`` rather than a bare
+#: ``_``: ids like ``member_0000000042`` (ServerSets) or ``web_de`` are common and must stay as they are.
+ESCAPE = "_x"
+_ESCAPED_BYTE = re.compile(r"_x([0-9a-f]{2})")
 _LITERAL = re.compile(r"[\w.-]")
-_HEX = frozenset("0123456789abcdef")
 
 #: How many distinct (key, reason) skip messages are remembered so that each is logged once.
 _LOGGED_SKIPS = 4096
@@ -40,20 +40,20 @@ def _escape_needed(name: str) -> bool:
 
 
 def foreign_instance_id(name: str) -> str:
-    """The instance id of a foreign key segment or service id, e.g. ``10.0.0.1:8080`` → ``10.0.0.1_3a8080``.
+    """The instance id of a foreign key segment or service id, e.g. ``10.0.0.1:8080`` → ``10.0.0.1_x3a8080``.
 
-    A name that is a valid id and holds no ``_`` + two lowercase hex digits is its own id. Any other name is
+    A name that is a valid id and holds no ``_x`` + two lowercase hex digits is its own id. Any other name is
     escaped: every character outside letters, digits, ``_``, ``.``, ``-`` (and a leading ``.`` or ``-``), and
-    every ``_`` that is followed by two lowercase hex digits, becomes ``_xx`` per UTF-8 byte. The mapping is
-    one-to-one and :func:`foreign_key_of` inverts it. Raises ``ValidationError`` when the result would be
-    empty or longer than 128 characters.
+    every ``_`` that is followed by ``x`` and two lowercase hex digits, becomes ``_xHH`` per UTF-8 byte. The
+    mapping is one-to-one and :func:`foreign_key_of` inverts it. Raises ``ValidationError`` when the result
+    would be empty or longer than 128 characters.
     """
     if not _escape_needed(name):
         return name
     out: list[str] = []
     for position, char in enumerate(name):
         literal = bool(_LITERAL.fullmatch(char)) and not (position == 0 and char in ".-")
-        if char == ESCAPE and set(name[position + 1 : position + 3]) <= _HEX and len(name) >= position + 3:
+        if char == "_" and _ESCAPED_BYTE.match(name, position):
             literal = False
         if literal:
             out.append(char)

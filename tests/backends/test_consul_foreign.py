@@ -181,7 +181,7 @@ async def test_ids_that_are_not_valid_instance_ids_are_escaped_reversibly(consul
     try:
         async with AsyncRegistry.connect(consul_server.url) as registry:
             (instance,) = await registry.instances(name)
-        assert instance.id == service_id.replace(":", "_3a")
+        assert instance.id == service_id.replace(":", "_x3a")
         assert foreign_key_of(instance.id) == service_id
     finally:
         http_json(consul_server.host, consul_server.port, f"/v1/agent/service/deregister/{service_id}", "PUT")

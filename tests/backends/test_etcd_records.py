@@ -66,7 +66,7 @@ def test_go_naming_key_host_port_becomes_an_escaped_reversible_id() -> None:
     # etcd's documentation: em.AddEndpoint(ctx, target+"/"+addr, endpoints.Endpoint{Addr: addr}).
     foreign = b'{"Op":0,"Addr":"10.0.0.1:8080","Metadata":null}'
     instance = decode_endpoint(foreign, "default", "api", "10.0.0.1:8080")
-    assert instance == Instance("api", "10.0.0.1_3a8080", "10.0.0.1", 8080)
+    assert instance == Instance("api", "10.0.0.1_x3a8080", "10.0.0.1", 8080)
     assert foreign_key_of(instance.id) == "10.0.0.1:8080"
     ipv6 = decode_endpoint(b'{"Op":0,"Addr":"[::1]:443","Metadata":{"zone":"z"}}', "default", "api", "[::1]:443")
     assert ipv6 is not None and (ipv6.address, ipv6.port) == ("::1", 443)

@@ -151,7 +151,7 @@ async def test_go_registration_under_target_host_port_is_an_instance_until_kille
     assert registrant.next()["registered"] == f"{target}/127.0.0.1:50051"
 
     (instance,) = await registry.instances("orders")
-    assert instance == Instance("orders", "127.0.0.1_3a50051", "127.0.0.1", 50051, status=Status.UP)
+    assert instance == Instance("orders", "127.0.0.1_x3a50051", "127.0.0.1", 50051, status=Status.UP)
     assert foreign_key_of(instance.id) == "127.0.0.1:50051"
     assert await registry.services() == ("orders",)
 
