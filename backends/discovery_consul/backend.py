@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 from discovery.core.backend import Backend, Capabilities, DefinitionSnapshot, StateListener, StoredDefinition
 from discovery.core.errors import ClosedError, DiscoveryError, ValidationError
+from discovery.core.foreign import log_skipped
 from discovery.core.models import Instance, Snapshot
 from discovery.core.urls import BackendURL
 from discovery.core.validation import validate_service_name
@@ -244,10 +245,11 @@ class ConsulBackend(Backend):
 
 
 def is_service_name(name: str) -> bool:
-    """Whether a Consul service name is a valid service name here (a DNS-1123 label)."""
+    """Whether a Consul service name is a valid service name here (a DNS-1123 label); one DEBUG line if not."""
     try:
         validate_service_name(name)
-    except ValidationError:
+    except ValidationError as error:
+        log_skipped(log, f"Consul service name {name[:64]!r}", str(error))
         return False
     return True
 

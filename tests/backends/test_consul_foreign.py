@@ -197,3 +197,18 @@ async def test_maintenance_and_warning(consul_server: ServerHandle, ecosystem: s
         f"{ecosystem}-cli": Status.DRAINING,
         f"{ecosystem}-8082": Status.DOWN,
     }
+
+
+async def test_a_service_name_that_is_no_dns_label_is_not_listed(
+    consul_server: ServerHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = f"Legacy_{unique('api')}"
+    put_json(consul_server, "/v1/agent/service/register", {"ID": name, "Name": name, "Port": 80})
+    caplog.set_level(logging.DEBUG, logger="discovery.consul")
+    try:
+        async with AsyncRegistry.connect(consul_server.url) as registry:
+            assert name not in await registry.services()
+            await registry.services()
+    finally:
+        http_json(consul_server.host, consul_server.port, f"/v1/agent/service/deregister/{name}", "PUT")
+    assert len([r for r in caplog.records if name in r.getMessage()]) == 1
