@@ -25,7 +25,8 @@ from discovery.core.backend import (
     RegistrationState,
     StateListener,
     StoredDefinition,
-    validate_definition_kind,
+    validate_definition_key,
+    validate_definition_scope,
 )
 from discovery.core.errors import ClosedError
 from discovery.core.models import Instance, Snapshot
@@ -369,26 +370,27 @@ class MemoryBackend(Backend):
     async def put_definition(self, kind: str, namespace: str, name: str, data: bytes) -> None:
         """Create or replace a definition."""
         self._check_open()
-        memory_definitions(self._store.name).put(validate_definition_kind(kind), namespace, name, data)
+        memory_definitions(self._store.name).put(validate_definition_key(kind, namespace, name), namespace, name, data)
 
     async def get_definition(self, kind: str, namespace: str, name: str) -> bytes | None:
         """A definition's bytes, or ``None``."""
         self._check_open()
-        return memory_definitions(self._store.name).get(validate_definition_kind(kind), namespace, name)
+        return memory_definitions(self._store.name).get(validate_definition_key(kind, namespace, name), namespace, name)
 
     async def delete_definition(self, kind: str, namespace: str, name: str) -> bool:
         """Delete a definition; ``True`` if it existed."""
         self._check_open()
-        return memory_definitions(self._store.name).delete(validate_definition_kind(kind), namespace, name)
+        return memory_definitions(self._store.name).delete(validate_definition_key(kind, namespace, name), namespace,
+                                                            name)
 
     async def list_definitions(self, kind: str, namespace: str | None = None) -> tuple[StoredDefinition, ...]:
         """Definitions of a kind, sorted by namespace and name."""
         self._check_open()
-        return memory_definitions(self._store.name).list(validate_definition_kind(kind), namespace)
+        return memory_definitions(self._store.name).list(validate_definition_scope(kind, namespace), namespace)
 
     async def watch_definitions(self, kind: str, namespace: str | None = None) -> AsyncIterator[DefinitionSnapshot]:
         """The current set, then the whole set after every change (identical sets are not repeated)."""
-        validate_definition_kind(kind)
+        validate_definition_scope(kind, namespace)
         definitions = memory_definitions(self._store.name)
         loop = asyncio.get_running_loop()
         changed = asyncio.Event()

@@ -16,7 +16,12 @@ import random
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from discovery.core.backend import DefinitionSnapshot, StoredDefinition, validate_definition_kind
+from discovery.core.backend import (
+    DefinitionSnapshot,
+    StoredDefinition,
+    validate_definition_key,
+    validate_definition_scope,
+)
 from discovery.core.errors import BackendUnavailableError
 from discovery_consul.connection import ConsulClient
 
@@ -36,11 +41,12 @@ class ConsulDefinitions:
 
     def prefix(self, kind: str, namespace: str | None) -> str:
         """The KV prefix of a kind (and namespace), with the trailing ``/``."""
-        kind = validate_definition_kind(kind)
+        kind = validate_definition_scope(kind, namespace)
         return f"{self._base}/{kind}/" if namespace is None else f"{self._base}/{kind}/{namespace}/"
 
     def key(self, kind: str, namespace: str, name: str) -> str:
         """The KV key of one definition."""
+        validate_definition_key(kind, namespace, name)
         return self.prefix(kind, namespace) + name
 
     async def _kv(

@@ -21,7 +21,12 @@ from aetcd import rpc
 from aetcd.utils import prefix_range_end
 from grpc.aio import EOF  # type: ignore[import-untyped]
 
-from discovery.core.backend import DefinitionSnapshot, StoredDefinition, validate_definition_kind
+from discovery.core.backend import (
+    DefinitionSnapshot,
+    StoredDefinition,
+    validate_definition_key,
+    validate_definition_scope,
+)
 from discovery.core.errors import BackendUnavailableError
 from discovery_etcd.connection import EndpointPool, is_connection_error
 
@@ -44,11 +49,12 @@ class EtcdDefinitions:
 
     def prefix(self, kind: str, namespace: str | None) -> bytes:
         """The key prefix of a kind (and namespace), with the trailing ``/``."""
-        kind = validate_definition_kind(kind)
+        kind = validate_definition_scope(kind, namespace)
         return (f"{self._base}/{kind}/" if namespace is None else f"{self._base}/{kind}/{namespace}/").encode()
 
     def key(self, kind: str, namespace: str, name: str) -> bytes:
         """The key of one definition."""
+        validate_definition_key(kind, namespace, name)
         return self.prefix(kind, namespace) + name.encode()
 
     async def put(self, kind: str, namespace: str, name: str, data: bytes) -> None:

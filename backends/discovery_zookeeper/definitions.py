@@ -17,7 +17,13 @@ from typing import Any
 from kazoo.exceptions import NodeExistsError, NoNodeError
 from kazoo.protocol.states import WatchedEvent
 
-from discovery.core.backend import DefinitionSnapshot, StoredDefinition, validate_definition_kind
+from discovery.core.backend import (
+    DefinitionSnapshot,
+    StoredDefinition,
+    validate_definition_key,
+    validate_definition_kind,
+    validate_definition_scope,
+)
 from discovery.core.errors import BackendUnavailableError
 from discovery_zookeeper.bridge import call_in_loop
 from discovery_zookeeper.connection import SessionEvent, ZooKeeperSession
@@ -39,6 +45,7 @@ class ZooKeeperDefinitions:
 
     def path(self, kind: str, namespace: str, name: str) -> str:
         """The znode of one definition."""
+        validate_definition_key(kind, namespace, name)
         return f"{self.kind_path(kind)}/{namespace}/{name}"
 
     async def _request(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -74,6 +81,7 @@ class ZooKeeperDefinitions:
 
     async def read_all(self, kind: str, namespace: str | None, watcher: Watcher = None) -> tuple[StoredDefinition, ...]:
         """Every definition of a kind (in a namespace or all), arming ``watcher`` on everything read."""
+        validate_definition_scope(kind, namespace)
         kind_path = self.kind_path(kind)
         if namespace is None:
             namespaces = await self._children(kind_path, watcher)
@@ -105,7 +113,7 @@ class ZooKeeperDefinitions:
 
     async def watch(self, kind: str, namespace: str | None) -> AsyncIterator[DefinitionSnapshot]:
         """The current set, then the whole set after each change; stale while the session is disconnected."""
-        validate_definition_kind(kind)
+        validate_definition_scope(kind, namespace)
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
         session = self._session

@@ -25,6 +25,7 @@ from rich.table import Table
 
 from discovery.core.errors import BackendUnavailableError, DiscoveryError, UnsupportedOperationError
 from discovery.core.models import Instance, Snapshot, Status
+from discovery.core.urls import redact_url
 from discovery.registry.async_registry import AsyncRegistry
 from discovery.registry.blocking import Registry
 from discovery.services import (
@@ -96,7 +97,7 @@ class Settings:
         """Connect (with a spinner on a terminal), run ``work(registry)``, close."""
 
         async def session() -> T:
-            with _status(f"connecting to {self.url or 'memory://'}", quiet):
+            with _status(f"connecting to {redact_url(self.url)}", quiet):  # the URL may hold a password
                 registry = await AsyncRegistry.connect(self.url)
             try:
                 return await work(registry)
@@ -315,7 +316,7 @@ def apply(settings: Settings, files: Sequence[str], namespace: str | None, clust
         for item in loaded:
             for warning in item.warnings:
                 err().print(f"warning: {item.source}: {warning}")
-            result = await store.apply(item.service)
+        for result in await store.apply_all([item.service for item in loaded]):  # all checked, then written
             out().print(f"service/{result.service.name} {result.action.value}")
 
     settings.run(work)

@@ -19,6 +19,7 @@ from typing import ClassVar
 from discovery.core.errors import UnsupportedOperationError, ValidationError
 from discovery.core.models import Instance, Snapshot
 from discovery.core.urls import BackendURL
+from discovery.core.validation import validate_dns_label
 
 
 class RegistrationState(enum.StrEnum):
@@ -64,8 +65,27 @@ _DEFINITION_KIND_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 def validate_definition_kind(kind: object) -> str:
     """A definition kind is a short lowercase word (``services``): it becomes a path segment on every backend."""
     if not isinstance(kind, str) or not kind or len(kind) > 63 or not set(kind) <= _DEFINITION_KIND_CHARS:
-        raise ValidationError("kind", f"{kind!r} is not a definition kind (lowercase letters, digits and '-')")
+        shown = repr(kind[:20]) if isinstance(kind, str) else type(kind).__name__
+        raise ValidationError("kind", f"{shown} is not a definition kind (lowercase letters, digits and '-')")
     return kind
+
+
+def validate_definition_scope(kind: object, namespace: object | None) -> str:
+    """Check ``kind`` and, unless ``None``, ``namespace`` (a DNS-1123 label) of a definition listing or watch."""
+    if namespace is not None:
+        validate_dns_label("namespace", namespace)
+    return validate_definition_kind(kind)
+
+
+def validate_definition_key(kind: object, namespace: object, name: object) -> str:
+    """Check the key of one definition: ``kind``, ``namespace`` and ``name`` are DNS-1123 labels.
+
+    They become path segments (ZooKeeper, etcd, Consul KV), so ``..``, ``/`` or a NUL must never get through
+    to a backend from any caller; returns the kind.
+    """
+    validate_dns_label("namespace", namespace)
+    validate_dns_label("name", name)
+    return validate_definition_kind(kind)
 
 
 @dataclass(frozen=True, slots=True)
