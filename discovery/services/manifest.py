@@ -322,6 +322,8 @@ def _load_documents(text: str, source: str) -> list[object]:
         else:  # pragma: no cover - PyYAML wheels include libyaml
             documents = yaml.load_all(text, Loader=_bounded_loader())  # checks while composing
         return [d for d in documents if d is not None]
+    except ManifestError:
+        raise
     except yaml.YAMLError as bad:
         raise ManifestError("manifest", f"{where} is not valid YAML: {str(bad)[:_MAX_ERROR_TEXT]}") from None
     except (ValueError, TypeError, OverflowError, RecursionError) as bad:  # e.g. an integer too long to convert
