@@ -295,6 +295,12 @@ class DiscoveryTransport(httpx.BaseTransport):
             old.close()
         return cache
 
+    @property
+    def cached_services(self) -> tuple[ServiceTarget, ...]:
+        """The ``(namespace, service)`` pairs followed now, least recently used first."""
+        with self._lock:
+            return tuple(self._caches)
+
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request``, resolving its host through the registry when it names a service."""
         target = self.router.resolve(request.url.host)
@@ -386,6 +392,11 @@ class AsyncDiscoveryTransport(httpx.AsyncBaseTransport):
         while len(self._caches) > self.max_caches:
             await self._caches.popitem(last=False)[1].aclose()
         return cache
+
+    @property
+    def cached_services(self) -> tuple[ServiceTarget, ...]:
+        """The ``(namespace, service)`` pairs followed now, least recently used first."""
+        return tuple(self._caches)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request``, resolving its host through the registry when it names a service."""

@@ -611,5 +611,4 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dead
             writer.write_eof()
     except (ConnectionError, OSError):
         writer.close()
-    finally:
-        deadline.one_side_ended()
+    deadline.one_side_ended()  # not when cancelled: a fired deadline is not a half-close
