@@ -39,6 +39,7 @@ def run_on_terminal(argv: list[str], env: dict[str, str], *, stop_after: str | N
                                stderr=terminal, env=env, close_fds=True)
     os.close(terminal)
     output = b""
+    stopping = False
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
@@ -51,7 +52,8 @@ def run_on_terminal(argv: list[str], env: dict[str, str], *, stop_after: str | N
                 if not chunk:
                     break
                 output += chunk
-                if stop_after is not None and stop_after.encode() in output and process.poll() is None:
+                if stop_after is not None and stop_after.encode() in output and not stopping:
+                    stopping = True  # once: a second SIGTERM during shutdown would meet the default handler
                     process.send_signal(signal.SIGTERM)
             elif process.poll() is not None:
                 break
