@@ -9,10 +9,12 @@ import logging
 from collections.abc import AsyncIterator
 
 from discovery.core.backend import Backend, Capabilities, StateListener
-from discovery.core.errors import ClosedError, DiscoveryError
+from discovery.core.errors import ClosedError, DiscoveryError, ValidationError
+from discovery.core.foreign import log_skipped
 from discovery.core.models import Instance, Snapshot
 from discovery.core.urls import BackendURL
-from discovery_consul import layout
+from discovery.core.validation import validate_service_name
+from discovery_consul import layout, records
 from discovery_consul.connection import ConsulClient
 from discovery_consul.definitions import ConsulDefinitions
 from discovery_consul.keepalive import Registration
@@ -26,6 +28,8 @@ Key = tuple[str, str, str]
 # A dead registrant's check goes critical at most TTL after its last heartbeat; the agent then syncs the
 # change to the catalog and wakes the blocking queries at once. One second covers that and the rate limiter.
 DETECTION_SLACK = 1.0
+#: services() lists at most this many services at once.
+SERVICES_CONCURRENCY = 32
 
 
 class ConsulBackend(Backend):
@@ -177,14 +181,26 @@ class ConsulBackend(Backend):
     async def list(self, namespace: str, service: str) -> tuple[Instance, ...]:
         """The live instances of a service in a namespace (every status; dead registrants excluded)."""
         client = self._require_client()
-        _, entries = await client.health_service(service, namespace)
+        _, entries = await client.health_service(service, records.query_tag(self._settings.scope, namespace))
         return decode_entries(self._settings.scope, namespace, service, entries)
 
     async def services(self, namespace: str) -> tuple[str, ...]:
-        """Services tagged with the namespace that have at least one live instance of it, sorted."""
+        """Services with at least one instance of the namespace, sorted: those tagged with it, and in an
+        unscoped ``default`` namespace every catalog service with a valid name (foreign ones included)."""
         client = self._require_client()
-        candidates = sorted(name for name, tags in (await client.catalog_services()).items() if namespace in tags)
-        found = await asyncio.gather(*(self.list(namespace, name) for name in candidates))
+        catalog = await client.catalog_services()
+        if records.sees_foreign(self._settings.scope, namespace):
+            candidates = sorted(name for name in catalog if is_service_name(name))
+        else:
+            candidates = sorted(name for name, tags in catalog.items() if namespace in tags)
+        # Bounded: each list is one HTTP connection, and an agent refuses a client's 201st by default.
+        limit = asyncio.Semaphore(SERVICES_CONCURRENCY)
+
+        async def listed(name: str) -> tuple[Instance, ...]:
+            async with limit:
+                return await self.list(namespace, name)
+
+        found = await asyncio.gather(*(listed(name) for name in candidates))
         return tuple(name for name, instances in zip(candidates, found, strict=True) if instances)
 
     async def watch(self, namespace: str, service: str) -> AsyncIterator[Snapshot]:
@@ -200,6 +216,16 @@ class ConsulBackend(Backend):
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+def is_service_name(name: str) -> bool:
+    """Whether a Consul service name is a valid service name here (a DNS-1123 label); one DEBUG line if not."""
+    try:
+        validate_service_name(name)
+    except ValidationError as error:
+        log_skipped(log, f"Consul service name {name[:64]!r}", str(error))
+        return False
+    return True
 
 
 __all__ = ["ConsulBackend"]

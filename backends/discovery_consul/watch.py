@@ -13,11 +13,13 @@ import asyncio
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
 from discovery.core.errors import BackendUnavailableError, ValidationError
+from discovery.core.foreign import log_skipped
 from discovery.core.models import Instance, Snapshot
 from discovery_consul import records
 from discovery_consul.connection import ConsulClient
@@ -57,15 +59,24 @@ class TokenBucket:
 def decode_entries(
     scope: str | None, namespace: str, service: str, entries: list[dict[str, object]]
 ) -> tuple[Instance, ...]:
-    """The live instances of one scope and namespace in a health answer; foreign or undecodable ones are skipped."""
+    """The instances of one scope and namespace in a health answer: ours that are alive and, in an unscoped
+    ``default`` namespace, every foreign entry (read-only). An undecodable entry is skipped with one DEBUG line."""
+    with_foreign = records.sees_foreign(scope, namespace)
+    # An agent service ID is unique per agent only: where several nodes use one ID, the node tells them apart.
+    foreign_ids = Counter(records.entry_service_id(e) for e in entries if with_foreign and not records.is_ours(e))
     found: list[Instance] = []
     for entry in entries:
-        if records.scope_of(entry) != scope:
+        ours = records.is_ours(entry)
+        if (ours and records.scope_of(entry) != scope) or (not ours and not with_foreign):
             continue
+        service_id = records.entry_service_id(entry)
         try:
-            instance = records.instance_from_health_entry(entry)
+            if ours:
+                instance = records.instance_from_health_entry(entry)
+            else:
+                instance = records.instance_from_foreign_entry(entry, qualify_with_node=foreign_ids[service_id] > 1)
         except ValidationError as error:
-            log.debug("skipping a Consul service entry of %s: %s", service, error)
+            log_skipped(log, f"Consul service {service_id[:160]!r} of {service}", str(error))
             continue
         if instance is not None and instance.namespace == namespace and instance.service == service:
             found.append(instance)
@@ -125,7 +136,8 @@ class HealthWatch:
                     # After a failure, re-list without blocking: the index we held may predate what we missed.
                     query_index = 0 if failed else index
                     new_index, entries = await self._client.health_service(
-                        self._service, self._namespace, index=query_index, wait=self._wait
+                        self._service, records.query_tag(self._scope, self._namespace), index=query_index,
+                        wait=self._wait,
                     )
             # An index that went backwards (agent restart, snapshot restore) starts over with a re-list.
             index = 0 if new_index < query_index else max(new_index, 1)
