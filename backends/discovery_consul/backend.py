@@ -19,7 +19,7 @@ from discovery_consul.connection import ConsulClient
 from discovery_consul.definitions import ConsulDefinitions
 from discovery_consul.keepalive import Registration
 from discovery_consul.settings import MIN_TTL, ConsulSettings
-from discovery_consul.watch import HealthWatch, decode_entries, watch_task_name
+from discovery_consul.watch import ChangeFeed, HealthWatch, decode_entries, watch_task_name
 
 log = logging.getLogger("discovery.consul")
 
@@ -43,6 +43,7 @@ class ConsulBackend(Backend):
             name="consul", default_ttl=settings.default_ttl, min_ttl=MIN_TTL, detection_slack=DETECTION_SLACK
         )
         self._client: ConsulClient | None = None
+        self._feed: ChangeFeed | None = None
         self._registrations: dict[Key, Registration] = {}
         # Service ids the agent may hold checks of that this backend did not write (left by an earlier process,
         # or a write whose answer was lost): their first registration must set the checks' statuses explicitly.
@@ -94,6 +95,7 @@ class ConsulBackend(Backend):
             await client.close()
             raise
         self._client = client
+        self._feed = ChangeFeed(client, settings.wait)
 
     async def close(self) -> None:
         """Deregister every registration of this backend, then disconnect."""
@@ -127,6 +129,8 @@ class ConsulBackend(Backend):
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._feed is not None:
+            await self._feed.close()
         client, self._client = self._client, None
         if client is not None:
             await client.close()
@@ -206,7 +210,8 @@ class ConsulBackend(Backend):
     async def watch(self, namespace: str, service: str) -> AsyncIterator[Snapshot]:
         """The current snapshot, then one per change; ``stale`` copies of the last set while Consul is away."""
         client = self._require_client()
-        health_watch = HealthWatch(client, self._settings.scope, namespace, service, self._settings.wait)
+        assert self._feed is not None  # made with the client
+        health_watch = HealthWatch(client, self._feed, self._settings.scope, namespace, service, self._settings.wait)
         task = asyncio.create_task(health_watch.run(), name=watch_task_name(namespace, service))
         self._watch_tasks.add(task)
         task.add_done_callback(self._watch_tasks.discard)

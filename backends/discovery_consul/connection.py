@@ -27,11 +27,9 @@ T = TypeVar("T")
 # know; newer versions answer 404 "Unknown check ID". Both mean: the agent forgot us.
 _UNKNOWN_CHECK_MARKERS = ("does not have associated TTL", "Unknown check", "Unknown service")
 
-#: Connections the blocking-query pool may open: one per watched service (and definitions kind) at most, so in
-#: practice bounded by what the process watches; the number only keeps aiohttp from queueing them.
-BLOCKING_CONNECTIONS = 100_000
-#: With this many blocking queries open, an agent hanging up is likely its per-client connection limit.
-_MANY_PARKED = 100
+#: Connections the blocking-query pool may open: the change feed of every watched service, the hot services'
+#: own queries and the definitions watches (docs/decisions/consul-watches.md); a further one waits for a free one.
+BLOCKING_CONNECTIONS = 5
 
 
 class UnknownToAgentError(DiscoveryError):
@@ -47,14 +45,13 @@ class ConsulClient:
         self._agent_address = f"{host}:{port}"
         self._timeout = timeout
         self._uses_tls = security.tls is not None
-        # Two pools: a blocking query parks its HTTP connection for up to ``wait`` seconds, one per watched
-        # service, so sharing aiohttp's default 100-connection pool would queue heartbeats, registrations and
-        # the 101st watch behind them (docs/decisions/consul-connection-pools.md).
+        # Two pools: a blocking query parks its HTTP connection for up to ``wait`` seconds, so sharing one pool
+        # would let heartbeats, registrations and reads queue behind parked queries
+        # (docs/decisions/consul-connection-pools.md).
         self._consul = consul.aio.Consul(host=host, port=port, dc=dc, **security.client_arguments())
         self._blocking = consul.aio.Consul(
             host=host, port=port, dc=dc, connections_limit=BLOCKING_CONNECTIONS, **security.client_arguments()
         )
-        self._parked = 0  # blocking queries in flight
         security.apply_token(self._consul)
         security.apply_token(self._blocking)
 
@@ -85,12 +82,8 @@ class ConsulClient:
                     f"TLS with the Consul agent {self._agent_address} failed for {what} (untrusted server certificate,"
                     f" refused client certificate, or not an HTTPS port): {tls_reason(error)}"
                 ) from None
-            hint = ""
-            if is_hang_up(error) and self._parked >= _MANY_PARKED:
-                hint = (f" ({self._parked} blocking queries of this process are open to the agent; its "
-                        "limits.http_max_conns_per_client, default 200, may be hanging up on more: raise it)")
             raise BackendUnavailableError(
-                f"Consul agent {self._agent_address} unreachable for {what}: {type(error).__name__}: {error}{hint}"
+                f"Consul agent {self._agent_address} unreachable for {what}: {type(error).__name__}: {error}"
             ) from None
         except (ACLPermissionDenied, ACLDisabled) as error:
             raise acl_error(error, what) from None
@@ -114,12 +107,8 @@ class ConsulClient:
         raise AssertionError("unreachable")  # pragma: no cover  # mypy cannot see that the context re-raises
 
     async def _call_blocking(self, what: str, call: Awaitable[T], timeout: float) -> T:
-        """``_call`` for a blocking query (made on ``self._blocking``), counted while it is parked."""
-        self._parked += 1
-        try:
-            return await self._call(what, call, timeout)
-        finally:
-            self._parked -= 1
+        """``_call`` for a blocking query (made on ``self._blocking``)."""
+        return await self._call(what, call, timeout)
 
     async def agent_self(self) -> dict[str, Any]:
         """The agent's configuration (used to prove it is reachable)."""
@@ -198,6 +187,21 @@ class ConsulClient:
         else:
             raw_index, entries = await self._call(what, self._consul.health.service(service, tag=tag), timeout)
         return int(raw_index), list(entries or ())
+
+    async def health_state(
+        self, index: int = 0, wait: float = 0.0, filter_expr: str | None = None
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """``GET /v1/health/state/any``: every check of the datacenter (``Node``, ``CheckID``, ``ServiceName``,
+        ``ModifyIndex``...) that ``filter_expr`` (Consul's filter language) selects; blocking when ``index`` > 0.
+        """
+        blocking = index > 0
+        timeout = self._timeout + (wait * 17 / 16 if blocking else 0.0)  # room for Consul's wait jitter
+        what = "GET /v1/health/state/any"
+        # Always on the blocking pool: the feed's re-lists reuse its one connection.
+        call = (self._blocking.health.state("any", index=index, wait=f"{wait:g}s", filter_expr=filter_expr)
+                if blocking else self._blocking.health.state("any", filter_expr=filter_expr))
+        raw_index, checks = await self._call_blocking(what, call, timeout)
+        return int(raw_index), list(checks or ())
 
     async def kv_put(self, key: str, value: bytes) -> None:
         """``PUT /v1/kv/<key>``."""

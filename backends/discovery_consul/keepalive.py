@@ -9,6 +9,8 @@ with jittered backoff until the agent answers) and reports ``RESTORED``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import random
 import time
@@ -89,9 +91,17 @@ class Registration:
             "CheckID": layout.status_check_id(self.service_id),
             "Name": f"discovery status of {self.instance.id}",
             "Status": "passing" if records.status_check_passing(self.instance.status) else "critical",
-            "Notes": f"{records.STATUS_CHECK_NOTE_PREFIX}{self.instance.status.value}",
+            # The record's digest: rewriting any field rewrites this check, which moves its ModifyIndex in
+            # /v1/health/state/any, the change feed every watcher follows (a Meta change alone would not).
+            "Notes": f"{records.STATUS_CHECK_NOTE_PREFIX}{self.instance.status.value} {self._digest()}",
         }
         return [liveness, status]
+
+    def _digest(self) -> str:
+        instance = self.instance
+        record = [instance.address, instance.port, instance.weight, layout.service_tags(instance),
+                  records.instance_meta(instance, self.scope)]
+        return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:12]
 
     async def write(self, *, fresh: bool) -> None:
         """Write the service, its status and maintenance mode; ``fresh`` replaces every check (new/restored).

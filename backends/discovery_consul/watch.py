@@ -1,20 +1,34 @@
-"""Watching one service with blocking queries on ``/v1/health/service/<service>``.
+"""Watching services: one change feed per client, and a non-blocking read of each service that changed.
 
-Follows Consul's guidance for blocking queries: pass the last ``X-Consul-Index`` with ``wait``; reset the
-index to 0 (a plain re-list) when it goes backwards; never pass an index below 1; rate-limit the loop with a
-token bucket and add jitter, since an index can change without a change we care about. On an error the last
-snapshot is re-published ``stale`` and the query is retried with jittered exponential backoff (tenacity);
-the first answer after that is a full re-list.
+A blocking query parks one HTTP connection, and an agent accepts 200 per client address by default, so one
+blocking query per watched service does not scale to thousands of services. Instead :class:`ChangeFeed` follows
+one blocking query on ``/v1/health/state/any`` (every check of the datacenter, each with its ``ModifyIndex``)
+for all the services a client watches, and wakes the :class:`HealthWatch` of each service whose checks changed
+after that watch last read it: a check modified since, or gone. A watch then reads its service once,
+non-blocking, on the ordinary connection pool (at most :data:`READ_CONCURRENCY` at a time). A change to a
+service that touches none of its checks (a foreign tool rewriting ``Meta`` or the port under the same ID) moves
+the feed's index without a changed check; such an unexplained change re-reads the watched services that hold
+foreign instances (or none), at most once per :data:`SWEEP_INTERVAL`. Our own writes always touch a check (the
+status check's notes carry a digest of the record).
+
+Consul's guidance for blocking queries is followed by the feed: pass the last ``X-Consul-Index`` with
+``wait``; reset the index to 0 (a plain re-list) when it goes backwards; never pass an index below 1; rate-limit
+the loop with a token bucket, since the index moves with every change in the datacenter. On an error every
+watch re-publishes its last snapshot ``stale`` and the feed retries with jittered exponential backoff; the first
+answer after that wakes every watch for a fresh read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
-from collections import Counter
-from collections.abc import AsyncIterator
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
@@ -26,11 +40,33 @@ from discovery_consul.connection import ConsulClient
 
 log = logging.getLogger("discovery.consul")
 
-# At most RATE blocking queries per second after a burst of BURST: bounds the load of a flapping service
+# At most RATE reads of one service per second after a burst of BURST: bounds the load of a flapping service
 # while adding at most 1/RATE seconds to the detection of a change.
 QUERY_RATE = 4.0
 QUERY_BURST = 4.0
 QUERY_JITTER = 0.05
+#: Reads of watched services in flight at once, per client (the ordinary pool).
+READ_CONCURRENCY = 3
+#: Services that changed most recently keep a blocking query of their own (a change then arrives with its
+#: answer, one round trip sooner than feed + read); the least recently changed gives its slot up first, and
+#: one that has not changed for a whole ``wait`` gives it up by itself. With the feed, the reads and the
+#: definitions watches, watching holds at most 8 connections to the agent whatever the number of services.
+HOT_SLOTS = 2
+#: The feed answers at most this often after a burst (the datacenter's every change moves its index)...
+FEED_RATE = 20.0
+FEED_BURST = 10.0
+#: ... and waits at least this many times the time it spent on its last answer, so that a large datacenter's
+#: full check list costs a bounded share of a core.
+FEED_BUSY_FACTOR = 4.0
+#: Up to this many watched services, the feed asks only for their checks (and the nodes'), so that its answers
+#: cost what the watches need rather than what the datacenter holds; beyond it, for every check.
+FILTER_LIMIT = 256
+#: Watches going cold within this many seconds are added to the feed's selection together (one re-list).
+REFILTER_DELAY = 0.02
+#: An unexplained change (no check changed) re-reads foreign-holding watches at most this often (seconds).
+SWEEP_INTERVAL = 5.0
+#: Backoff between retries of a failed feed query or read.
+RETRY_WAIT = wait_random_exponential(multiplier=0.2, max=5.0)
 
 
 class TokenBucket:
@@ -83,11 +119,274 @@ def decode_entries(
     return tuple(found)
 
 
-class HealthWatch:
-    """The blocking-query loop of one service; :meth:`snapshots` yields what it publishes."""
+CheckKey = tuple[str, str]  # (node, check id)
 
-    def __init__(self, client: ConsulClient, scope: str | None, namespace: str, service: str, wait: float) -> None:
+
+@dataclass(eq=False)
+class Follower:
+    """One watched service as the feed sees it: what its last read saw, and how to wake it."""
+
+    service: str
+    wake: Callable[[], None]
+    stale: Callable[[BaseException], None]
+    #: Take its blocking query away (its hot slot went to a service that changed more recently).
+    evict: Callable[[], None] = lambda: None
+    #: ``X-Consul-Index`` of the last read: a check modified after it is a change the read did not see.
+    read_index: int = 0
+    #: The service checks (and the nodes) in the last read: one gone since is a change too.
+    checks: frozenset[CheckKey] = frozenset()
+    nodes: frozenset[str] = frozenset()
+    #: Whether the last read held a foreign instance, or none (then only a sweep sees a check-less change).
+    sweepable: bool = True
+
+    def read(self, index: int, entries: list[dict[str, Any]], sweepable: bool) -> None:
+        """Record what a read of the service saw."""
+        checks: set[CheckKey] = set()
+        nodes: set[str] = set()
+        for entry in entries:
+            node = str((entry.get("Node") or {}).get("Node", ""))
+            nodes.add(node)
+            for check in entry.get("Checks") or ():
+                if check.get("ServiceID"):  # node checks are followed through ``nodes``
+                    checks.add((node, str(check.get("CheckID", ""))))
+        self.read_index, self.checks, self.nodes, self.sweepable = index, frozenset(checks), frozenset(nodes), sweepable
+
+
+@dataclass
+class _FeedState:
+    """The feed's view of the datacenter's checks at its last answer."""
+
+    index: int = 0
+    #: service name → {(node, check id): ModifyIndex}; "" holds node checks (no service).
+    by_service: dict[str, dict[CheckKey, int]] = field(default_factory=dict)
+    #: node → the highest ModifyIndex of its node checks (a critical node check hides its services).
+    node_checks: dict[str, int] = field(default_factory=dict)
+    keys: frozenset[CheckKey] = frozenset()
+
+
+class ChangeFeed:
+    """Which watched services changed, for every watch of a client (see the module docs).
+
+    A watch is *hot* while it holds one of :data:`HOT_SLOTS` (its own blocking query tells it of changes) and
+    *cold* otherwise; the feed's one blocking query on ``/v1/health/state/any`` follows the cold ones, and runs
+    only while there is one. A process watching at most :data:`HOT_SLOTS` services therefore makes exactly one
+    blocking query per service, and one watching more makes those plus the feed.
+    """
+
+    def __init__(self, client: ConsulClient, wait: float) -> None:
         self._client = client
+        self._wait = wait
+        self._followers: set[Follower] = set()
+        self._hot: OrderedDict[Follower, None] = OrderedDict()  # least recently changed first
+        self._task: asyncio.Task[None] | None = None
+        self._reads = asyncio.Semaphore(READ_CONCURRENCY)
+        self._last_sweep = 0.0
+        self._cold_changed = asyncio.Event()  # a watch went cold: the query in flight may not select it
+
+    @property
+    def reads(self) -> asyncio.Semaphore:
+        """Held by a watch while it reads its service: bounds the connections watching takes."""
+        return self._reads
+
+    def follow(self, follower: Follower) -> Callable[[], None]:
+        """Follow ``follower`` (cold until it claims a slot); returns a function that stops following it."""
+        self._followers.add(follower)
+        self._cold_changed.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="discovery-consul-feed")
+
+        def stop() -> None:
+            self._followers.discard(follower)
+            self._hot.pop(follower, None)
+            if not self._followers and self._task is not None:
+                self._task.cancel()
+                self._task = None
+
+        return stop
+
+    def claim_hot(self, follower: Follower, *, evict: bool) -> None:
+        """Give ``follower`` a hot slot: a free one, or with ``evict`` (its service just changed) the least
+        recently changed watch's, which goes cold."""
+        if follower in self._hot:
+            self._hot.move_to_end(follower)
+            return
+        if len(self._hot) >= HOT_SLOTS:
+            if not evict or not self._hot:
+                return
+            evicted, _ = self._hot.popitem(last=False)
+            evicted.evict()
+            self._cold_changed.set()
+        self._hot[follower] = None
+
+    def is_hot(self, follower: Follower) -> bool:
+        """Whether ``follower`` holds a hot slot."""
+        return follower in self._hot
+
+    def release_hot(self, follower: Follower) -> None:
+        """Give a hot slot back (no change for a whole ``wait``, an error): the watch is cold again."""
+        if follower in self._hot:
+            del self._hot[follower]
+            self._cold_changed.set()
+
+    async def close(self) -> None:
+        """Stop the feed (the backend is closing)."""
+        self._followers.clear()
+        self._hot.clear()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def _cold(self) -> list[Follower]:
+        return [follower for follower in self._followers if follower not in self._hot]
+
+    async def _run(self) -> None:
+        bucket = TokenBucket(FEED_RATE, FEED_BURST, QUERY_JITTER)
+        state = _FeedState()
+        asked_for: frozenset[str] | None = frozenset()
+        failures = 0
+        busy = 0.0
+        while self._followers:
+            if not failures:
+                await bucket.take()
+                if busy:
+                    await asyncio.sleep(busy * FEED_BUSY_FACTOR)
+            self._cold_changed.clear()  # before reading who is cold: a change from here on is seen by _query
+            cold = self._cold()
+            if not cold:
+                await self._cold_changed.wait()  # every watch has its own query: nothing to follow
+                continue
+            names = frozenset(follower.service for follower in cold)
+            selects = names if len(names) <= FILTER_LIMIT else None
+            # A re-list without blocking after a failure (the index held may predate what was missed) and when the
+            # selection grows (a service it did not select may have changed before the index held).
+            grew = asked_for is not None and (selects is None or not selects <= asked_for)
+            query_index = 0 if failures or grew else state.index
+            asked_for = selects
+            try:
+                answer = await self._query(query_index, selects)
+            except BackendUnavailableError as error:
+                failures += 1
+                for follower in self._cold():
+                    follower.stale(error)
+                await asyncio.sleep(retry_delay(failures))
+                continue
+            if answer is None:
+                continue  # a watch went cold meanwhile: ask again with it selected
+            new_index, checks = answer
+            started = time.monotonic()
+            recovered, failures = failures > 0, 0
+            previous = state
+            state = _read_checks(checks)
+            # An index that went backwards (agent restart, snapshot restore) starts over with a re-list.
+            state.index = 0 if new_index < query_index else max(new_index, 1)
+            if recovered or new_index < query_index:
+                # After an outage every cold watch published stale and reads again; an index that went backwards
+                # cannot be compared with what the watches read.
+                for follower in self._cold():
+                    follower.wake()
+            else:
+                self._wake_changed(previous, state, self._cold())
+            busy = time.monotonic() - started
+
+    async def _query(self, index: int, selects: frozenset[str] | None) -> tuple[int, list[dict[str, Any]]] | None:
+        """One feed query; ``None`` if a watch went cold meanwhile (the query was cancelled)."""
+        query = asyncio.ensure_future(self._client.health_state(index, self._wait, _filter_for(selects)))
+        try:
+            while not query.done():
+                cold_changed = asyncio.ensure_future(self._cold_changed.wait())
+                try:
+                    await asyncio.wait({query, cold_changed}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    cold_changed.cancel()
+                if query.done():
+                    break
+                await asyncio.sleep(REFILTER_DELAY)  # more watches may go cold at once (many starting)
+                self._cold_changed.clear()
+                cold = self._cold()
+                if not cold or (selects is not None and not {f.service for f in cold} <= selects):
+                    await _cancelled(query)
+                    return None  # ask again: for a newly cold watch, or not at all
+            return query.result()
+        except BaseException:
+            await _cancelled(query)  # our own cancellation: leave no query behind
+            raise
+
+    def _wake_changed(self, previous: _FeedState, state: _FeedState, cold: list[Follower]) -> None:
+        explained = state.keys != previous.keys or any(
+            modified > previous.index for checks in state.by_service.values() for modified in checks.values()
+        )
+        now = time.monotonic()
+        sweep = not explained and state.index != previous.index and now - self._last_sweep >= SWEEP_INTERVAL
+        if sweep:
+            self._last_sweep = now
+        for follower in cold:
+            checks = state.by_service.get(follower.service, {})
+            if (
+                any(modified > follower.read_index for modified in checks.values())
+                or not follower.checks <= checks.keys()
+                or any(state.node_checks.get(node, 0) > follower.read_index for node in follower.nodes)
+                or (sweep and follower.sweepable)
+            ):
+                follower.wake()
+
+
+async def _cancelled(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` and wait until it has ended, without taking its outcome; a cancellation of the caller
+    meanwhile is raised (``asyncio.wait`` raises only that, never the task's own error)."""
+    task.cancel()
+    try:
+        await asyncio.wait({task})
+    finally:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: no "exception was never retrieved" warning
+
+
+def _filter_for(services: frozenset[str] | None) -> str | None:
+    """Consul's filter selecting the checks of ``services`` and node checks (``None``: every check).
+
+    Watched names are DNS labels (letters, digits, ``-``): nothing in them needs escaping in the expression.
+    """
+    if services is None:
+        return None
+    alternatives = "|".join(sorted(services)) or "-"  # "-" names no service: only node checks
+    return f'ServiceName == "" or ServiceName matches "^(?:{alternatives})$"'
+
+
+def _read_checks(checks: list[dict[str, Any]]) -> _FeedState:
+    state = _FeedState()
+    keys: set[CheckKey] = set()
+    for check in checks:
+        node = str(check.get("Node", ""))
+        key = (node, str(check.get("CheckID", "")))
+        keys.add(key)
+        modified = int(check.get("ModifyIndex") or 0)
+        service = str(check.get("ServiceName") or "")
+        state.by_service.setdefault(service, {})[key] = modified
+        if not service:
+            state.node_checks[node] = max(state.node_checks.get(node, 0), modified)
+    state.keys = frozenset(keys)
+    return state
+
+
+def retry_delay(attempt: int) -> float:
+    """Seconds before retry number ``attempt`` (tenacity's jittered exponential strategy)."""
+    retry_state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+    retry_state.attempt_number = attempt
+    return float(RETRY_WAIT(retry_state))
+
+
+class HealthWatch:
+    """The read loop of one watched service: read now, then again each time the feed says it changed, or, while
+    its service holds a hot slot, a blocking query of its own; :meth:`snapshots` yields what it publishes.
+    """
+
+    def __init__(
+        self, client: ConsulClient, feed: ChangeFeed, scope: str | None, namespace: str, service: str, wait: float
+    ) -> None:
+        self._client = client
+        self._feed = feed
         self._scope = scope
         self._namespace = namespace
         self._service = service
@@ -95,6 +394,9 @@ class HealthWatch:
         self._latest: Snapshot | None = None
         self._revision = 0
         self._changed = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._evicted = asyncio.Event()
+        self._follower = Follower(service, self._wake.set, self._on_feed_error, self._evicted.set)
 
     def _publish(self, instances: tuple[Instance, ...], stale: bool) -> None:
         latest = self._latest
@@ -104,44 +406,93 @@ class HealthWatch:
         self._latest = Snapshot(self._service, self._namespace, instances, self._revision, stale)
         self._changed.set()
 
-    def _mark_stale(self, retry_state: RetryCallState) -> None:
-        error = retry_state.outcome.exception() if retry_state.outcome else None
+    def _mark_stale(self, error: BaseException | None) -> None:
         latest = self._latest
         # Warn once per outage; every retry after that is only debug noise.
         level = logging.DEBUG if latest is not None and latest.stale else logging.WARNING
         log.log(level, "watch of %s/%s: %s; keeping the last set (stale)", self._namespace, self._service, error)
         self._publish(latest.instances if latest is not None else (), stale=True)
 
+    def _on_feed_error(self, error: BaseException) -> None:
+        if self._latest is not None:  # before the first read, the read itself reports the outage
+            self._mark_stale(error)
+
     async def run(self) -> None:
-        """Query forever; cancel the task to stop."""
+        """Read, then read again on every change, forever; cancel the task to stop."""
         bucket = TokenBucket(QUERY_RATE, QUERY_BURST, QUERY_JITTER)
-        index = 0
-        while True:
-            await bucket.take()
-            failed = False
+        stop_following = self._feed.follow(self._follower)
+        try:
+            await self._read()
+            self._feed.claim_hot(self._follower, evict=False)
+            while True:
+                if self._feed.is_hot(self._follower):
+                    if not await self._hot_query():
+                        self._feed.release_hot(self._follower)
+                    await bucket.take()
+                    continue
+                await self._wake.wait()
+                await bucket.take()
+                self._wake.clear()
+                await self._read()
+                self._evicted.clear()
+                self._feed.claim_hot(self._follower, evict=True)  # it changed: its next change by its own query
+        finally:
+            stop_following()
 
-            def note_failure(retry_state: RetryCallState) -> None:
-                nonlocal failed
-                failed = True
-                self._mark_stale(retry_state)
+    async def _hot_query(self) -> bool:
+        """One blocking query from the last read's index; ``False`` when the slot should be given up (taken by
+        another service, no change for a whole ``wait``, an error: the feed tells of the next change)."""
+        query = asyncio.ensure_future(self._client.health_service(
+            self._service, records.query_tag(self._scope, self._namespace), index=max(self._follower.read_index, 1),
+            wait=self._wait,
+        ))
+        evicted = asyncio.ensure_future(self._evicted.wait())
+        try:
+            await asyncio.wait({query, evicted}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            await _cancelled(query)  # our own cancellation: leave no query behind
+            raise
+        finally:
+            evicted.cancel()
+        if not query.done():
+            await _cancelled(query)
+            return False
+        try:
+            index, entries = query.result()
+        except BackendUnavailableError:
+            self._wake.set()  # read again the cold way, with its retries and stale handling
+            return False
+        if index == self._follower.read_index:
+            return False  # a whole wait without a change
+        if index < self._follower.read_index:
+            self._wake.set()  # went backwards (agent restart): a plain re-list
+            return False
+        self._wake.clear()  # the feed's news of this change, if any, is answered
+        self._apply(index, entries)
+        return True
 
-            query_index = index
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type(BackendUnavailableError),
-                wait=wait_random_exponential(multiplier=0.2, max=5.0),
-                before_sleep=note_failure,
-                reraise=True,
-            ):
-                with attempt:
-                    # After a failure, re-list without blocking: the index we held may predate what we missed.
-                    query_index = 0 if failed else index
-                    new_index, entries = await self._client.health_service(
-                        self._service, records.query_tag(self._scope, self._namespace), index=query_index,
-                        wait=self._wait,
+    async def _read(self) -> None:
+        def note_failure(retry_state: RetryCallState) -> None:
+            self._mark_stale(retry_state.outcome.exception() if retry_state.outcome else None)
+
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(BackendUnavailableError),
+            wait=RETRY_WAIT,
+            before_sleep=note_failure,
+            reraise=True,
+        ):
+            with attempt:
+                async with self._feed.reads:
+                    index, entries = await self._client.health_service(
+                        self._service, records.query_tag(self._scope, self._namespace)
                     )
-            # An index that went backwards (agent restart, snapshot restore) starts over with a re-list.
-            index = 0 if new_index < query_index else max(new_index, 1)
-            self._publish(decode_entries(self._scope, self._namespace, self._service, entries), stale=False)
+        self._apply(index, entries)
+
+    def _apply(self, index: int, entries: list[dict[str, Any]]) -> None:
+        instances = decode_entries(self._scope, self._namespace, self._service, entries)
+        foreign = any(not records.is_ours(entry) for entry in entries)
+        self._follower.read(index, entries, sweepable=foreign or not entries)
+        self._publish(instances, stale=False)
 
     async def snapshots(self, task: asyncio.Task[None]) -> AsyncIterator[Snapshot]:
         """Yield every snapshot :meth:`run` (running as ``task``) publishes, bursts coalesced."""

@@ -1,9 +1,9 @@
-"""Consul: one process watching more services than an HTTP connection pool holds by default.
+"""Consul: one process watching more services than an agent accepts connections from one client by default.
 
-Each watched service parks one blocking query (one HTTP connection) for up to ``wait`` seconds. aiohttp's
-default pool holds 100 connections, so with 100+ watched services every other request (heartbeats,
-registrations, reads) would queue behind the blocking queries: heartbeats late, checks critical, calls timing
-out. Found by the benchmarks' scale scenario (issue 8).
+Each watched service used to park one blocking query (one HTTP connection): aiohttp's default pool of 100
+queued the 101st watch and every heartbeat behind them (issue 8), and an agent refuses a client address's 201st
+connection by default. Now one change feed serves every watch (issue 20): watching takes at most 8 connections
+whatever the number of services, and neither heartbeats nor calls wait behind it.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import asyncio
 import time
 import uuid
 
+import psutil
 import pytest
 
 from discovery.core.backend import RegistrationState
@@ -22,13 +23,14 @@ from tests.harness import ServerHandle
 
 pytestmark = pytest.mark.servers
 
-WATCHED = 150  # more than aiohttp's default connection limit of 100
+WATCHED = 250  # more than aiohttp's default pool (100) and an agent's default connections per client (200)
+MAX_WATCH_CONNECTIONS = 8
 TTL = 2.0
 
 
 async def test_watching_many_services_starves_neither_heartbeats_nor_calls(consul_server: ServerHandle) -> None:
     scope = f"many-{uuid.uuid4().hex[:8]}"
-    # A long blocking wait, so every watch holds its connection for the whole test.
+    # A long blocking wait: the change feed stays parked on its connection for the whole test.
     watcher = await started_backend(f"{consul_server.url}/{scope}?wait=120&timeout=5")
     writer = await started_backend(f"{consul_server.url}/{scope}?timeout=5")
     followers: list[Follower] = []
@@ -37,8 +39,11 @@ async def test_watching_many_services_starves_neither_heartbeats_nor_calls(consu
         await asyncio.gather(*(
             writer.register(Instance(name, "seed", "127.0.0.1", 9000), 30.0, lambda state: None) for name in services
         ))
+        before = _connections_to(consul_server.port)  # the writer's pooled connections, kept open
         followers = [Follower(watcher.watch("default", name)) for name in services]
         await asyncio.gather(*(f.until(lambda s: s.ids() == {"seed"}, 30.0) for f in followers))
+        watching = _connections_to(consul_server.port) - before
+        assert watching <= MAX_WATCH_CONNECTIONS, f"{WATCHED} watches hold {watching} connections to the agent"
 
         states: list[RegistrationState] = []
         started = time.monotonic()
@@ -63,9 +68,18 @@ async def test_watching_many_services_starves_neither_heartbeats_nor_calls(consu
         assert own[0].status.value == "UP", own
         assert RegistrationState.LOST not in states, states
         assert register_took < 5.0, f"register() with {WATCHED} watches open took {register_took:.2f} s"
-        assert propagation < 5.0, f"a change reached the 150th watch after {propagation:.2f} s"
+        assert propagation < 5.0, f"a change reached the {WATCHED}th watch after {propagation:.2f} s"
+        assert _connections_to(consul_server.port) - before <= MAX_WATCH_CONNECTIONS + 2  # + the own registration's
     finally:
         for follower in followers:
             await follower.close()
         await watcher.close()
         await writer.close()
+
+
+def _connections_to(port: int) -> int:
+    """This process's open TCP connections to ``port`` (the agent); closing ones (a cancelled query's) no more."""
+    return sum(
+        1 for connection in psutil.Process().net_connections(kind="tcp")
+        if connection.raddr and connection.raddr.port == port and connection.status == psutil.CONN_ESTABLISHED
+    )
