@@ -19,7 +19,7 @@ from discovery_consul.keepalive import Registration
 from discovery_consul.settings import MIN_TTL, ConsulSettings
 from discovery_consul.watch import HealthWatch, decode_entries, watch_task_name
 
-log = logging.getLogger("discovery.consul")
+log = logging.getLogger("discovery.backends.consul.backend")
 
 Key = tuple[str, str, str]
 

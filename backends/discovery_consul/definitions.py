@@ -20,7 +20,7 @@ from discovery.core.backend import DefinitionSnapshot, StoredDefinition, validat
 from discovery.core.errors import BackendUnavailableError
 from discovery_consul.connection import ConsulClient
 
-log = logging.getLogger("discovery.consul")
+log = logging.getLogger("discovery.backends.consul.definitions")
 
 ROOT = "discovery/_definitions"
 UNSCOPED = "_"

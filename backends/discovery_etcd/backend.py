@@ -18,7 +18,7 @@ from discovery_etcd.records import decode_endpoint_cached, encode_endpoint
 from discovery_etcd.settings import DETECTION_SLACK, MIN_TTL, EtcdSettings
 from discovery_etcd.watch import ServiceWatch, iterate
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("discovery.backends.etcd.backend")
 
 
 class EtcdBackend(Backend):

@@ -27,7 +27,7 @@ from discovery.core.errors import (
 from discovery_etcd.security import SecureClient, is_authentication_failure, is_tls_error, tls_error
 from discovery_etcd.settings import EtcdSettings
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("discovery.backends.etcd.connection")
 
 T = TypeVar("T")
 

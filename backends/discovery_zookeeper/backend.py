@@ -21,7 +21,7 @@ from discovery_zookeeper.security import verify_root
 from discovery_zookeeper.settings import ZooKeeperConfig
 from discovery_zookeeper.watch import ServiceWatch, decode_or_none
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("discovery.backends.zookeeper.backend")
 
 
 class ZooKeeperBackend(Backend):

@@ -25,7 +25,7 @@ from discovery.core.codec import instance_from_dict, instance_to_dict
 from discovery.core.errors import ValidationError
 from discovery.core.models import Instance, Status
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("discovery.backends.zookeeper.records")
 
 SPRING_STATUS_KEY = "instance_status"
 _TO_SPRING = {

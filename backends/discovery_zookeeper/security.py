@@ -123,8 +123,8 @@ class RedactingFilter(logging.Filter):
 
 
 def kazoo_logger(security: ZooKeeperSecurity) -> logging.Logger:
-    """The logger handed to kazoo: ``discovery_zookeeper.kazoo``, with the password redacted."""
-    logger = logging.getLogger("discovery_zookeeper.kazoo")
+    """The logger handed to kazoo: ``discovery.backends.zookeeper.kazoo``, with the password redacted."""
+    logger = logging.getLogger("discovery.backends.zookeeper.kazoo")
     if security.password and not any(
         isinstance(f, RedactingFilter) and security.password in f._secrets for f in logger.filters
     ):
