@@ -25,6 +25,7 @@ from discovery.client.lifecycle import AsyncHealthCheck, DrainResult, drain_asyn
 from discovery.core.models import Instance
 from discovery.core.urls import BackendURL
 from discovery.registry.async_registry import AsyncRegistry
+from discovery.registry.checks import require_async_registry
 from discovery.registry.registration import AsyncRegistration
 
 __all__ = ["ASGIApp", "ServiceLifespan"]
@@ -67,7 +68,11 @@ class ServiceLifespan:
         self.settle = settle
         self.health_check = health_check
         self.health_interval = health_interval
-        self._given_registry = registry
+        self._given_registry = (
+            None if registry is None else require_async_registry(
+                registry, "ServiceLifespan(registry=...)", "pass an AsyncRegistry, or url="
+            )
+        )
         self._registry: AsyncRegistry | None = None
         self._registration: AsyncRegistration | None = None
         self._health: AsyncHealthCheck | None = None

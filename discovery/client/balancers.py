@@ -26,6 +26,8 @@ from discovery.core.models import Instance
 
 __all__ = [
     "Balancer",
+    "BalancerFactory",
+    "BalancerSpec",
     "ConsistentHash",
     "NoInstanceAvailableError",
     "PowerOfTwoChoices",
@@ -34,6 +36,7 @@ __all__ = [
     "RoundRobin",
     "WeightedRoundRobin",
     "ZoneAware",
+    "balancer_factory",
 ]
 
 D = TypeVar("D")
@@ -66,6 +69,45 @@ class RequestTracking(Protocol):
     def finished(self, instance: Instance) -> None:
         """A request to ``instance`` has finished (successfully or not)."""
         ...
+
+
+#: Makes a fresh balancer (a class such as ``RoundRobin`` is one).
+BalancerFactory = Callable[[], Balancer]
+#: What every ``balancer=`` argument takes: a balancer instance or a factory of them.
+BalancerSpec = Balancer | BalancerFactory
+
+
+def _has_pick(value: object) -> bool:
+    return not isinstance(value, type) and callable(getattr(value, "pick", None))
+
+
+def balancer_factory(spec: object, argument: str = "balancer") -> BalancerFactory:
+    """The factory behind a ``balancer=`` argument, checked now rather than at the first pick.
+
+    ``spec`` is a balancer instance (anything with a ``pick(instances, key)`` method; the factory returns that
+    same object every time, so it is shared) or a factory (a class such as ``RoundRobin``, or any callable
+    without arguments) returning one. A factory is called once here to check what it makes. Anything else
+    raises ``TypeError`` naming ``argument``.
+    """
+    if _has_pick(spec):
+        instance: Balancer = spec  # type: ignore[assignment]  # checked just above: it has a pick method
+        return lambda: instance
+    if not callable(spec):
+        raise TypeError(
+            f"{argument} must be a balancer (an object with a pick(instances, key) method, e.g. RoundRobin())"
+            f" or a factory making one (e.g. RoundRobin), got {type(spec).__name__} {spec!r:.60}"
+        )
+    name = getattr(spec, "__qualname__", None) or repr(spec)
+    try:
+        made = spec()
+    except TypeError as error:
+        raise TypeError(
+            f"{argument}: the factory {name} cannot be called without arguments ({error}); pass an instance"
+            f" (e.g. {name}(...)) or a function returning one"
+        ) from None
+    if not _has_pick(made):
+        raise TypeError(f"{argument}: the factory {name} made {type(made).__name__}, which has no pick() method")
+    return spec  # checked just above: it makes balancers
 
 
 def _require(instances: Sequence[Instance]) -> None:

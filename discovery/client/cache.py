@@ -16,7 +16,14 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from discovery.client.balancers import Balancer, NoInstanceAvailableError, RequestTracking, RoundRobin
+from discovery.client.balancers import (
+    Balancer,
+    BalancerSpec,
+    NoInstanceAvailableError,
+    RequestTracking,
+    RoundRobin,
+    balancer_factory,
+)
 from discovery.client.feedback import DownInstancePolicy, FailureTracker, endpoint_of
 from discovery.core.errors import ClosedError, DiscoveryError
 from discovery.core.models import DEFAULT_NAMESPACE, Instance, Snapshot
@@ -29,6 +36,7 @@ from discovery.registry.async_registry import (
     _status_set,
     filter_instances,
 )
+from discovery.registry.checks import require_async_registry, require_registry
 
 if TYPE_CHECKING:
     from discovery.registry.async_registry import AsyncRegistry
@@ -68,14 +76,14 @@ class ServiceCache:
         service: str,
         namespace: str = DEFAULT_NAMESPACE,
         *,
-        balancer: Balancer | None = None,
+        balancer: BalancerSpec | None = None,
         selector: SelectorLike = None,
         statuses: StatusFilter = DEFAULT_STATUSES,
         failures: FailureTracker | DownInstancePolicy | None = None,
     ) -> None:
         self.service = validate_service_name(service)
         self.namespace = validate_namespace(namespace)
-        self.balancer: Balancer = balancer if balancer is not None else RoundRobin()
+        self.balancer: Balancer = balancer_factory(balancer)() if balancer is not None else RoundRobin()
         # Checked once: isinstance against a runtime-checkable Protocol costs microseconds per call.
         self._tracking: RequestTracking | None = self.balancer if isinstance(self.balancer, RequestTracking) else None
         self._selector = parse_selector(selector)
@@ -114,7 +122,11 @@ class ServiceCache:
     ) -> ServiceCache:
         """Follow ``service`` through a blocking registry; returns once the first snapshot arrived
         (``TimeoutError`` after ``ready_timeout``). ``options`` are the constructor's keyword arguments.
+        An :class:`~discovery.AsyncRegistry` is refused with ``TypeError`` (use :meth:`open_async`).
         """
+        require_registry(
+            registry, "ServiceCache.open()", "use await ServiceCache.open_async(registry, ...) on its event loop"
+        )
         cache = cls(service, namespace, **options)
         cache._unsubscribe = registry.subscribe(service, cache.feed, namespace)
         if not cache._ready.wait(ready_timeout):
@@ -134,7 +146,11 @@ class ServiceCache:
     ) -> ServiceCache:
         """Follow ``service`` through an asyncio registry (call on its loop); returns once the first snapshot
         arrived (``TimeoutError`` after ``ready_timeout``). Close it with :meth:`aclose`.
+        A blocking :class:`~discovery.Registry` is refused with ``TypeError`` (use :meth:`open`).
         """
+        require_async_registry(
+            registry, "ServiceCache.open_async()", "use ServiceCache.open(registry, ...) from blocking code"
+        )
         cache = cls(service, namespace, **options)
         cache._opened_async = True
         ready = asyncio.Event()

@@ -13,12 +13,18 @@ closed. Other hosts (``localhost``, IP literals, names with more than two labels
 
 The ``Host`` header keeps the service name (as a Kubernetes Service's virtual host does); for ``https`` the
 TLS server name (SNI) is the service name as well.
+
+Which instance served a request is in ``response.extensions["discovery.instance"]`` (and the number of
+instances tried in ``"discovery.attempts"``); a transport error names the instance it came from in its message
+and carries it as ``error.discovery_instance``. Picks and retries are logged at DEBUG on
+``discovery.client.httpx_transport``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
 from typing import TYPE_CHECKING
@@ -26,27 +32,57 @@ from typing import TYPE_CHECKING
 import httpx
 from tenacity import AsyncRetrying, Retrying, retry_if_exception_type, stop_after_attempt
 
-from discovery.client.balancers import Balancer, RoundRobin
+from discovery.client.balancers import Balancer, BalancerFactory, BalancerSpec, RoundRobin, balancer_factory
 from discovery.client.cache import ServiceCache
 from discovery.client.feedback import DownInstancePolicy, FailureTracker
 from discovery.core.errors import ValidationError
 from discovery.core.models import DEFAULT_NAMESPACE, Instance
 from discovery.core.validation import validate_namespace
+from discovery.registry.checks import require_async_registry, require_registry
 
 if TYPE_CHECKING:
     from discovery.registry.async_registry import AsyncRegistry
     from discovery.registry.blocking import Registry
 
-__all__ = ["AsyncDiscoveryTransport", "BalancerFactory", "DiscoveryTransport", "ServiceRouter"]
+__all__ = [
+    "INSTANCE_EXTENSION",
+    "AsyncDiscoveryTransport",
+    "BalancerFactory",
+    "DiscoveryTransport",
+    "ServiceRouter",
+    "failed_instance",
+]
 
-#: Makes a fresh balancer for one service (a class such as ``RoundRobin`` is one).
-BalancerFactory = Callable[[], Balancer]
+log = logging.getLogger("discovery.client.httpx_transport")
+
+#: The ``response.extensions`` key holding the :class:`~discovery.Instance` that served the request.
+INSTANCE_EXTENSION = "discovery.instance"
+#: The ``response.extensions`` key holding how many instances were tried (1 when the first pick answered).
+ATTEMPTS_EXTENSION = "discovery.attempts"
+#: The attribute of a transport error holding the :class:`~discovery.Instance` it came from.
+ERROR_INSTANCE_ATTRIBUTE = "discovery_instance"
 #: Errors raised before any byte of the request was sent: safe to retry on another instance.
 RETRYABLE_ERRORS: tuple[type[Exception], ...] = (httpx.ConnectError, httpx.ConnectTimeout)
 
 ServiceTarget = tuple[str, str]  # (namespace, service)
 #: Hosts whose resolution is remembered (the rule is pure, so this only bounds memory).
 _RESOLVED_HOSTS_KEPT = 1024
+
+
+def failed_instance(error: BaseException) -> Instance | None:
+    """The instance a transport error of these transports came from (``None`` for other errors)."""
+    instance = getattr(error, ERROR_INSTANCE_ATTRIBUTE, None)
+    return instance if isinstance(instance, Instance) else None
+
+
+def _name_instance(error: httpx.TransportError, instance: Instance) -> None:
+    """Make ``error`` say which instance failed: in its message (what a log line or traceback shows) and as an
+    attribute (for code). httpx errors keep their message in ``args[0]``.
+    """
+    where = f"{instance.namespace}/{instance.service} instance {instance.id} at {instance.address}:{instance.port}"
+    message = str(error) or type(error).__name__
+    error.args = (f"{message} ({where})", *error.args[1:])
+    setattr(error, ERROR_INSTANCE_ATTRIBUTE, instance)
 
 
 def _is_dns_label(text: str) -> bool:
@@ -58,7 +94,13 @@ def _is_dns_label(text: str) -> bool:
 
 
 class ServiceRouter:
-    """Decides which hosts name a service, and which balancer and key each service uses."""
+    """Decides which hosts name a service, and which balancer and key each service uses.
+
+    ``balancer`` (and each value of ``balancers``, keyed by ``service`` or ``service.namespace``) is a balancer
+    instance, shared by every service it applies to, or a factory (e.g. ``RoundRobin``) called once per
+    service; anything else is a ``TypeError`` here. Thread safety: immutable after construction except a
+    bounded memo of resolved hosts, whose reads and writes are single dictionary operations (safe under the GIL).
+    """
 
     def __init__(
         self,
@@ -66,16 +108,18 @@ class ServiceRouter:
         namespace: str = DEFAULT_NAMESPACE,
         namespaces: Collection[str] | None = None,
         passthrough: Collection[str] = ("localhost",),
-        balancer: BalancerFactory = RoundRobin,
-        balancers: Mapping[str, BalancerFactory] | None = None,
+        balancer: BalancerSpec = RoundRobin,
+        balancers: Mapping[str, BalancerSpec] | None = None,
         hash_key: Callable[[httpx.Request], str | None] | None = None,
         port_name: str | None = None,
     ) -> None:
         self.namespace = validate_namespace(namespace)
         self.namespaces = None if namespaces is None else frozenset(validate_namespace(n) for n in namespaces)
         self.passthrough = frozenset(h.lower() for h in passthrough)
-        self.balancer = balancer
-        self.balancers = dict(balancers or {})
+        self.balancer: BalancerFactory = balancer_factory(balancer)
+        self.balancers: dict[str, BalancerFactory] = {
+            name: balancer_factory(spec, f"balancers[{name!r}]") for name, spec in (balancers or {}).items()
+        }
         self.hash_key = hash_key
         self.port_name = port_name
         self._resolved: dict[str, ServiceTarget | None] = {}
@@ -174,6 +218,23 @@ class _TrackedAsyncStream(httpx.AsyncByteStream):
                 on_close()
 
 
+def _log_pick(request: httpx.Request, instance: Instance, attempt: int) -> None:
+    log.debug("%s %s -> %s at %s:%d (attempt %d)", request.method, request.url.host, instance.id,
+              instance.address, instance.port, attempt)
+
+
+def _log_failure(error: httpx.TransportError, attempt: int, attempts: int) -> None:
+    if isinstance(error, RETRYABLE_ERRORS) and attempt < attempts:
+        log.debug("%s; retrying on another instance", error)
+    else:
+        log.debug("%s; not retried", error)
+
+
+def _mark_response(response: httpx.Response, instance: Instance, attempt: int) -> None:
+    response.extensions[INSTANCE_EXTENSION] = instance
+    response.extensions[ATTEMPTS_EXTENSION] = attempt
+
+
 def _check_attempts(attempts: int) -> int:
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
         raise ValidationError("attempts", f"must be an integer >= 1, got {attempts!r}")
@@ -198,7 +259,9 @@ class DiscoveryTransport(httpx.BaseTransport):
         router: ServiceRouter | None = None,
         **router_options: object,
     ) -> None:
-        self.registry = registry
+        self.registry = require_registry(
+            registry, "DiscoveryTransport", "use AsyncDiscoveryTransport with httpx.AsyncClient"
+        )
         self.router = router if router is not None else ServiceRouter(**router_options)  # type: ignore[arg-type]
         self.attempts = _check_attempts(attempts)
         self.failures = FailureTracker(failures)
@@ -240,18 +303,22 @@ class DiscoveryTransport(httpx.BaseTransport):
             with attempt:
                 instance = cache.pick_excluding(tried, key)
                 tried.append(instance)
-                return self._send(cache, instance, request)
+                _log_pick(request, instance, len(tried))
+                return self._send(cache, instance, request, len(tried))
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
-    def _send(self, cache: ServiceCache, instance: Instance, request: httpx.Request) -> httpx.Response:
+    def _send(self, cache: ServiceCache, instance: Instance, request: httpx.Request, attempt: int) -> httpx.Response:
         cache.started(instance)
         try:
             response = self._inner.handle_request(self.router.address_of(request, instance))
-        except httpx.TransportError:
+        except httpx.TransportError as error:
             cache.finished(instance)
             cache.note_error(instance)
+            _name_instance(error, instance)
+            _log_failure(error, attempt, self.attempts)
             raise
         cache.note_success(instance)
+        _mark_response(response, instance, attempt)
         assert isinstance(response.stream, httpx.SyncByteStream)
         response.stream = _TrackedSyncStream(response.stream, lambda: cache.finished(instance))
         return response
@@ -280,7 +347,9 @@ class AsyncDiscoveryTransport(httpx.AsyncBaseTransport):
         router: ServiceRouter | None = None,
         **router_options: object,
     ) -> None:
-        self.registry = registry
+        self.registry = require_async_registry(
+            registry, "AsyncDiscoveryTransport", "use DiscoveryTransport with httpx.Client"
+        )
         self.router = router if router is not None else ServiceRouter(**router_options)  # type: ignore[arg-type]
         self.attempts = _check_attempts(attempts)
         self.failures = FailureTracker(failures)
@@ -328,18 +397,24 @@ class AsyncDiscoveryTransport(httpx.AsyncBaseTransport):
             with attempt:
                 instance = cache.pick_excluding(tried, key)
                 tried.append(instance)
-                return await self._send(cache, instance, request)
+                _log_pick(request, instance, len(tried))
+                return await self._send(cache, instance, request, len(tried))
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
-    async def _send(self, cache: ServiceCache, instance: Instance, request: httpx.Request) -> httpx.Response:
+    async def _send(
+        self, cache: ServiceCache, instance: Instance, request: httpx.Request, attempt: int
+    ) -> httpx.Response:
         cache.started(instance)
         try:
             response = await self._inner.handle_async_request(self.router.address_of(request, instance))
-        except httpx.TransportError:
+        except httpx.TransportError as error:
             cache.finished(instance)
             cache.note_error(instance)
+            _name_instance(error, instance)
+            _log_failure(error, attempt, self.attempts)
             raise
         cache.note_success(instance)
+        _mark_response(response, instance, attempt)
         assert isinstance(response.stream, httpx.AsyncByteStream)
         response.stream = _TrackedAsyncStream(response.stream, lambda: cache.finished(instance))
         return response

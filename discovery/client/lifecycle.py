@@ -40,6 +40,24 @@ class DrainResult:
     idle: bool
 
 
+def _require_async_registration(registration: object, where: str, instead: str) -> AsyncRegistration:
+    if isinstance(registration, AsyncRegistration):
+        return registration
+    if isinstance(registration, Registration):
+        raise TypeError(f"{where} needs the AsyncRegistration of an AsyncRegistry, got a blocking Registration:"
+                        f" use {instead}")
+    raise TypeError(f"{where} needs an AsyncRegistration, got {type(registration).__name__}")
+
+
+def _require_registration(registration: object, where: str, instead: str) -> Registration:
+    if isinstance(registration, Registration):
+        return registration
+    if isinstance(registration, AsyncRegistration):
+        raise TypeError(f"{where} needs the Registration of a blocking Registry, got an AsyncRegistration:"
+                        f" use {instead}")
+    raise TypeError(f"{where} needs a discovery.Registration, got {type(registration).__name__}")
+
+
 def _check_drain_args(timeout: float, settle: float) -> None:
     if not timeout >= 0:
         raise ValidationError("timeout", f"must be >= 0 seconds, got {timeout!r}")
@@ -59,8 +77,9 @@ async def drain_async(
     The wait lasts at least ``settle`` seconds (for clients' watches to see ``DRAINING``; capped by
     ``timeout``), then until ``idle()`` is true (no request in flight) or ``timeout`` seconds have passed in
     all. Without ``idle`` it waits the full ``timeout``. A registration that is already deregistered is left
-    as it is.
+    as it is. A blocking :class:`~discovery.Registration` is refused with ``TypeError`` (use :func:`drain`).
     """
+    _require_async_registration(registration, "drain_async()", "drain()")
     _check_drain_args(timeout, settle)
     started = time.monotonic()
     if not registration.active:
@@ -89,7 +108,10 @@ def drain(
     idle: Callable[[], bool] | None = None,
     settle: float = 1.0,
 ) -> DrainResult:
-    """The blocking form of :func:`drain_async` (it waits in the calling thread)."""
+    """The blocking form of :func:`drain_async` (it waits in the calling thread); an
+    :class:`~discovery.AsyncRegistration` is refused with ``TypeError`` (use :func:`drain_async`).
+    """
+    _require_registration(registration, "drain()", "await drain_async()")
     _check_drain_args(timeout, settle)
     started = time.monotonic()
     if not registration.active:
@@ -160,7 +182,7 @@ class HealthCheck:
         rise: int = 1,
         fall: int = 1,
     ) -> None:
-        self.registration = registration
+        self.registration = _require_registration(registration, "HealthCheck", "AsyncHealthCheck")
         self.check = check
         self.interval = _check_interval(interval)
         self._verdicts = _Verdicts(rise, fall)
@@ -220,7 +242,7 @@ class AsyncHealthCheck:
         rise: int = 1,
         fall: int = 1,
     ) -> None:
-        self.registration = registration
+        self.registration = _require_async_registration(registration, "AsyncHealthCheck", "HealthCheck")
         self.check = check
         self.interval = _check_interval(interval)
         self._verdicts = _Verdicts(rise, fall)

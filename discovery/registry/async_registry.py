@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, Collection, Generator, Mapping
 from types import TracebackType
 from typing import Any
@@ -14,9 +15,16 @@ from discovery.core.models import DEFAULT_NAMESPACE, Instance, Snapshot, Status
 from discovery.core.plugins import create_backend
 from discovery.core.selectors import Selector, parse_selector
 from discovery.core.urls import BackendURL
-from discovery.core.validation import validate_namespace, validate_service_name, validate_ttl
-from discovery.registry.registration import AsyncRegistration
+from discovery.core.validation import (
+    validate_namespace,
+    validate_service_name,
+    validate_ttl,
+    validate_ttl_minimum,
+)
+from discovery.registry.registration import UPDATABLE_FIELDS, AsyncRegistration
 from discovery.registry.watch_hub import SnapshotCallback, WatchHub
+
+log = logging.getLogger("discovery.registry")
 
 SelectorLike = str | Mapping[str, str] | Selector | None
 StatusFilter = Collection[Status | str] | None
@@ -92,7 +100,12 @@ class AsyncRegistry:
     async def register(self, instance: Instance, ttl: float | None = None) -> AsyncRegistration:
         """Write ``instance`` and keep it alive until deregistered or closed.
 
-        Raises :class:`ValidationError` for a bad instance or TTL (nothing is written).
+        Raises :class:`ValidationError` for a bad instance or TTL (nothing is written); a ``ttl`` below the
+        backend's minimum (``capabilities.min_ttl``) is an error, as it is in the URL.
+
+        Registering an id this registry already holds (a live registration of the same service, namespace and
+        id) returns that same handle with the instance rewritten, as :meth:`AsyncRegistration.update` would;
+        changing its TTL that way is a :class:`ValidationError` (deregister first).
         """
         self._check_open()
         if not isinstance(instance, Instance):
@@ -101,7 +114,17 @@ class AsyncRegistry:
             raise ValidationError("instance", f"expected an Instance, got {type(instance).__name__}")
         instance = instance.with_changes()  # re-validates, even if the object was forged
         requested = validate_ttl(ttl)
+        capabilities = self._backend.capabilities
+        validate_ttl_minimum(
+            requested,
+            capabilities.min_ttl,
+            capabilities.name,
+            "" if capabilities.ttl_per_registration else " (its session timeout: set it in the URL)",
+        )
         effective = self._backend.effective_ttl(requested)
+        held = self._registrations.get(instance.key)
+        if held is not None and held.active:
+            return await self._register_again(held, instance, requested, effective)
         registration = AsyncRegistration(
             instance,
             effective,
@@ -116,6 +139,20 @@ class AsyncRegistry:
         self._registrations[instance.key] = registration
         registration._set_state(RegistrationState.REGISTERED)
         return registration
+
+    async def _register_again(
+        self, held: AsyncRegistration, instance: Instance, requested: float | None, effective: float
+    ) -> AsyncRegistration:
+        if requested is not None and effective != held.ttl:
+            from discovery.core.errors import ValidationError
+
+            raise ValidationError(
+                "ttl", f"{'/'.join(instance.key)} is already registered with a {held.ttl:g} s TTL; deregister it"
+                " first to register it with another"
+            )
+        log.info("%s is already registered by this registry: rewriting it in place", "/".join(instance.key))
+        await held.update(**{name: getattr(instance, name) for name in UPDATABLE_FIELDS})
+        return held
 
     async def _update(self, registration: AsyncRegistration, instance: Instance) -> None:
         self._check_open()

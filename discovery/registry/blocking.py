@@ -7,6 +7,8 @@ hop to the loop thread.
 from __future__ import annotations
 
 import queue
+import threading
+import weakref
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any
@@ -141,6 +143,9 @@ class Registry:
         self._loop = loop
         # (service, namespace, selector, statuses) -> (snapshot, filtered result); valid while the snapshot is.
         self._lookups: dict[tuple[object, ...], tuple[Snapshot, tuple[Instance, ...]]] = {}
+        # One blocking handle per registration, so registering a held id again returns the same object.
+        self._handles: weakref.WeakKeyDictionary[AsyncRegistration, Registration] = weakref.WeakKeyDictionary()
+        self._handles_lock = threading.Lock()
 
     @classmethod
     def connect(cls, url: str | BackendURL | None = None, *, timeout: float | None = 30.0) -> Registry:
@@ -177,8 +182,15 @@ class Registry:
         self.close()
 
     def register(self, instance: Instance, ttl: float | None = None) -> Registration:
-        """Write ``instance`` and keep it alive; see :meth:`AsyncRegistry.register`."""
-        return Registration(self._loop.run(self._core.register(instance, ttl)), self._loop)
+        """Write ``instance`` and keep it alive; see :meth:`AsyncRegistry.register` (the same rules: a TTL below
+        the backend's minimum is an error; an id this registry holds returns the same handle, rewritten).
+        """
+        inner = self._loop.run(self._core.register(instance, ttl))
+        with self._handles_lock:
+            handle = self._handles.get(inner)
+            if handle is None:
+                handle = self._handles[inner] = Registration(inner, self._loop)
+            return handle
 
     def instances(
         self,

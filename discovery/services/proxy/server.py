@@ -21,10 +21,12 @@ import contextlib
 import enum
 import functools
 import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from discovery.client.balancers import Balancer, RoundRobin
+from discovery.client.balancers import Balancer, BalancerSpec, RoundRobin
+from discovery.client.balancers import balancer_factory as balancer_factory_of
 from discovery.core.models import Instance
 from discovery.services.catalog import ServiceCatalog
 from discovery.services.endpoints import Endpoint
@@ -112,19 +114,29 @@ class _Listener:
 
 
 class ServiceProxy:
-    """Serves a catalog's Services (see module docs). ``await start()``, then ``await close()``."""
+    """Serves a catalog's Services (see module docs). ``await start()``, then ``await close()``.
+
+    ``balancer`` is a balancer instance (shared by every Service port) or a factory such as ``RoundRobin``
+    (one balancer per Service port), as everywhere else; checked here (``TypeError``). Thread safety: not
+    thread-safe; use it on the event loop of its catalog's registry.
+    """
 
     def __init__(
         self,
         catalog: ServiceCatalog,
         *,
         node_address: str = DEFAULT_NODE_ADDRESS,
-        balancer_factory: Callable[[], Balancer] = RoundRobin,
+        balancer: BalancerSpec = RoundRobin,
         connect_timeout: float = 3.0,
+        balancer_factory: Callable[[], Balancer] | None = None,
     ) -> None:
+        if balancer_factory is not None:  # the earlier name of ``balancer``
+            warnings.warn("ServiceProxy(balancer_factory=...) is deprecated; pass balancer=", DeprecationWarning,
+                          stacklevel=2)
+            balancer = balancer_factory
         self._catalog = catalog
         self._node_address = node_address
-        self._balancer_factory = balancer_factory
+        self._balancer_factory = balancer_factory_of(balancer)
         self._connect_timeout = connect_timeout
         self._listeners: dict[tuple[str, int], _Listener] = {}
         self._balancers: dict[tuple[str, str, str], Balancer] = {}
