@@ -76,7 +76,7 @@ class ConsulBackend(Backend):
         settings = self._settings
         client = ConsulClient(
             settings.host, settings.port, token=settings.token, dc=settings.dc, timeout=settings.timeout,
-            tls=settings.tls,
+            tls=settings.tls, monitor=self.connection,
         )
         try:
             await client.agent_self()

@@ -34,7 +34,6 @@ class EtcdBackend(Backend):
     def __init__(self, settings: EtcdSettings) -> None:
         self._settings = settings
         self._layout = KeyLayout(settings.prefix)
-        self._pool = EndpointPool(settings)
         self._groups: dict[int, LeaseGroup] = {}
         self._owner: dict[bytes, LeaseGroup] = {}
         self._watches: dict[tuple[str, str], ServiceWatch] = {}
@@ -45,6 +44,7 @@ class EtcdBackend(Backend):
             min_ttl=MIN_TTL,
             detection_slack=DETECTION_SLACK,
         )
+        self._pool = EndpointPool(settings, self.connection)
 
     @classmethod
     def from_url(cls, url: BackendURL) -> EtcdBackend:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from discovery.core.errors import ClosedError, DiscoveryError
 from discovery.core.models import DEFAULT_NAMESPACE, Instance, Snapshot
 from discovery.core.selectors import parse_selector
 from discovery.core.validation import validate_namespace, validate_service_name
+from discovery.observability.metrics import METRICS
 from discovery.registry.async_registry import (
     DEFAULT_STATUSES,
     SelectorLike,
@@ -44,6 +46,8 @@ if TYPE_CHECKING:
 
 __all__ = ["PickState", "ServiceCache"]
 
+log = logging.getLogger("discovery.client.cache")
+
 #: How long ``open``/``open_async`` wait for the first snapshot by default (seconds).
 DEFAULT_READY_TIMEOUT = 15.0
 
@@ -57,6 +61,8 @@ class PickState:
     pickable: tuple[Instance, ...]
     #: Clock time at which a cool-down ends and ``pickable`` must be recomputed (``None``: nothing is down).
     recheck_at: float | None = None
+    #: How many candidates are in their failure cool-down (all of them may be, and then all are pickable).
+    set_aside: int = 0
 
 
 _EMPTY = PickState(None, (), ())
@@ -207,7 +213,9 @@ class ServiceCache:
             return
         candidates = filter_instances(snapshot.instances, self._selector, self._statuses)
         with self._write_lock:
-            self._state = self._derive(snapshot, candidates)
+            before = self._state
+            self._state = state = self._derive(snapshot, candidates)
+        self._report_set_aside(before, state)
         self._ready.set()
         self._notify()
 
@@ -233,15 +241,23 @@ class ServiceCache:
         relevant = [down[endpoint_of(i)] for i in candidates if endpoint_of(i) in down]
         recheck_at = min(relevant) if relevant else None
         # Never set every instance aside: a fully failed set is better served than refused.
-        return PickState(snapshot, candidates, pickable or candidates, recheck_at)
+        return PickState(snapshot, candidates, pickable or candidates, recheck_at, len(relevant))
 
     def _refresh(self) -> PickState:
         # Writers (the loop's feed, callers' feedback) serialise so a refresh never overwrites a newer
         # snapshot with one derived from an older one; readers never take the lock.
         with self._write_lock:
-            state = self._state
-            self._state = state = self._derive(state.snapshot, state.candidates)
-            return state
+            before = self._state
+            self._state = state = self._derive(before.snapshot, before.candidates)
+        self._report_set_aside(before, state)
+        return state
+
+    def _report_set_aside(self, before: PickState, after: PickState) -> None:
+        if after.set_aside != before.set_aside:
+            log.info("%s/%s: %d of %d instances set aside by failure feedback", self.namespace, self.service,
+                     after.set_aside, len(after.candidates))
+            if METRICS.active:
+                METRICS.set_aside(self.namespace, self.service, after.set_aside)
 
     # -- reading ------------------------------------------------------------------------------------------
 
@@ -278,9 +294,12 @@ class ServiceCache:
         if state.recheck_at is not None and self.failures.clock() >= state.recheck_at:
             state = self._refresh()
         try:
-            return self.balancer.pick(state.pickable, key)
+            instance = self.balancer.pick(state.pickable, key)
         except NoInstanceAvailableError:
             raise self._none_available() from None
+        if METRICS.active:
+            METRICS.pick(instance)
+        return instance
 
     def pick_excluding(self, tried: Collection[Instance], key: str | None = None) -> Instance:
         """A pick that avoids ``tried`` instances (for a retry); falls back to any when all were tried."""
@@ -291,11 +310,16 @@ class ServiceCache:
             if untried:
                 pickable = untried
         try:
-            return self.balancer.pick(pickable, key)
+            instance = self.balancer.pick(pickable, key)
         except NoInstanceAvailableError:
             raise self._none_available() from None
+        if METRICS.active:
+            METRICS.pick(instance)
+        return instance
 
     def _none_available(self) -> DiscoveryError:
+        if METRICS.active:
+            METRICS.pick_failed(self.namespace, self.service, "closed" if self._closed else "no-instance")
         if self._closed:
             return ClosedError(f"the cache of {self.namespace}/{self.service} is closed")
         total = 0 if self._state.snapshot is None else len(self._state.snapshot)

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
+from discovery.core.connection import ConnectionMonitor
 from discovery.core.errors import UnsupportedOperationError, ValidationError
 from discovery.core.models import Instance, Snapshot
 from discovery.core.urls import BackendURL
@@ -107,6 +108,7 @@ class Backend(abc.ABC):
     """
 
     scheme: ClassVar[str]
+    _connection_monitor: ConnectionMonitor | None = None
 
     @classmethod
     @abc.abstractmethod
@@ -117,6 +119,21 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def capabilities(self) -> Capabilities:
         """What this backend promises."""
+
+    @property
+    def connection(self) -> ConnectionMonitor:
+        """This backend's connection state and its listeners (see :mod:`discovery.core.connection`).
+
+        The registry reports the first contact after :meth:`start`; adapters report failures, contact again,
+        and a lost session. Unless told otherwise, ``suspended`` for longer than the default TTL plus the
+        detection slack counts as ``lost``: every registration with the default TTL is gone by then.
+        """
+        monitor = self._connection_monitor
+        if monitor is None:
+            caps = self.capabilities
+            lost_after = caps.default_ttl + caps.detection_slack if caps.networked else None
+            monitor = self._connection_monitor = ConnectionMonitor(caps.name, lost_after=lost_after)
+        return monitor
 
     def effective_ttl(self, requested: float | None) -> float:
         """The TTL a registration really gets for a requested one (``None`` = the default)."""

@@ -10,6 +10,7 @@ from types import TracebackType
 from typing import Any
 
 from discovery.core.backend import Backend, Capabilities, RegistrationState
+from discovery.core.connection import ConnectionListener, ConnectionStatus
 from discovery.core.errors import ClosedError
 from discovery.core.models import DEFAULT_NAMESPACE, Instance, Snapshot, Status
 from discovery.core.plugins import create_backend
@@ -21,6 +22,8 @@ from discovery.core.validation import (
     validate_ttl,
     validate_ttl_minimum,
 )
+from discovery.observability.metrics import METRICS
+from discovery.registry.health import RegistryHealth, registration_health, watch_health
 from discovery.registry.registration import UPDATABLE_FIELDS, AsyncRegistration
 from discovery.registry.watch_hub import SnapshotCallback, WatchHub
 
@@ -87,6 +90,32 @@ class AsyncRegistry:
         if not self._started:
             await self._backend.start()
             self._started = True
+            monitor = self._backend.connection
+            monitor.add_listener(_report_connection_state)
+            monitor.connected(f"{self._backend.capabilities.name} backend started")
+
+    @property
+    def connection(self) -> ConnectionStatus | None:
+        """The backend connection's current state (``None`` before :meth:`start`)."""
+        return self._backend.connection.status
+
+    def add_connection_listener(self, listener: ConnectionListener) -> Callable[[], None]:
+        """Call ``listener(status)`` on every connection state change (connected / suspended / lost /
+        reconnected), on this registry's event loop; it must not block. Returns a function that removes it.
+        """
+        return self._backend.connection.add_listener(listener)
+
+    def health(self) -> RegistryHealth:
+        """The structured status of the backend connection, every registration and every watch (no I/O);
+        ``health().ready`` is a readiness verdict. Call it on the registry's loop.
+        """
+        return RegistryHealth(
+            backend=self._backend.capabilities.name,
+            closed=self._closed,
+            connection=self._backend.connection.status,
+            registrations=registration_health(self._registrations.values()),
+            watches=watch_health(self._hub.watches()),
+        )
 
     async def __aenter__(self) -> AsyncRegistry:
         await self.start()
@@ -132,6 +161,7 @@ class AsyncRegistry:
             self._update,
             self._deregister,
         )
+        registration.on_change(_report_registration_state)
         previous = self._registrations.get(instance.key)
         await self._backend.register(instance, effective, registration._set_state)
         if previous is not None and previous is not registration:
@@ -255,6 +285,21 @@ class AsyncRegistry:
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError("this registry is closed")
+
+
+def _report_registration_state(registration: AsyncRegistration, state: RegistrationState) -> None:
+    history = registration.history
+    previous = history[-2] if len(history) >= 2 else None
+    key = "/".join(registration.instance.key)
+    level = logging.WARNING if state is RegistrationState.LOST else logging.INFO
+    log.log(level, "registration %s %s", key, state.value)
+    if METRICS.active:
+        METRICS.registration_state(registration.instance, previous, state)
+
+
+def _report_connection_state(status: ConnectionStatus) -> None:
+    if METRICS.active:
+        METRICS.connection_state(status)
 
 
 class AsyncWatch:

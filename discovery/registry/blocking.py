@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any
 
 from discovery.core.backend import Capabilities, RegistrationState
+from discovery.core.connection import ConnectionListener, ConnectionState, ConnectionStatus
 from discovery.core.models import DEFAULT_NAMESPACE, Instance, Snapshot
 from discovery.core.plugins import create_backend
 from discovery.core.selectors import parse_selector
@@ -27,6 +29,7 @@ from discovery.registry.async_registry import (
     _status_set,
     filter_instances,
 )
+from discovery.registry.health import RegistryHealth
 from discovery.registry.loop_thread import LoopThread
 from discovery.registry.registration import AsyncRegistration
 from discovery.registry.watch_hub import SnapshotCallback
@@ -172,6 +175,37 @@ class Registry:
     def detection_bound(self, ttl: float | None = None) -> float:
         """Worst-case seconds for a dead registrant's instance to disappear."""
         return self._core.detection_bound(ttl)
+
+    @property
+    def connection(self) -> ConnectionStatus | None:
+        """The backend connection's current state (readable from any thread)."""
+        return self._core.connection
+
+    def add_connection_listener(self, listener: ConnectionListener) -> Callable[[], None]:
+        """Call ``listener(status)`` on every connection state change (connected / suspended / lost /
+        reconnected), in the registry's loop thread; it must not block. Returns a function that removes it.
+        """
+        return self._core.add_connection_listener(listener)
+
+    def health(self, timeout: float = 5.0) -> RegistryHealth:
+        """The structured status of the connection, registrations and watches (see
+        :meth:`AsyncRegistry.health`), read on the loop thread. A loop that does not answer within ``timeout``
+        seconds is itself a problem: the report then says so and is not ready.
+        """
+
+        async def read() -> RegistryHealth:
+            return self._core.health()
+
+        if self._loop.loop.is_closed():
+            return RegistryHealth(self._core.capabilities.name, True, self._core.connection, (), ())
+        try:
+            return self._loop.run(read(), timeout)
+        except TimeoutError:
+            stuck = ConnectionStatus(
+                self._core.capabilities.name, ConnectionState.SUSPENDED, time.time(),
+                f"the registry's event loop did not answer within {timeout:g} s",
+            )
+            return RegistryHealth(self._core.capabilities.name, self._core.closed, stuck, (), ())
 
     def __enter__(self) -> Registry:
         return self
