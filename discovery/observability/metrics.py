@@ -16,6 +16,7 @@ Events, and where they come from:
                            the last subscriber having it (a slow subscriber shows here)
 ``on_registration_state``  a registration changed state (``previous`` is ``None`` for the first one)
 ``on_connection_state``    a backend's connection changed state (connected / suspended / lost / reconnected)
+``on_connection_closed``   a registry closed; ``status`` is its connection's last state
 =========================  ==========================================================================================
 
 Every event but ``on_pick``/``on_pick_failed``/``on_set_aside`` runs on a registry's event loop; those three run in
@@ -63,6 +64,9 @@ class MetricsListener:
 
     def on_connection_state(self, status: ConnectionStatus) -> None:
         """A backend's connection changed state."""
+
+    def on_connection_closed(self, status: ConnectionStatus) -> None:
+        """A registry closed its backend; ``status`` is the connection's last state."""
 
 
 class MetricsHub:
@@ -125,6 +129,10 @@ class MetricsHub:
     def connection_state(self, status: ConnectionStatus) -> None:
         """Dispatch :meth:`MetricsListener.on_connection_state`."""
         self._each("connection_state", lambda listener: listener.on_connection_state(status))
+
+    def connection_closed(self, status: ConnectionStatus) -> None:
+        """Dispatch :meth:`MetricsListener.on_connection_closed`."""
+        self._each("connection_closed", lambda listener: listener.on_connection_closed(status))
 
 
 #: The process-wide hub every registry and cache reports to.

@@ -276,6 +276,9 @@ class AsyncRegistry:
         for registration in list(self._registrations.values()):
             registration._set_state(RegistrationState.DEREGISTERED)
         self._registrations.clear()
+        last = self._backend.connection.status
+        if self._started and last is not None and METRICS.active:
+            METRICS.connection_closed(last)
 
     @property
     def closed(self) -> bool:
