@@ -29,7 +29,10 @@ DETECTION_SLACK = 1.0
 
 
 class ConsulBackend(Backend):
-    """``consul://host:8500[/scope]?dc=&token=&ttl=&timeout=&wait=&deregister_after=`` on ``consul.aio``."""
+    """``consul://host:8500[/scope]?dc=&token=&ttl=&timeout=&wait=&deregister_after=`` on ``consul.aio``.
+
+    Not thread-safe, like every backend: only its registry's event loop calls it.
+    """
 
     scheme = "consul"
 

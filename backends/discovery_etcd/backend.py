@@ -27,6 +27,8 @@ class EtcdBackend(Backend):
     Keys are ``<prefix>/<namespace>/<service>/<id>`` (prefix default ``/discovery``) holding the JSON that
     etcd's ``naming/endpoints`` package writes, so a gRPC ``etcd:///`` resolver pointed at
     ``<prefix>/<namespace>/<service>`` finds our instances. Registrations with the same TTL share one lease.
+
+    Not thread-safe, like every backend: only its registry's event loop calls it.
     """
 
     scheme = "etcd"

@@ -29,6 +29,8 @@ class ZooKeeperBackend(Backend):
 
     Liveness is the ZooKeeper session: one per backend, with the URL's ``session_timeout`` (per-registration
     TTLs do not apply). See the module docs of :mod:`discovery_zookeeper` for the URL.
+
+    Not thread-safe, like every backend: only its registry's event loop calls it (kazoo's threads hand over to it).
     """
 
     scheme = "zookeeper"

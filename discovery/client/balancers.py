@@ -49,8 +49,8 @@ class NoInstanceAvailableError(DiscoveryError, LookupError):
 class Balancer(Protocol):
     """Chooses one instance; raises :class:`NoInstanceAvailableError` when there is none.
 
-    ``instances`` is ordered by id and must be treated as immutable. Implementations must be safe to call
-    from several threads at once.
+    ``instances`` is ordered by id and must be treated as immutable. Implementations must be thread-safe: a
+    cache's picks come from every thread that calls it.
     """
 
     def pick(self, instances: Sequence[Instance], key: str | None = None) -> Instance:
@@ -60,7 +60,10 @@ class Balancer(Protocol):
 
 @runtime_checkable
 class RequestTracking(Protocol):
-    """A balancer that wants to be told when a request to an instance starts and finishes."""
+    """A balancer that wants to be told when a request to an instance starts and finishes.
+
+    Implementations must be thread-safe: ``started``/``finished`` come from the threads making requests.
+    """
 
     def started(self, instance: Instance) -> None:
         """A request to ``instance`` has started."""
@@ -137,7 +140,10 @@ class _PerTuple(Generic[D]):
 
 
 class RoundRobin:
-    """Each instance in turn (ordered by id, so every client walks the same cycle)."""
+    """Each instance in turn (ordered by id, so every client walks the same cycle).
+
+    Thread-safe: the counter is one C call under the GIL.
+    """
 
     def __init__(self) -> None:
         # next() on itertools.count is one C call under the GIL, so the counter needs no lock.
@@ -151,7 +157,10 @@ class RoundRobin:
 
 
 class RandomChoice:
-    """A uniformly random instance (``seed`` makes the sequence reproducible)."""
+    """A uniformly random instance (``seed`` makes the sequence reproducible).
+
+    Thread-safe (one shared ``random.Random``; across threads a seeded sequence interleaves).
+    """
 
     def __init__(self, seed: int | None = None) -> None:
         self._random = random.Random(seed)
@@ -193,6 +202,8 @@ class WeightedRoundRobin:
 
     The cycle is computed once per instance set, so a pick is an index; for very large sets the classic
     per-pick algorithm runs under a lock instead.
+
+    Thread-safe: the cycle is immutable; the large-set path runs under a lock.
     """
 
     def __init__(self) -> None:
@@ -231,6 +242,8 @@ class PowerOfTwoChoices:
     """Power of two choices: draw two different instances at random, take the one with fewer requests in
     flight (ties go to the first drawn). Needs ``started``/``finished`` calls, which the httpx transports
     and :meth:`ServiceCache.track` make.
+
+    Thread-safe: in-flight counts change under a lock; a pick reads them without one.
     """
 
     def __init__(self, seed: int | None = None) -> None:
@@ -274,6 +287,8 @@ class PowerOfTwoChoices:
 class ZoneAware:
     """Prefer instances in ``zone``; spill over to every zone when fewer than ``min_local`` local instances
     are pickable (failed ones are already removed by the cache). ``inner`` balances within the chosen set.
+
+    Thread-safe when ``inner`` is (every shipped balancer is).
     """
 
     def __init__(self, zone: str | None, inner: Balancer | None = None, *, min_local: int = 1) -> None:
@@ -327,6 +342,8 @@ class ConsistentHash:
 
     Each instance gets ``replicas x weight`` points on the ring (by id, so every client builds the same ring).
     A pick without a key raises :class:`discovery.ValidationError`.
+
+    Thread-safe: a ring is immutable and rebuilt per instance set.
     """
 
     def __init__(self, replicas: int = 100) -> None:

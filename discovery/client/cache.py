@@ -54,7 +54,10 @@ DEFAULT_READY_TIMEOUT = 15.0
 
 @dataclass(frozen=True, slots=True)
 class PickState:
-    """What a cache picks from, derived once per snapshot (and per change of the down set)."""
+    """What a cache picks from, derived once per snapshot (and per change of the down set).
+
+    Immutable: safe to share between threads.
+    """
 
     snapshot: Snapshot | None
     candidates: tuple[Instance, ...]
@@ -75,6 +78,9 @@ class ServiceCache:
     (:class:`~discovery.AsyncRegistry`); both wait for the first snapshot. Only ``UP`` instances are picked
     by default (``statuses=``), optionally narrowed by a label ``selector``. Report call outcomes with
     :meth:`note_error` / :meth:`note_success`; see :mod:`discovery.client.feedback`.
+
+    Thread-safe: pick, feedback and reads from any thread (readers take no lock, writers serialise on one); update
+    callbacks run on the registry's loop.
     """
 
     def __init__(

@@ -98,8 +98,8 @@ class ServiceRouter:
 
     ``balancer`` (and each value of ``balancers``, keyed by ``service`` or ``service.namespace``) is a balancer
     instance, shared by every service it applies to, or a factory (e.g. ``RoundRobin``) called once per
-    service; anything else is a ``TypeError`` here. Thread safety: immutable after construction except a
-    bounded memo of resolved hosts, whose reads and writes are single dictionary operations (safe under the GIL).
+    service; anything else is a ``TypeError`` here. Thread-safe: immutable after construction except a bounded
+    memo of resolved hosts, whose reads and writes are single dictionary operations (atomic under the GIL).
     """
 
     def __init__(
@@ -247,6 +247,9 @@ class DiscoveryTransport(httpx.BaseTransport):
     ``transport`` is the wrapped transport (default ``httpx.HTTPTransport()``); ``failures`` is the
     down-instance policy shared by this transport's caches; the other keyword arguments are those of
     :class:`ServiceRouter`. Closing the transport closes its caches, not the registry.
+
+    Thread-safe: one transport may serve an ``httpx.Client`` used from several threads (caches open under a lock;
+    the retry state is per thread).
     """
 
     def __init__(
@@ -335,6 +338,8 @@ class DiscoveryTransport(httpx.BaseTransport):
 class AsyncDiscoveryTransport(httpx.AsyncBaseTransport):
     """The asyncio form of :class:`DiscoveryTransport`, over an :class:`~discovery.AsyncRegistry` (use it on
     the registry's event loop).
+
+    Not thread-safe: use it on the event loop of its registry.
     """
 
     def __init__(

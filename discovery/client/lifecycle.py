@@ -34,7 +34,10 @@ IDLE_POLL_INTERVAL = 0.05
 
 @dataclass(frozen=True, slots=True)
 class DrainResult:
-    """What a drain did: how long it waited and whether the idle probe was satisfied before the timeout."""
+    """What a drain did: how long it waited and whether the idle probe was satisfied before the timeout.
+
+    Immutable: safe to share between threads.
+    """
 
     waited: float
     idle: bool
@@ -171,6 +174,8 @@ class HealthCheck:
     A ``STARTING`` registration becomes ``UP`` after ``rise`` passing checks.
 
     Use as a context manager, or call :meth:`start` / :meth:`stop`.
+
+    Thread-safe: it runs in its own thread; :meth:`start` and :meth:`stop` may be called from any other.
     """
 
     def __init__(
@@ -231,6 +236,8 @@ class HealthCheck:
 class AsyncHealthCheck:
     """The asyncio form of :class:`HealthCheck` for an :class:`~discovery.AsyncRegistration`: a task on the
     running loop. ``check`` may be a coroutine function; a plain function runs in a worker thread.
+
+    Not thread-safe: start and stop it on the registry's event loop.
     """
 
     def __init__(

@@ -75,6 +75,8 @@ class Capabilities:
 
     The worst-case time for a dead registrant's instance to leave lookups and watches is
     ``effective_ttl + detection_slack`` seconds.
+
+    Immutable: safe to share between threads.
     """
 
     name: str
@@ -105,6 +107,9 @@ class Backend(abc.ABC):
       alive and drops connections *without* deregistering, as a crashed process would.
     * Reads never see another service's keys (``api`` vs ``api-v2``) or another namespace's.
     * Instances that cannot be decoded (written by a foreign tool) are skipped, never fatal.
+
+    Not thread-safe: only the event loop of the registry that owns it calls it (``connection.status`` may be read
+    from any thread).
     """
 
     scheme: ClassVar[str]

@@ -42,7 +42,10 @@ class ConnectionState(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ConnectionStatus:
-    """One state of a backend's connection: which backend, what state, since when (``time.time()``), and why."""
+    """One state of a backend's connection: which backend, what state, since when (``time.time()``), and why.
+
+    Immutable: safe to share between threads.
+    """
 
     backend: str
     state: ConnectionState
@@ -57,7 +60,7 @@ ConnectionListener = Callable[[ConnectionStatus], None]
 class ConnectionMonitor:
     """The connection state of one backend and the listeners that want to hear about it.
 
-    Thread safety: feed it and add listeners on the backend's event loop only (the adapters do); reading
+    Not thread-safe: feed it and add listeners on the backend's event loop only (the adapters do); reading
     :attr:`status` from another thread is safe (one attribute holding an immutable value).
     """
 

@@ -41,8 +41,8 @@ log = logging.getLogger("discovery.observability.metrics")
 class MetricsListener:
     """Receives the library's metric events; every method is a no-op here, override the ones you need.
 
-    Thread safety: methods are called from the registry's loop thread and from the threads that pick, possibly
-    at once; an implementation must be safe for that (the Prometheus and OpenTelemetry instruments are).
+    Implementations must be thread-safe: methods are called from the registry's loop thread and from the threads
+    that pick, possibly at once (the Prometheus and OpenTelemetry instruments are safe for that).
     """
 
     def on_pick(self, instance: Instance) -> None:
@@ -72,8 +72,8 @@ class MetricsListener:
 class MetricsHub:
     """The process-wide fan-out to the added listeners (use :data:`METRICS`).
 
-    Thread safety: safe from any thread. The listener tuple is replaced, never changed in place, so a
-    dispatch in flight sees a consistent set.
+    Thread-safe: the listener tuple is replaced, never changed in place, so a dispatch in flight sees a
+    consistent set.
     """
 
     def __init__(self) -> None:

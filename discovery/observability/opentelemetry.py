@@ -55,7 +55,7 @@ class OpenTelemetryMetrics(MetricsListener):
     """A :class:`~discovery.observability.MetricsListener` recording OpenTelemetry instruments from the meter
     ``discovery`` of ``meter_provider`` (default: the global one).
 
-    Thread safety: safe from any thread (the SDK's instruments are; the few differences kept here are locked).
+    Thread-safe: the SDK's instruments are, and the few differences kept here are locked.
     """
 
     def __init__(self, meter_provider: MeterProvider | None = None) -> None:

@@ -47,7 +47,7 @@ class PrometheusMetrics(MetricsListener):
     """A :class:`~discovery.observability.MetricsListener` keeping Prometheus metrics in ``registry`` (default:
     ``prometheus_client.REGISTRY``, which ``start_http_server`` serves). Create one per registry.
 
-    Thread safety: safe from any thread (prometheus_client's metrics lock internally).
+    Thread-safe: prometheus_client's metrics lock internally.
     """
 
     def __init__(self, registry: CollectorRegistry = REGISTRY, *, prefix: str = "discovery") -> None:

@@ -57,6 +57,9 @@ def filter_instances(
 class AsyncRegistry:
     """Register, look up and watch instances through one backend. Use ``await AsyncRegistry.connect(url)``
     or ``async with AsyncRegistry.connect(url) as registry``.
+
+    Not thread-safe: use it on the event loop it connected on; only :meth:`cached_snapshot` may be called from other
+    threads. For threads use the blocking :class:`~discovery.Registry`.
     """
 
     def __init__(self, backend: Backend) -> None:
@@ -306,7 +309,10 @@ def _report_connection_state(status: ConnectionStatus) -> None:
 
 
 class AsyncWatch:
-    """Async iterator (and async context manager) over a service's snapshots."""
+    """Async iterator (and async context manager) over a service's snapshots.
+
+    Not thread-safe: use it on the event loop of its registry.
+    """
 
     def __init__(self, hub: WatchHub, namespace: str, service: str) -> None:
         self._hub = hub

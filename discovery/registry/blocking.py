@@ -38,7 +38,10 @@ _MAX_REMEMBERED_LOOKUPS = 1024
 
 
 class Registration:
-    """Blocking handle of a registration (see :class:`discovery.registry.registration.AsyncRegistration`)."""
+    """Blocking handle of a registration (see :class:`discovery.registry.registration.AsyncRegistration`).
+
+    Thread-safe: every call runs on the registry's loop thread; do not call it from a callback (that thread).
+    """
 
     def __init__(self, inner: AsyncRegistration, loop: LoopThread) -> None:
         self._inner = inner
@@ -95,7 +98,10 @@ class Registration:
 
 
 class Watch:
-    """Blocking iterator of snapshots (the current one first). Close it, or use it as a context manager."""
+    """Blocking iterator of snapshots (the current one first). Close it, or use it as a context manager.
+
+    Thread-safe, but meant for one consumer: two threads iterating one watch split its snapshots between them.
+    """
 
     def __init__(self, registry: Registry, service: str, namespace: str) -> None:
         self._registry = registry
@@ -139,7 +145,11 @@ class Watch:
 
 
 class Registry:
-    """Blocking registry: ``with Registry.connect("etcd://127.0.0.1:2379") as registry: ...``."""
+    """Blocking registry: ``with Registry.connect("etcd://127.0.0.1:2379") as registry: ...``.
+
+    Thread-safe: any method from any thread, except from a callback running in the registry's own loop thread (that
+    would deadlock, so it raises ``RuntimeError``).
+    """
 
     def __init__(self, core: AsyncRegistry, loop: LoopThread) -> None:
         self._core = core

@@ -28,7 +28,10 @@ _HEALTHY_REGISTRATION_STATES = frozenset({RegistrationState.REGISTERED, Registra
 
 @dataclass(frozen=True, slots=True)
 class RegistrationHealth:
-    """One live registration: its key, state and the status it advertises."""
+    """One live registration: its key, state and the status it advertises.
+
+    Immutable: safe to share between threads.
+    """
 
     namespace: str
     service: str
@@ -45,7 +48,10 @@ class RegistrationHealth:
 
 @dataclass(frozen=True, slots=True)
 class WatchHealth:
-    """One watched service: whether its snapshot is stale, its revision and instance count."""
+    """One watched service: whether its snapshot is stale, its revision and instance count.
+
+    Immutable: safe to share between threads.
+    """
 
     namespace: str
     service: str
@@ -57,7 +63,10 @@ class WatchHealth:
 
 @dataclass(frozen=True, slots=True)
 class RegistryHealth:
-    """What ``registry.health()`` returns. Immutable; safe to share between threads."""
+    """What ``registry.health()`` returns.
+
+    Immutable: safe to share between threads.
+    """
 
     backend: str
     closed: bool

@@ -31,7 +31,10 @@ _MAX_TCP_IDLE = 30.0
 
 @dataclass(slots=True)
 class DnsStats:
-    """Counters since start."""
+    """Counters since start.
+
+    Not thread-safe: counted on the server's event loop; read it there.
+    """
 
     queries: int = 0
     nxdomain: int = 0
@@ -55,7 +58,10 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 
 
 class DnsServer:
-    """Serves a catalog's Services as DNS (see :mod:`discovery.services.dns.answers`)."""
+    """Serves a catalog's Services as DNS (see :mod:`discovery.services.dns.answers`).
+
+    Not thread-safe: use it on its catalog's event loop.
+    """
 
     def __init__(
         self,

@@ -49,7 +49,10 @@ class ListenerKind(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ListenerSpec:
-    """One address:port the proxy should listen on, and the Service port it serves."""
+    """One address:port the proxy should listen on, and the Service port it serves.
+
+    Immutable: safe to share between threads.
+    """
 
     address: str
     port: int
@@ -66,7 +69,10 @@ class ListenerSpec:
 
 @dataclass(slots=True)
 class PortStats:
-    """Counters of one Service port (all its listeners together)."""
+    """Counters of one Service port (all its listeners together).
+
+    Not thread-safe: counted on the proxy's event loop; read it there.
+    """
 
     #: Connections accepted.
     connections: int = 0
