@@ -19,6 +19,9 @@ Instrument                                  Kind              Attributes
 ``discovery.connections``                   up-down counter   backend, state (open connections per state)
 ``discovery.connection.transitions``        counter           backend, state
 
+``discovery.picks`` is an observable counter: picks are counted in memory (a pick is the hot path, and an SDK
+counter's ``add`` costs microseconds) and reported when a reader collects.
+
 The same events and meaning as the Prometheus adapter (:mod:`discovery.observability.prometheus`); gauges are
 up-down counters fed with differences, so they add up across caches and registries.
 """
@@ -26,9 +29,10 @@ up-down counters fed with differences, so they add up across caches and registri
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 
 from opentelemetry import metrics
-from opentelemetry.metrics import MeterProvider
+from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
 from discovery.core.backend import RegistrationState
 from discovery.core.connection import ConnectionStatus
@@ -59,8 +63,14 @@ class OpenTelemetryMetrics(MetricsListener):
     """
 
     def __init__(self, meter_provider: MeterProvider | None = None) -> None:
+        self._lock = threading.Lock()
         meter = metrics.get_meter("discovery", _version(), meter_provider=meter_provider)
-        self.picks = meter.create_counter("discovery.picks", "{pick}", "Instances picked by client caches.")
+        # A pick is the hot path: an SDK counter's add() costs microseconds (attributes hashed per call), so picks
+        # are counted here and reported as an observable counter when a reader collects.
+        self._pick_counts: dict[tuple[str, str], int] = {}
+        self.picks = meter.create_observable_counter(
+            "discovery.picks", [self._observe_picks], "{pick}", "Instances picked by client caches."
+        )
         self.pick_failures = meter.create_counter(
             "discovery.pick_failures", "{pick}", "Picks that found no instance."
         )
@@ -89,13 +99,20 @@ class OpenTelemetryMetrics(MetricsListener):
         self.connection_transitions = meter.create_counter(
             "discovery.connection.transitions", "{transition}", "Connection state changes, by the state entered."
         )
-        self._lock = threading.Lock()
         self._set_aside_last: dict[tuple[str, str], int] = {}
         self._stale_last: dict[tuple[str, str], bool] = {}
 
     def on_pick(self, instance: Instance) -> None:
-        """Count a pick."""
-        self.picks.add(1, {"namespace": instance.namespace, "service": instance.service})
+        """Count a pick (reported at collection)."""
+        key = (instance.namespace, instance.service)
+        with self._lock:
+            self._pick_counts[key] = self._pick_counts.get(key, 0) + 1
+
+    def _observe_picks(self, options: CallbackOptions) -> Iterable[Observation]:
+        with self._lock:
+            counts = list(self._pick_counts.items())
+        return [Observation(count, {"namespace": namespace, "service": service})
+                for (namespace, service), count in counts]
 
     def on_pick_failed(self, namespace: str, service: str, reason: str) -> None:
         """Count a failed pick."""
