@@ -282,6 +282,7 @@ class AsyncRegistry:
         last = self._backend.connection.status
         if self._started and last is not None and METRICS.active:
             METRICS.connection_closed(last)
+        self._backend.connection.reset()  # no "lost" after close from a timer still pending
 
     @property
     def closed(self) -> bool:

@@ -78,10 +78,10 @@ class RegistryHealth:
     def problems(self) -> tuple[str, ...]:
         """Why the registry is not ready, one sentence each (empty when ready)."""
         found: list[str] = []
+        connection = self.connection
         if self.closed:
             found.append("the registry is closed")
-        connection = self.connection
-        if connection is None:
+        elif connection is None:
             found.append(f"the {self.backend} backend has not connected yet")
         elif not connection.state.usable:
             detail = f" ({connection.detail})" if connection.detail else ""
