@@ -21,7 +21,7 @@ from discovery_consul.keepalive import Registration
 from discovery_consul.settings import MIN_TTL, ConsulSettings
 from discovery_consul.watch import HealthWatch, decode_entries, watch_task_name
 
-log = logging.getLogger("discovery.consul")
+log = logging.getLogger("discovery.backends.consul.backend")
 
 Key = tuple[str, str, str]
 
@@ -33,7 +33,10 @@ SERVICES_CONCURRENCY = 32
 
 
 class ConsulBackend(Backend):
-    """``consul://host:8500[/scope]?dc=&token=&ttl=&timeout=&wait=&deregister_after=`` on ``consul.aio``."""
+    """``consul://host:8500[/scope]?dc=&token=&ttl=&timeout=&wait=&deregister_after=`` on ``consul.aio``.
+
+    Not thread-safe, like every backend: only its registry's event loop calls it.
+    """
 
     scheme = "consul"
 
@@ -85,7 +88,8 @@ class ConsulBackend(Backend):
         """Open the connection pool and prove the agent answers (``BackendUnavailableError`` if not)."""
         settings = self._settings
         client = ConsulClient(
-            settings.host, settings.port, security=settings.security, dc=settings.dc, timeout=settings.timeout
+            settings.host, settings.port, security=settings.security, dc=settings.dc, timeout=settings.timeout,
+            monitor=self.connection,
         )
         try:
             await client.agent_self()

@@ -24,7 +24,7 @@ from discovery.core.models import Instance, Snapshot
 from discovery_consul import records
 from discovery_consul.connection import ConsulClient
 
-log = logging.getLogger("discovery.consul")
+log = logging.getLogger("discovery.backends.consul.watch")
 
 # At most RATE blocking queries per second after a burst of BURST: bounds the load of a flapping service
 # while adding at most 1/RATE seconds to the detection of a change.

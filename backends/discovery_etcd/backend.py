@@ -18,7 +18,7 @@ from discovery_etcd.records import decode_endpoint_cached, encode_endpoint
 from discovery_etcd.settings import DETECTION_SLACK, MIN_TTL, EtcdSettings
 from discovery_etcd.watch import ServiceWatch, iterate
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("discovery.backends.etcd.backend")
 
 
 class EtcdBackend(Backend):
@@ -27,6 +27,8 @@ class EtcdBackend(Backend):
     Keys are ``<prefix>/<namespace>/<service>/<id>`` (prefix default ``/discovery``) holding the JSON that
     etcd's ``naming/endpoints`` package writes, so a gRPC ``etcd:///`` resolver pointed at
     ``<prefix>/<namespace>/<service>`` finds our instances. Registrations with the same TTL share one lease.
+
+    Not thread-safe, like every backend: only its registry's event loop calls it.
     """
 
     scheme = "etcd"
@@ -34,18 +36,19 @@ class EtcdBackend(Backend):
     def __init__(self, settings: EtcdSettings) -> None:
         self._settings = settings
         self._layout = KeyLayout(settings.prefix)
-        self._pool = EndpointPool(settings)
         self._groups: dict[int, LeaseGroup] = {}
         self._owner: dict[bytes, LeaseGroup] = {}
         self._watches: dict[tuple[str, str], ServiceWatch] = {}
         self._closed = False
-        self._definitions = EtcdDefinitions(self._pool, self._layout.prefix, lambda: self._closed)
         self._capabilities = Capabilities(
             name="etcd",
             default_ttl=float(lease_ttl(settings.ttl)),
             min_ttl=MIN_TTL,
             detection_slack=DETECTION_SLACK,
         )
+        # the pool reports to self.connection, which is named after the capabilities: both come after them
+        self._pool = EndpointPool(settings, self.connection)
+        self._definitions = EtcdDefinitions(self._pool, self._layout.prefix, lambda: self._closed)
 
     @classmethod
     def from_url(cls, url: BackendURL) -> EtcdBackend:

@@ -30,7 +30,7 @@ from discovery_etcd.connection import EndpointPool, is_connection_error, is_stal
 from discovery_etcd.layout import KeyLayout
 from discovery_etcd.records import decode_endpoint_cached
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("discovery.backends.etcd.watch")
 
 _EVENT_PUT = 0
 

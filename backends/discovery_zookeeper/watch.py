@@ -26,7 +26,7 @@ from discovery_zookeeper.bridge import call_in_loop
 from discovery_zookeeper.connection import SessionEvent, ZooKeeperSession
 from discovery_zookeeper.records import decode_record
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("discovery.backends.zookeeper.watch")
 
 #: Upper bound of the random delay before re-listing after a reconnect (spreads a herd of watchers).
 RESYNC_JITTER = 0.25

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 from tenacity import wait_exponential_jitter
 
 from discovery.core.backend import Backend
 from discovery.core.models import Snapshot
+from discovery.observability.metrics import METRICS
 
 log = logging.getLogger("discovery.registry.watch_hub")
 
@@ -71,11 +73,19 @@ class SharedWatch:
         previous = self.latest
         if previous is not None and previous.stale == snapshot.stale and previous.same_members(snapshot):
             return
+        arrived = time.perf_counter()
         self._revision += 1
         stamped = snapshot.with_revision(self._revision)
         self.latest = stamped
         for callback in list(self._subscribers):
             self._deliver_one(callback, stamped)
+        if stamped.stale and (previous is None or not previous.stale):
+            log.info("%s/%s: serving the last known set, marked stale (backend unreachable)",
+                     self.namespace, self.service)
+        elif previous is not None and previous.stale and not stamped.stale:
+            log.info("%s/%s: fresh again (%d instances)", self.namespace, self.service, len(stamped))
+        if METRICS.active:
+            METRICS.snapshot(stamped, time.perf_counter() - arrived)
 
     async def _run(self) -> None:
         failures = 0
@@ -129,6 +139,10 @@ class WatchHub:
         if watch.subscriber_count == 0:
             del self._watches[key]
             await watch.stop()
+
+    def watches(self) -> tuple[SharedWatch, ...]:
+        """Every shared watch running now (for health reports)."""
+        return tuple(self._watches.values())
 
     def cached(self, namespace: str, service: str) -> Snapshot | None:
         """The latest snapshot of a watched service, or None. Safe from any thread."""
