@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import AsyncIterator
 
 from kazoo.exceptions import NoNodeError
@@ -11,7 +12,7 @@ from kazoo.exceptions import NoNodeError
 from discovery.core import validation
 from discovery.core.backend import Backend, Capabilities, DefinitionSnapshot, StateListener, StoredDefinition
 from discovery.core.errors import ClosedError, DiscoveryError, NotRegisteredError, ValidationError
-from discovery.core.models import Instance, Snapshot
+from discovery.core.models import Instance
 from discovery.core.urls import BackendURL
 from discovery_zookeeper.connection import ZooKeeperSession
 from discovery_zookeeper.definitions import ZooKeeperDefinitions
@@ -38,7 +39,8 @@ class ZooKeeperBackend(Backend):
         self._layout = Layout(config.root)
         self._session: ZooKeeperSession | None = None
         self._registrations: Registrations | None = None
-        self._watches: set[ServiceWatch] = set()
+        # Open watch streams, to end them on close; a stream its consumer dropped leaves by itself.
+        self._watches: weakref.WeakSet[ServiceWatch] = weakref.WeakSet()
         self._closed = False
 
     @classmethod
@@ -167,15 +169,11 @@ class ZooKeeperBackend(Backend):
         )
         return tuple(sorted(name for name, stat in zip(candidates, stats, strict=True) if stat and stat.numChildren))
 
-    async def watch(self, namespace: str, service: str) -> AsyncIterator[Snapshot]:
-        """Yield the current snapshot, then one per change; stale while disconnected, re-listed after."""
+    def watch(self, namespace: str, service: str) -> ServiceWatch:
+        """A new stream: the current snapshot, then one per change; stale while disconnected, re-listed after."""
         stream = ServiceWatch(self._live_session(), self._layout.service_path(namespace, service), namespace, service)
         self._watches.add(stream)
-        try:
-            async for snapshot in stream.snapshots():
-                yield snapshot
-        finally:
-            self._watches.discard(stream)
+        return stream
 
     # -- durable definitions: persistent znodes, see discovery_zookeeper.definitions ----------------------------
 
