@@ -3,11 +3,12 @@
 A :class:`ServiceWatch` is what ``EtcdBackend.watch`` returns: an async iterator of full snapshots, driven by
 its consumer (the registry's watch hub, which shares it among every subscriber of the service; there is no
 sharing here). It lists ``<target>/`` at revision R and watches from R+1, so no change falls between the read
-and the watch. When the stream breaks it yields the last set with ``stale=True``, reconnects with jittered
-backoff (tenacity) and resumes the watch from the last applied revision + 1. If etcd's revision moved meanwhile
-it also re-lists (the contract's "re-list once back") and skips replayed events the list already covers, so the
-first fresh snapshot is already complete. A compacted resume revision makes etcd cancel the watch: the set is
-re-listed and delivered whole. A snapshot is yielded fresh only once its watch stream is created.
+and the watch. When the stream breaks it yields the last set with ``stale=True``, reconnects and resumes the
+watch from the last applied revision + 1. If etcd's revision moved meanwhile it also re-lists (the contract's
+"re-list once back") and skips replayed events the list already covers, so the first fresh snapshot is already
+complete. A compacted resume revision makes etcd cancel the watch: the set is re-listed and delivered whole.
+Reconnect attempts are spaced by jittered exponential backoff (tenacity's strategy; the loop is ours because it
+yields the stale snapshot between attempts).
 
 The watch stream is driven through aetcd's generated gRPC stub rather than ``aetcd.Client.watch``; see
 docs/decisions/etcd-watch-stream.md for why.
@@ -23,8 +24,9 @@ from typing import Any
 from aetcd import rpc
 from aetcd.utils import prefix_range_end
 from grpc.aio import EOF  # type: ignore[import-untyped]
-from tenacity import AsyncRetrying, retry_if_exception, wait_random_exponential
+from tenacity import wait_random_exponential
 
+from discovery.core.backoff import retry_delay
 from discovery.core.errors import BackendUnavailableError, ClosedError, DiscoveryError
 from discovery.core.models import Instance, Snapshot
 from discovery_etcd.connection import EndpointPool, is_connection_error, is_stale_token
@@ -34,6 +36,8 @@ from discovery_etcd.records import decode_endpoint_cached
 log = logging.getLogger(__name__)
 
 _EVENT_PUT = 0
+#: Backoff between failed attempts to reopen the stream (the first attempt after a loss is immediate).
+RECONNECT_WAIT = wait_random_exponential(multiplier=0.05, max=2.0)
 
 
 class _StreamLost(Exception):
@@ -98,9 +102,9 @@ class ServiceWatch(AsyncIterator[Snapshot]):
         self.resume_count = 0
         #: How many times etcd cancelled the watch because its start revision was compacted.
         self.compacted_count = 0
-        #: Test seam: awaited before every attempt to open a watch stream, so a test can hold a reconnect and
-        #: change etcd while this watch is away. ``None`` in production.
-        self.before_connect: Callable[[], Awaitable[None]] | None = None
+        #: Test seam: awaited before every attempt to reopen the watch stream after a loss, so a test can hold the
+        #: reconnect and change etcd while this watch is away. ``None`` in production.
+        self.before_reconnect: Callable[[], Awaitable[None]] | None = None
         self._snapshots = self._stream()
 
     @property
@@ -117,10 +121,17 @@ class ServiceWatch(AsyncIterator[Snapshot]):
 
     async def _stream(self) -> AsyncGenerator[Snapshot, None]:
         try:
-            await self._first_connect()
+            # The first snapshot as soon as the list answers (BackendUnavailableError if etcd does not answer
+            # within the timeout); its watch stream starts at the list's revision + 1.
+            await self._list()
+            yield self._sent(self._snapshot())
+            reconnecting = False
+            failures = 0  # attempts to open the stream that failed in a row
             while True:
-                lost = False
+                opened = lost = False
                 try:
+                    await self._open(reconnecting)
+                    opened, failures = True, 0
                     fresh = self._snapshot()
                     if self._differs(fresh):
                         yield self._sent(fresh)
@@ -141,10 +152,13 @@ class ServiceWatch(AsyncIterator[Snapshot]):
                         raise
                     lost = True
                 self._cancel_call()
+                reconnecting = True
                 if lost and self._listed and not self._stale:
                     self._stale = True
                     yield self._sent(self._snapshot())
-                await self._connect_retrying()
+                if lost and not opened:
+                    failures += 1
+                    await asyncio.sleep(retry_delay(RECONNECT_WAIT, failures))
         except Exception as error:
             final = self._final_error(error)
             if final is error:
@@ -161,25 +175,6 @@ class ServiceWatch(AsyncIterator[Snapshot]):
         # A bug or a refusal (permissions): the consumer hears of it instead of hanging.
         log.error("etcd watch of %s failed", self._prefix, exc_info=error)
         return BackendUnavailableError(f"watching {self.namespace}/{self.service} on etcd failed: {error}")
-
-    async def _first_connect(self) -> None:
-        try:
-            async with asyncio.timeout(self._pool.timeout):
-                await self._connect_retrying()
-        except TimeoutError:
-            raise BackendUnavailableError(
-                f"could not watch {self.namespace}/{self.service}: etcd did not answer in time"
-            ) from None
-
-    async def _connect_retrying(self) -> None:
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(lambda error: _should_reconnect(error) and not self._is_closed()),
-            wait=wait_random_exponential(multiplier=0.05, max=2.0),
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                await self._connect()
 
     def _snapshot(self) -> Snapshot:
         return Snapshot(
@@ -221,13 +216,16 @@ class ServiceWatch(AsyncIterator[Snapshot]):
             return None
         return decode_endpoint_cached(value, *parsed)
 
-    async def _connect(self) -> None:
-        """List if needed and open a watch stream from the next revision; fresh (not stale) once it is open."""
+    async def _open(self, reconnecting: bool) -> None:
+        """Open a watch stream from the next revision (listing first if needed); the set is fresh once it is open.
+
+        After a loss the stream resumes from the last applied revision + 1, and re-lists if etcd moved meanwhile.
+        """
         self._cancel_call()  # a stream a failed attempt left open
-        if self.before_connect is not None:
-            await self.before_connect()
-        resuming = self._listed
-        if not resuming:
+        if reconnecting and self.before_reconnect is not None:
+            await self.before_reconnect()
+        resuming = reconnecting and self._listed
+        if not self._listed:
             await self._list()
         client = await self._pool.client()
         try:

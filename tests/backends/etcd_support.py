@@ -93,7 +93,7 @@ def raw_client(host: str, port: int) -> Any:
 
 
 class ReconnectGate:
-    """Holds a watch stream's reconnects until :meth:`open` (through its ``before_connect`` test seam), so a test
+    """Holds a watch stream's reconnects until :meth:`open` (through its ``before_reconnect`` test seam), so a test
     can change etcd while the watch is away.
     """
 
@@ -105,7 +105,7 @@ class ReconnectGate:
             self.waiting.set()
             await self.opened.wait()
 
-        watch.before_connect = gate
+        watch.before_reconnect = gate
 
     def open(self) -> None:
         """Let the watch reconnect."""
