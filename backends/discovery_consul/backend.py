@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 
 from discovery.core.backend import Backend, Capabilities, StateListener
 from discovery.core.errors import ClosedError, DiscoveryError, ValidationError
 from discovery.core.foreign import log_skipped
-from discovery.core.models import Instance, Snapshot
+from discovery.core.models import Instance
 from discovery.core.urls import BackendURL
 from discovery.core.validation import validate_service_name
 from discovery_consul import layout, records
@@ -19,7 +18,7 @@ from discovery_consul.connection import ConsulClient
 from discovery_consul.definitions import ConsulDefinitions
 from discovery_consul.keepalive import Registration
 from discovery_consul.settings import MIN_TTL, ConsulSettings
-from discovery_consul.watch import HealthWatch, decode_entries, watch_task_name
+from discovery_consul.watch import ServiceWatch, decode_entries
 
 log = logging.getLogger("discovery.backends.consul.backend")
 
@@ -50,7 +49,6 @@ class ConsulBackend(Backend):
         # Service ids the agent may hold checks of that this backend did not write (left by an earlier process,
         # or a write whose answer was lost): their first registration must set the checks' statuses explicitly.
         self._maybe_at_agent: set[str] = set()
-        self._watch_tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._definitions = ConsulDefinitions(self._require_client, settings.scope, settings.wait)
 
@@ -127,10 +125,6 @@ class ConsulBackend(Backend):
 
     async def _shutdown(self) -> None:
         self._closed = True
-        tasks = list(self._watch_tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         client, self._client = self._client, None
         if client is not None:
             await client.close()
@@ -207,19 +201,14 @@ class ConsulBackend(Backend):
         found = await asyncio.gather(*(listed(name) for name in candidates))
         return tuple(name for name, instances in zip(candidates, found, strict=True) if instances)
 
-    async def watch(self, namespace: str, service: str) -> AsyncIterator[Snapshot]:
-        """The current snapshot, then one per change; ``stale`` copies of the last set while Consul is away."""
+    def watch(self, namespace: str, service: str) -> ServiceWatch:
+        """A new stream: the current snapshot, then one per change; ``stale`` copies of the last set while Consul
+        is away. It ends once this backend is closed.
+        """
         client = self._require_client()
-        health_watch = HealthWatch(client, self._settings.scope, namespace, service, self._settings.wait)
-        task = asyncio.create_task(health_watch.run(), name=watch_task_name(namespace, service))
-        self._watch_tasks.add(task)
-        task.add_done_callback(self._watch_tasks.discard)
-        try:
-            async for snapshot in health_watch.snapshots(task):
-                yield snapshot
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        return ServiceWatch(
+            client, self._settings.scope, namespace, service, self._settings.wait, lambda: self._closed
+        )
 
 
 def is_service_name(name: str) -> bool:

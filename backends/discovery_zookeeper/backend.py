@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import weakref
 
 from kazoo.exceptions import NoNodeError
 
 from discovery.core import validation
 from discovery.core.backend import Backend, Capabilities, StateListener
 from discovery.core.errors import ClosedError, DiscoveryError, NotRegisteredError, ValidationError
-from discovery.core.models import Instance, Snapshot
+from discovery.core.models import Instance
 from discovery.core.urls import BackendURL
 from discovery_zookeeper.connection import SessionEvent, ZooKeeperSession
 from discovery_zookeeper.definitions import ZooKeeperDefinitions
@@ -40,7 +40,8 @@ class ZooKeeperBackend(Backend):
         self._layout = Layout(config.root)
         self._session: ZooKeeperSession | None = None
         self._registrations: Registrations | None = None
-        self._watches: set[ServiceWatch] = set()
+        # Open watch streams, to end them on close; a stream its consumer dropped leaves by itself.
+        self._watches: weakref.WeakSet[ServiceWatch] = weakref.WeakSet()
         self._closed = False
         self._definitions = ZooKeeperDefinitions(self._live_session, config.root)
 
@@ -190,15 +191,11 @@ class ZooKeeperBackend(Backend):
         )
         return tuple(sorted(name for name, stat in zip(candidates, stats, strict=True) if stat and stat.numChildren))
 
-    async def watch(self, namespace: str, service: str) -> AsyncIterator[Snapshot]:
-        """Yield the current snapshot, then one per change; stale while disconnected, re-listed after."""
+    def watch(self, namespace: str, service: str) -> ServiceWatch:
+        """A new stream: the current snapshot, then one per change; stale while disconnected, re-listed after."""
         stream = ServiceWatch(self._live_session(), self._layout.service_path(namespace, service), namespace, service)
         self._watches.add(stream)
-        try:
-            async for snapshot in stream.snapshots():
-                yield snapshot
-        finally:
-            self._watches.discard(stream)
+        return stream
 
     # -- helpers -------------------------------------------------------------------------------------------------
 

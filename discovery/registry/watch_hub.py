@@ -1,7 +1,8 @@
 """One backend watch per service per registry, fanned out to every subscriber, with its snapshot cached.
 
-The cache is an immutable :class:`Snapshot` held in a plain attribute, so a reader in any thread gets a
-consistent set without a lock or a hop onto the event loop.
+This is the only fan-out: a backend's ``watch()`` is a plain stream per call, and one task here reads it and
+calls every subscriber (docs/decisions/watch-fan-out.md). The cache is an immutable :class:`Snapshot` held in a
+plain attribute, so a reader in any thread gets a consistent set without a lock or a hop onto the event loop.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from tenacity import wait_exponential_jitter
 
 from discovery.core.backend import Backend
+from discovery.core.backoff import retry_delay
 from discovery.core.models import Snapshot
 from discovery.observability.metrics import METRICS
 
@@ -103,15 +105,7 @@ class SharedWatch:
                 log.warning("watch of %s/%s failed (%s); retrying", self.namespace, self.service, error)
                 if self.latest is not None and not self.latest.stale:
                     self._publish(self.latest.with_revision(self.latest.revision, stale=True))
-                await asyncio.sleep(_retry_wait_seconds(failures))
-
-
-def _retry_wait_seconds(attempt: int) -> float:
-    from tenacity import RetryCallState
-
-    state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
-    state.attempt_number = attempt
-    return float(_retry_wait(state))
+                await asyncio.sleep(retry_delay(_retry_wait, failures))
 
 
 class WatchHub:
