@@ -203,7 +203,8 @@ class EndpointPool:
             elif is_stale_token(error):
                 await self.renew(client)
             raise
-        self._monitor.contact(f"etcd at {self._settings.endpoints[self._index]} answered")
+        if not self._monitor.usable:  # only a recovery is news: the common path formats nothing
+            self._monitor.contact(f"etcd at {self._settings.endpoints[self._index]} answered")
         return result
 
     async def close(self) -> None:

@@ -102,6 +102,12 @@ class ConnectionMonitor:
         else:
             self.contact(detail)
 
+    @property
+    def usable(self) -> bool:
+        """Whether the connection is connected or reconnected (a request reaching the server changes nothing)."""
+        state = self.state
+        return state is not None and state.usable
+
     def contact(self, detail: str = "") -> None:
         """A request reached the server: ``reconnected`` if the connection was ``suspended`` or ``lost``."""
         state = self.state
