@@ -292,9 +292,10 @@ class _Owned:
 class MemoryBackend(Backend):
     """``memory://[/store]?ttl=seconds``: the embedded backend (one process, several registries).
 
-    Its writes and reads need no I/O, so they are also offered as :attr:`immediate` operations, callable from
-    any thread: the blocking ``Registry`` runs them in the caller's thread. ``_lock`` makes each of them atomic
-    with respect to the keep-alive (on the event loop) and to :meth:`close`.
+    Like every backend, its registry's loop calls it; but its writes and reads need no I/O, so they are also offered
+    as :attr:`immediate` operations, callable from any thread: the blocking ``Registry`` runs them in the caller's
+    thread. ``_lock`` makes each of them atomic with respect to the keep-alive (on the event loop) and to
+    :meth:`close`; the store it shares is thread-safe.
     """
 
     scheme = "memory"

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 
 from discovery.core.backend import Backend, Capabilities, StateListener
 from discovery.core.errors import ClosedError, DiscoveryError, ValidationError
 from discovery.core.foreign import log_skipped
-from discovery.core.models import Instance, Snapshot
+from discovery.core.models import Instance
 from discovery.core.urls import BackendURL
 from discovery.core.validation import validate_service_name
 from discovery_consul import layout, records
@@ -19,9 +18,9 @@ from discovery_consul.connection import ConsulClient
 from discovery_consul.definitions import ConsulDefinitions
 from discovery_consul.keepalive import Registration
 from discovery_consul.settings import MIN_TTL, ConsulSettings
-from discovery_consul.watch import ChangeFeed, HealthWatch, decode_entries, watch_task_name
+from discovery_consul.watch import ChangeFeed, ServiceWatch, decode_entries
 
-log = logging.getLogger("discovery.consul")
+log = logging.getLogger("discovery.backends.consul.backend")
 
 Key = tuple[str, str, str]
 
@@ -33,7 +32,10 @@ SERVICES_CONCURRENCY = 32
 
 
 class ConsulBackend(Backend):
-    """``consul://host:8500[/scope]?dc=&token=&ttl=&timeout=&wait=&deregister_after=`` on ``consul.aio``."""
+    """``consul://host:8500[/scope]?dc=&token=&ttl=&timeout=&wait=&deregister_after=`` on ``consul.aio``.
+
+    Not thread-safe, like every backend: only its registry's event loop calls it.
+    """
 
     scheme = "consul"
 
@@ -48,7 +50,6 @@ class ConsulBackend(Backend):
         # Service ids the agent may hold checks of that this backend did not write (left by an earlier process,
         # or a write whose answer was lost): their first registration must set the checks' statuses explicitly.
         self._maybe_at_agent: set[str] = set()
-        self._watch_tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._definitions = ConsulDefinitions(self._require_client, settings.scope, settings.wait)
 
@@ -86,7 +87,8 @@ class ConsulBackend(Backend):
         """Open the connection pool and prove the agent answers (``BackendUnavailableError`` if not)."""
         settings = self._settings
         client = ConsulClient(
-            settings.host, settings.port, security=settings.security, dc=settings.dc, timeout=settings.timeout
+            settings.host, settings.port, security=settings.security, dc=settings.dc, timeout=settings.timeout,
+            monitor=self.connection,
         )
         try:
             await client.agent_self()
@@ -125,12 +127,8 @@ class ConsulBackend(Backend):
 
     async def _shutdown(self) -> None:
         self._closed = True
-        tasks = list(self._watch_tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         if self._feed is not None:
-            await self._feed.close()
+            await self._feed.close()  # every stream following it wakes and ends
         client, self._client = self._client, None
         if client is not None:
             await client.close()
@@ -207,20 +205,15 @@ class ConsulBackend(Backend):
         found = await asyncio.gather(*(listed(name) for name in candidates))
         return tuple(name for name, instances in zip(candidates, found, strict=True) if instances)
 
-    async def watch(self, namespace: str, service: str) -> AsyncIterator[Snapshot]:
-        """The current snapshot, then one per change; ``stale`` copies of the last set while Consul is away."""
+    def watch(self, namespace: str, service: str) -> ServiceWatch:
+        """A new stream: the current snapshot, then one per change; ``stale`` copies of the last set while Consul
+        is away. It ends once this backend is closed.
+        """
         client = self._require_client()
         assert self._feed is not None  # made with the client
-        health_watch = HealthWatch(client, self._feed, self._settings.scope, namespace, service, self._settings.wait)
-        task = asyncio.create_task(health_watch.run(), name=watch_task_name(namespace, service))
-        self._watch_tasks.add(task)
-        task.add_done_callback(self._watch_tasks.discard)
-        try:
-            async for snapshot in health_watch.snapshots(task):
-                yield snapshot
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        return ServiceWatch(
+            client, self._feed, self._settings.scope, namespace, service, self._settings.wait, lambda: self._closed
+        )
 
 
 def is_service_name(name: str) -> bool:

@@ -18,6 +18,7 @@ import consul.aio
 from consul.callback import CB
 from consul.exceptions import ACLDisabled, ACLPermissionDenied, BadRequest, ConsulException, NotFound
 
+from discovery.core.connection import ConnectionMonitor
 from discovery.core.errors import BackendUnavailableError, DiscoveryError, DiscoveryTLSError, ValidationError
 from discovery_consul.security import ConsulSecurity, acl_error, is_hang_up, is_tls_failure, tls_reason
 
@@ -40,9 +41,18 @@ class ConsulClient:
     """An async Consul client for one agent. Create it inside the running event loop."""
 
     def __init__(
-        self, host: str, port: int, *, security: ConsulSecurity, dc: str | None, timeout: float
+        self,
+        host: str,
+        port: int,
+        *,
+        security: ConsulSecurity,
+        dc: str | None,
+        timeout: float,
+        monitor: ConnectionMonitor | None = None,
     ) -> None:
         self._agent_address = f"{host}:{port}"
+        # Told about every call that reached the agent or could not: the backend's connection state comes from here.
+        self._monitor = monitor if monitor is not None else ConnectionMonitor("consul")
         self._timeout = timeout
         self._uses_tls = security.tls is not None
         # Two pools: a blocking query parks its HTTP connection for up to ``wait`` seconds, so sharing one pool
@@ -70,7 +80,9 @@ class ConsulClient:
         try:
             async with asyncio.timeout(timeout):
                 yield
+            self._monitor.contact(f"Consul agent {self._agent_address} answered")
         except TimeoutError:
+            self._monitor.failure(f"Consul agent {self._agent_address} did not answer {what} within {timeout:g} s")
             raise BackendUnavailableError(
                 f"Consul agent {self._agent_address} did not answer {what} within {timeout:g} s"
             ) from None
@@ -82,6 +94,7 @@ class ConsulClient:
                     f"TLS with the Consul agent {self._agent_address} failed for {what} (untrusted server certificate,"
                     f" refused client certificate, or not an HTTPS port): {tls_reason(error)}"
                 ) from None
+            self._monitor.failure(f"Consul agent {self._agent_address} unreachable: {type(error).__name__}")
             raise BackendUnavailableError(
                 f"Consul agent {self._agent_address} unreachable for {what}: {type(error).__name__}: {error}"
             ) from None
@@ -96,6 +109,7 @@ class ConsulClient:
             if any(marker in text for marker in _UNKNOWN_CHECK_MARKERS):
                 raise UnknownToAgentError(f"Consul agent does not know it ({what}): {text}") from None
             if text[:1] == "5":
+                self._monitor.failure(f"Consul agent {self._agent_address} answered {text[:3]}")
                 raise BackendUnavailableError(f"Consul agent {self._agent_address} failed {what}: {text}") from None
             raise DiscoveryError(f"Consul failed {what}: {text}") from None
 

@@ -1,5 +1,10 @@
 """Watching services: one change feed per client, and a non-blocking read of each service that changed.
 
+A :class:`ServiceWatch` is what ``ConsulBackend.watch`` returns: an async iterator of full snapshots, driven by
+its consumer (the registry's watch hub, which shares it among every subscriber of the service). The feed it
+follows is not a fan-out of snapshots: it only tells each stream when its service changed, so that one blocking
+query serves every watched service of a client instead of one per service.
+
 A blocking query parks one HTTP connection, and an agent accepts 200 per client address by default, so one
 blocking query per watched service does not scale to thousands of services. Instead :class:`ChangeFeed` follows
 one blocking query on ``/v1/health/state/any`` (every check of the datacenter, each with its ``ModifyIndex``)
@@ -26,19 +31,20 @@ import logging
 import random
 import time
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
+from tenacity import wait_random_exponential
 
+from discovery.core.backoff import retry_delay
 from discovery.core.errors import BackendUnavailableError, ValidationError
 from discovery.core.foreign import log_skipped
 from discovery.core.models import Instance, Snapshot
 from discovery_consul import records
 from discovery_consul.connection import ConsulClient
 
-log = logging.getLogger("discovery.consul")
+log = logging.getLogger("discovery.backends.consul.watch")
 
 # At most RATE reads of one service per second after a burst of BURST: bounds the load of a flapping service
 # while adding at most 1/RATE seconds to the detection of a change.
@@ -229,7 +235,10 @@ class ChangeFeed:
             self._cold_changed.set()
 
     async def close(self) -> None:
-        """Stop the feed (the backend is closing)."""
+        """Stop the feed (the backend is closing); every cold stream wakes and ends."""
+        for follower in list(self._followers):
+            follower.wake()
+            follower.evict()
         self._followers.clear()
         self._hot.clear()
         if self._task is not None:
@@ -270,7 +279,7 @@ class ChangeFeed:
                 failures += 1
                 for follower in self._cold():
                     follower.stale(error)
-                await asyncio.sleep(retry_delay(failures))
+                await asyncio.sleep(retry_delay(RETRY_WAIT, failures))
                 continue
             if answer is None:
                 continue  # a watch went cold meanwhile: ask again with it selected
@@ -370,20 +379,23 @@ def _read_checks(checks: list[dict[str, Any]]) -> _FeedState:
     return state
 
 
-def retry_delay(attempt: int) -> float:
-    """Seconds before retry number ``attempt`` (tenacity's jittered exponential strategy)."""
-    retry_state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
-    retry_state.attempt_number = attempt
-    return float(RETRY_WAIT(retry_state))
+class ServiceWatch(AsyncIterator[Snapshot]):
+    """The snapshot stream of one ``watch(namespace, service)`` call: a read now, then one each time its service
+    changed (told by the feed while cold, by its own blocking query while hot), one yield per changed set.
 
-
-class HealthWatch:
-    """The read loop of one watched service: read now, then again each time the feed says it changed, or, while
-    its service holds a hot slot, a blocking query of its own; :meth:`snapshots` yields what it publishes.
+    Iterate it; ``aclose()`` (or cancelling the task iterating it) ends it. It ends by itself once the backend is
+    closed (its next query fails).
     """
 
     def __init__(
-        self, client: ConsulClient, feed: ChangeFeed, scope: str | None, namespace: str, service: str, wait: float
+        self,
+        client: ConsulClient,
+        feed: ChangeFeed,
+        scope: str | None,
+        namespace: str,
+        service: str,
+        wait: float,
+        is_closed: Callable[[], bool],
     ) -> None:
         self._client = client
         self._feed = feed
@@ -391,57 +403,108 @@ class HealthWatch:
         self._namespace = namespace
         self._service = service
         self._wait = wait
+        self._is_closed = is_closed
         self._latest: Snapshot | None = None
         self._revision = 0
-        self._changed = asyncio.Event()
         self._wake = asyncio.Event()
         self._evicted = asyncio.Event()
+        self._feed_error: BaseException | None = None
         self._follower = Follower(service, self._wake.set, self._on_feed_error, self._evicted.set)
+        self._snapshots = self._stream()
 
-    def _publish(self, instances: tuple[Instance, ...], stale: bool) -> None:
+    async def __anext__(self) -> Snapshot:
+        return await anext(self._snapshots)
+
+    async def aclose(self) -> None:
+        """End the stream (a blocking query in flight is abandoned)."""
+        await self._snapshots.aclose()
+
+    def _changed(self, instances: tuple[Instance, ...], stale: bool) -> Snapshot | None:
+        """The new snapshot, or None when it would repeat the last one."""
         latest = self._latest
         if latest is not None and latest.stale == stale and latest.same_members(instances):
-            return
+            return None
         self._revision += 1
         self._latest = Snapshot(self._service, self._namespace, instances, self._revision, stale)
-        self._changed.set()
+        return self._latest
 
-    def _mark_stale(self, error: BaseException | None) -> None:
+    def _stale(self, error: BaseException) -> Snapshot | None:
         latest = self._latest
         # Warn once per outage; every retry after that is only debug noise.
         level = logging.DEBUG if latest is not None and latest.stale else logging.WARNING
         log.log(level, "watch of %s/%s: %s; keeping the last set (stale)", self._namespace, self._service, error)
-        self._publish(latest.instances if latest is not None else (), stale=True)
+        return self._changed(latest.instances if latest is not None else (), stale=True)
 
     def _on_feed_error(self, error: BaseException) -> None:
-        if self._latest is not None:  # before the first read, the read itself reports the outage
-            self._mark_stale(error)
+        self._feed_error = error
+        self._wake.set()
 
-    async def run(self) -> None:
-        """Read, then read again on every change, forever; cancel the task to stop."""
+    async def _stream(self) -> AsyncGenerator[Snapshot, None]:
         bucket = TokenBucket(QUERY_RATE, QUERY_BURST, QUERY_JITTER)
         stop_following = self._feed.follow(self._follower)
         try:
-            await self._read()
-            self._feed.claim_hot(self._follower, evict=False)
+            must_read, first, failures = True, True, 0
             while True:
+                if must_read:
+                    try:
+                        fresh = await self._read()
+                    except Exception as error:
+                        if self._is_closed():
+                            return
+                        if not isinstance(error, BackendUnavailableError):
+                            raise
+                        failures += 1
+                        stale = self._stale(error)
+                        if stale is not None:
+                            yield stale
+                        await asyncio.sleep(retry_delay(RETRY_WAIT, failures))
+                        continue
+                    must_read, failures = False, 0
+                    if fresh is not None:
+                        yield fresh
+                    self._evicted.clear()
+                    # A free hot slot for a new watch; the one changed least recently's for a service that changed.
+                    self._feed.claim_hot(self._follower, evict=not first and fresh is not None)
+                    first = False
+                    continue
                 if self._feed.is_hot(self._follower):
-                    if not await self._hot_query():
+                    outcome = await self._hot_query()
+                    if outcome is _CLOSED:
+                        return
+                    if outcome is _GIVE_UP:
                         self._feed.release_hot(self._follower)
+                        must_read = self._wake.is_set()  # an error or a reset: read the cold way
+                    elif isinstance(outcome, Snapshot):
+                        yield outcome
                     await bucket.take()
                     continue
                 await self._wake.wait()
-                await bucket.take()
                 self._wake.clear()
-                await self._read()
-                self._evicted.clear()
-                self._feed.claim_hot(self._follower, evict=True)  # it changed: its next change by its own query
+                if self._is_closed():
+                    return
+                feed_error, self._feed_error = self._feed_error, None
+                if feed_error is not None:  # the feed is down: this set may be out of date
+                    stale = self._stale(feed_error)
+                    if stale is not None:
+                        yield stale
+                    continue
+                await bucket.take()
+                must_read = True
         finally:
             stop_following()
 
-    async def _hot_query(self) -> bool:
-        """One blocking query from the last read's index; ``False`` when the slot should be given up (taken by
-        another service, no change for a whole ``wait``, an error: the feed tells of the next change)."""
+    async def _read(self) -> Snapshot | None:
+        """Read the service once (non-blocking); the new snapshot, or None if its set did not change."""
+        async with self._feed.reads:
+            index, entries = await self._client.health_service(
+                self._service, records.query_tag(self._scope, self._namespace)
+            )
+        return self._apply(index, entries)
+
+    async def _hot_query(self) -> Snapshot | object | None:
+        """One blocking query from the last read's index: the new snapshot (None: same set), :data:`_GIVE_UP` when
+        the slot should go (taken by another service, a whole ``wait`` without a change, an error or an index that
+        went backwards, which also set ``_wake`` to read the cold way), or :data:`_CLOSED`."""
         query = asyncio.ensure_future(self._client.health_service(
             self._service, records.query_tag(self._scope, self._namespace), index=max(self._follower.read_index, 1),
             wait=self._wait,
@@ -456,66 +519,30 @@ class HealthWatch:
             evicted.cancel()
         if not query.done():
             await _cancelled(query)
-            return False
+            return _GIVE_UP
         try:
             index, entries = query.result()
-        except BackendUnavailableError:
+        except Exception as error:
+            if self._is_closed():
+                return _CLOSED
+            if not isinstance(error, BackendUnavailableError):
+                raise
             self._wake.set()  # read again the cold way, with its retries and stale handling
-            return False
+            return _GIVE_UP
         if index == self._follower.read_index:
-            return False  # a whole wait without a change
+            return _GIVE_UP  # a whole wait without a change
         if index < self._follower.read_index:
             self._wake.set()  # went backwards (agent restart): a plain re-list
-            return False
+            return _GIVE_UP
         self._wake.clear()  # the feed's news of this change, if any, is answered
-        self._apply(index, entries)
-        return True
+        return self._apply(index, entries)
 
-    async def _read(self) -> None:
-        def note_failure(retry_state: RetryCallState) -> None:
-            self._mark_stale(retry_state.outcome.exception() if retry_state.outcome else None)
-
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(BackendUnavailableError),
-            wait=RETRY_WAIT,
-            before_sleep=note_failure,
-            reraise=True,
-        ):
-            with attempt:
-                async with self._feed.reads:
-                    index, entries = await self._client.health_service(
-                        self._service, records.query_tag(self._scope, self._namespace)
-                    )
-        self._apply(index, entries)
-
-    def _apply(self, index: int, entries: list[dict[str, Any]]) -> None:
+    def _apply(self, index: int, entries: list[dict[str, Any]]) -> Snapshot | None:
         instances = decode_entries(self._scope, self._namespace, self._service, entries)
         foreign = any(not records.is_ours(entry) for entry in entries)
         self._follower.read(index, entries, sweepable=foreign or not entries)
-        self._publish(instances, stale=False)
-
-    async def snapshots(self, task: asyncio.Task[None]) -> AsyncIterator[Snapshot]:
-        """Yield every snapshot :meth:`run` (running as ``task``) publishes, bursts coalesced."""
-        while True:
-            waiter = asyncio.ensure_future(self._changed.wait())
-            try:
-                await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                waiter.cancel()
-            if self._changed.is_set():
-                self._changed.clear()
-                if self._latest is not None:
-                    yield self._latest
-                continue
-            if task.cancelled():
-                return  # the backend closed
-            error = task.exception()
-            if error is not None:
-                raise error
-            return
+        return self._changed(instances, stale=False)
 
 
-def watch_task_name(namespace: str, service: str) -> str:
-    """The asyncio task name of a watch (shows in task dumps)."""
-    return f"discovery-consul-watch-{namespace}/{service}"
-
+_GIVE_UP = object()
+_CLOSED = object()

@@ -4,20 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import Callable, Collection, Generator, Mapping
 from types import TracebackType
 from typing import Any
 
 from discovery.core.backend import Backend, Capabilities, ImmediateOperations, RegistrationState
+from discovery.core.connection import ConnectionListener, ConnectionStatus
 from discovery.core.errors import ClosedError, ValidationError
 from discovery.core.models import DEFAULT_NAMESPACE, Instance, Snapshot, Status
 from discovery.core.plugins import create_backend
 from discovery.core.selectors import Selector, parse_selector
 from discovery.core.urls import BackendURL
-from discovery.core.validation import validate_namespace, validate_service_name, validate_ttl
-from discovery.registry.registration import AsyncRegistration, RegistrationStates
+from discovery.core.validation import (
+    validate_namespace,
+    validate_service_name,
+    validate_ttl,
+    validate_ttl_minimum,
+)
+from discovery.observability.metrics import METRICS
+from discovery.registry.health import RegistryHealth, registration_health, watch_health
+from discovery.registry.registration import UPDATABLE_FIELDS, AsyncRegistration, RegistrationStates
 from discovery.registry.watch_hub import SnapshotCallback, WatchHub
+
+log = logging.getLogger("discovery.registry")
 
 SelectorLike = str | Mapping[str, str] | Selector | None
 StatusFilter = Collection[Status | str] | None
@@ -47,8 +58,10 @@ class AsyncRegistry:
     """Register, look up and watch instances through one backend. Use ``await AsyncRegistry.connect(url)``
     or ``async with AsyncRegistry.connect(url) as registry``.
 
-    Where the backend offers :attr:`Backend.immediate` operations (the memory backend), the ``*_now`` methods
-    do the same work from any thread without the event loop; the blocking ``Registry`` uses them.
+    Not thread-safe: use it on the event loop it connected on; only :meth:`cached_snapshot` and, where the backend
+    offers :attr:`Backend.immediate` operations (the memory backend), the ``*_now`` methods may be called from other
+    threads (they do the same work without the event loop; the blocking :class:`~discovery.Registry` uses them).
+    For threads use the blocking :class:`~discovery.Registry`.
     """
 
     def __init__(self, backend: Backend) -> None:
@@ -88,6 +101,32 @@ class AsyncRegistry:
             self._loop = asyncio.get_running_loop()
             await self._backend.start()
             self._started = True
+            monitor = self._backend.connection
+            monitor.add_listener(_report_connection_state)
+            monitor.connected(f"{self._backend.capabilities.name} backend started")
+
+    @property
+    def connection(self) -> ConnectionStatus | None:
+        """The backend connection's current state (``None`` before :meth:`start`)."""
+        return self._backend.connection.status
+
+    def add_connection_listener(self, listener: ConnectionListener) -> Callable[[], None]:
+        """Call ``listener(status)`` on every connection state change (connected / suspended / lost /
+        reconnected), on this registry's event loop; it must not block. Returns a function that removes it.
+        """
+        return self._backend.connection.add_listener(listener)
+
+    def health(self) -> RegistryHealth:
+        """The structured status of the backend connection, every registration and every watch (no I/O);
+        ``health().ready`` is a readiness verdict. Call it on the registry's loop.
+        """
+        return RegistryHealth(
+            backend=self._backend.capabilities.name,
+            closed=self._closed,
+            connection=self._backend.connection.status,
+            registrations=registration_health(self.registrations),
+            watches=watch_health(self._hub.watches()),
+        )
 
     async def __aenter__(self) -> AsyncRegistry:
         await self.start()
@@ -101,10 +140,19 @@ class AsyncRegistry:
     async def register(self, instance: Instance, ttl: float | None = None) -> AsyncRegistration:
         """Write ``instance`` and keep it alive until deregistered or closed.
 
-        Raises :class:`ValidationError` for a bad instance or TTL (nothing is written).
+        Raises :class:`ValidationError` for a bad instance or TTL (nothing is written); a ``ttl`` below the
+        backend's minimum (``capabilities.min_ttl``) is an error, as it is in the URL.
+
+        Registering an id this registry already holds (a live registration of the same service, namespace and
+        id) returns that same handle with the instance rewritten, as :meth:`AsyncRegistration.update` would;
+        changing its TTL that way is a :class:`ValidationError` (deregister first).
         """
         self._check_open()
-        registration, states = self._prepare(instance, ttl)
+        prepared = self._prepare(instance, ttl)
+        if isinstance(prepared, AsyncRegistration):
+            await self._rewrite(prepared, instance)
+            return prepared
+        registration, states = prepared
         await self._backend.register(registration.instance, registration.ttl, states.enter)
         with self._lock:
             replaced = self._commit(registration, states)
@@ -120,7 +168,12 @@ class AsyncRegistry:
         """:meth:`register`, done before returning, from any thread; only when :attr:`immediate`."""
         immediate = self._require_immediate()
         self._check_open()
-        registration, states = self._prepare(instance, ttl)
+        prepared = self._prepare(instance, ttl)
+        if isinstance(prepared, AsyncRegistration):
+            log.info("%s is already registered by this registry: rewriting it in place", "/".join(instance.key))
+            prepared.update_now(**{name: getattr(instance, name) for name in UPDATABLE_FIELDS})
+            return prepared
+        registration, states = prepared
         with self._lock:  # atomic with close(): written and recorded before it, or refused after it
             self._check_open()
             immediate.register_now(registration.instance, registration.ttl, states.enter)
@@ -128,13 +181,32 @@ class AsyncRegistry:
         self._registered(states, replaced)
         return registration
 
-    def _prepare(self, instance: Instance, ttl: float | None) -> tuple[AsyncRegistration, RegistrationStates]:
+    def _prepare(
+        self, instance: Instance, ttl: float | None
+    ) -> AsyncRegistration | tuple[AsyncRegistration, RegistrationStates]:
+        """A new registration and its states, or the live handle this registry already holds for the key."""
         if not isinstance(instance, Instance):
             raise ValidationError("instance", f"expected an Instance, got {type(instance).__name__}")
         instance = instance.checked()  # validated again only if forged or changed since construction
         requested = validate_ttl(ttl)
+        capabilities = self._backend.capabilities
+        validate_ttl_minimum(
+            requested,
+            capabilities.min_ttl,
+            capabilities.name,
+            "" if capabilities.ttl_per_registration else " (its session timeout: set it in the URL)",
+        )
         effective = self._backend.effective_ttl(requested)
+        held = self._registrations.get(instance.key)
+        if held is not None and held[0].active:
+            if requested is not None and effective != held[0].ttl:
+                raise ValidationError(
+                    "ttl", f"{'/'.join(instance.key)} is already registered with a {held[0].ttl:g} s TTL; deregister"
+                    " it first to register it with another"
+                )
+            return held[0]
         states = RegistrationStates(self._loop)
+        states.observe(lambda state, previous: _report_registration_state(registration, state, previous, self._loop))
         immediate = self._immediate is not None
         registration = AsyncRegistration(
             instance,
@@ -166,6 +238,10 @@ class AsyncRegistry:
         if self._immediate is None:
             raise RuntimeError(f"the {self._backend.scheme} backend needs I/O: use the coroutine instead")
         return self._immediate
+
+    async def _rewrite(self, held: AsyncRegistration, instance: Instance) -> None:
+        log.info("%s is already registered by this registry: rewriting it in place", "/".join(instance.key))
+        await held.update(**{name: getattr(instance, name) for name in UPDATABLE_FIELDS})
 
     async def _update(self, registration: AsyncRegistration, instance: Instance) -> None:
         self._check_open()
@@ -300,6 +376,10 @@ class AsyncRegistry:
             self._registrations.clear()
         for _, states in ended:
             states.enter(RegistrationState.DEREGISTERED)
+        last = self._backend.connection.status
+        if self._started and last is not None and METRICS.active:
+            METRICS.connection_closed(last)
+        self._backend.connection.reset()  # no "lost" after close from a timer still pending
 
     @property
     def closed(self) -> bool:
@@ -311,8 +391,39 @@ class AsyncRegistry:
             raise ClosedError("this registry is closed")
 
 
+def _report_registration_state(
+    registration: AsyncRegistration,
+    state: RegistrationState,
+    previous: RegistrationState | None,
+    loop: asyncio.AbstractEventLoop | None,
+) -> None:
+    """Log a state change at once (in the entering thread) and hand it to the metrics listener on the loop, where
+    its events run (a ``*_now`` write enters states in the caller's thread)."""
+    level = logging.WARNING if state is RegistrationState.LOST else logging.INFO
+    if log.isEnabledFor(level):
+        log.log(level, "registration %s %s", "/".join(registration.instance.key), state.value)
+    if METRICS.active:
+        try:
+            on_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop or loop is None:
+            METRICS.registration_state(registration.instance, previous, state)
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody reads metrics of this registry
+                loop.call_soon_threadsafe(METRICS.registration_state, registration.instance, previous, state)
+
+
+def _report_connection_state(status: ConnectionStatus) -> None:
+    if METRICS.active:
+        METRICS.connection_state(status)
+
+
 class AsyncWatch:
-    """Async iterator (and async context manager) over a service's snapshots."""
+    """Async iterator (and async context manager) over a service's snapshots.
+
+    Not thread-safe: use it on the event loop of its registry.
+    """
 
     def __init__(self, hub: WatchHub, namespace: str, service: str) -> None:
         self._hub = hub

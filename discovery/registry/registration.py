@@ -29,14 +29,15 @@ class RegistrationStates:
     """The state and history of one registration, and who is told about changes.
 
     :meth:`enter` is the one way to change the state; once ``DEREGISTERED`` it changes no more. It may be
-    called from any thread: the state changes at once, and listeners and waiters are told on ``loop`` (the
-    registry's), in order.
+    called from any thread: the state changes at once, observers (:meth:`observe`) are told in that thread, and
+    listeners and waiters on ``loop`` (the registry's), in order.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._state = RegistrationState.PENDING
         self._history: list[RegistrationState] = []
         self._listeners: list[Callable[[RegistrationState], None]] = []
+        self._observers: list[Callable[[RegistrationState, RegistrationState | None], None]] = []
         self._changed = asyncio.Event()
         self._loop = loop
         self._lock = threading.Lock()
@@ -57,11 +58,18 @@ class RegistrationStates:
         with self._lock:
             if self._state is RegistrationState.DEREGISTERED:
                 return
+            previous = self._history[-1] if self._history else None
             self._state = state
             self._history.append(state)
             listeners = list(self._listeners)  # those listening now; one added later hears only later states
-            if not listeners and not self._waiting:
-                return  # nobody to tell (a waiter that comes later finds the state in the history)
+            quiet = not listeners and not self._waiting
+        for observer in self._observers:
+            try:
+                observer(state, previous)
+            except Exception:
+                log.exception("registration state observer failed")
+        if quiet:
+            return  # nobody to tell (a waiter that comes later finds the state in the history)
         if self._loop is not None and not _running_on(self._loop):
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits there, tell listeners here
                 self._loop.call_soon_threadsafe(self._tell, state, listeners)
@@ -75,6 +83,11 @@ class RegistrationStates:
                 listener(state)
             except Exception:
                 log.exception("registration state listener failed")
+
+    def observe(self, observer: Callable[[RegistrationState, RegistrationState | None], None]) -> None:
+        """Call ``observer(state, previous)`` on every change, at once in the thread that enters it (keep it
+        thread-safe and cheap: the registry's log line and metrics hand-off)."""
+        self._observers.append(observer)
 
     def listen(self, listener: Callable[[RegistrationState], None]) -> Callable[[], None]:
         """Call ``listener(state)`` on every change; returns a function that removes it."""
@@ -112,6 +125,9 @@ def _running_on(loop: asyncio.AbstractEventLoop) -> bool:
 class AsyncRegistration:
     """A live registration. States: ``registered``, then ``lost``/``restored`` as the backend heals it,
     and ``deregistered`` at the end. Subscribe with :meth:`on_change` or wait with :meth:`wait_for`.
+
+    Not thread-safe: use it on the registry's event loop (the blocking :class:`~discovery.Registration` wraps it for
+    threads); ``state`` and ``instance`` may be read from any thread.
     """
 
     def __init__(

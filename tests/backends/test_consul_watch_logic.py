@@ -12,7 +12,7 @@ import pytest
 from discovery.core.errors import BackendUnavailableError
 from discovery.core.models import Instance
 from discovery_consul import layout, watch
-from discovery_consul.watch import ChangeFeed, HealthWatch
+from discovery_consul.watch import ChangeFeed, ServiceWatch
 from tests.backends.test_consul_records import live_entry
 
 WEB = Instance("web", "w1", "127.0.0.1", 80)
@@ -73,21 +73,21 @@ class ScriptedAgent:
 
 
 class Watched:
-    """A HealthWatch on the scripted agent and the snapshots it published."""
+    """A ServiceWatch on the scripted agent, read at once by a task, and the snapshots it yielded."""
 
     def __init__(self, agent: ScriptedAgent, feed: ChangeFeed, service: str) -> None:
-        self.watch = HealthWatch(agent, feed, None, "default", service, 60.0)  # type: ignore[arg-type]
-        self.task = asyncio.create_task(self.watch.run())
+        self.watch = ServiceWatch(agent, feed, None, "default", service, 60.0, lambda: False)  # type: ignore[arg-type]
         self.seen: list[tuple[frozenset[str], bool]] = []
         self.collector = asyncio.create_task(self._collect())
 
     async def _collect(self) -> None:
-        async for snapshot in self.watch.snapshots(self.task):
+        async for snapshot in self.watch:
             self.seen.append((snapshot.ids(), snapshot.stale))
 
     async def stop(self) -> None:
-        self.task.cancel()
-        await asyncio.gather(self.task, self.collector, return_exceptions=True)
+        self.collector.cancel()
+        await asyncio.gather(self.collector, return_exceptions=True)
+        await self.watch.aclose()
 
 
 @pytest.fixture(autouse=True)

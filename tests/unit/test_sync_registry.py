@@ -128,7 +128,7 @@ def test_writes_and_reads_on_memory_are_done_in_the_callers_thread(registry: Reg
 
 
 def test_state_listeners_run_on_the_loop_thread_after_an_in_thread_write(registry: Registry) -> None:
-    first = registry.register(Instance("web", "w1", "127.0.0.1", 80))
+    registration = registry.register(Instance("web", "w1", "127.0.0.1", 80))
     heard: list[tuple[RegistrationState, threading.Thread]] = []
     done = threading.Event()
 
@@ -136,10 +136,10 @@ def test_state_listeners_run_on_the_loop_thread_after_an_in_thread_write(registr
         heard.append((state, threading.current_thread()))
         done.set()
 
-    first.on_change(listener)
-    second = registry.register(Instance("web", "w1", "127.0.0.1", 81))  # same key: replaces the first
+    registration.on_change(listener)
+    registration.deregister()  # in this thread, on memory
+    assert registration.state is RegistrationState.DEREGISTERED  # at once
     assert done.wait(5)
-    assert first.state is RegistrationState.DEREGISTERED and second.state is RegistrationState.REGISTERED
     assert [state for state, _ in heard] == [RegistrationState.DEREGISTERED]
     assert heard[0][1] is not threading.current_thread()
     assert heard[0][1].name == "discovery-loop"
