@@ -28,6 +28,17 @@ ServiceKey = tuple[str, str]
 _retry_wait = wait_exponential_jitter(multiplier=0.1, max=5.0, jitter=0.5)
 
 
+class _Subscription:
+    """One subscriber of a shared watch; ``active`` turns false once it unsubscribed (a delivery already
+    scheduled for it is then dropped)."""
+
+    __slots__ = ("active", "callback")
+
+    def __init__(self, callback: SnapshotCallback) -> None:
+        self.callback = callback
+        self.active = True
+
+
 class SharedWatch:
     """The single backend watch of one service, its latest snapshot and its subscribers."""
 
@@ -36,7 +47,8 @@ class SharedWatch:
         self.service = service
         self.latest: Snapshot | None = None
         self._backend = backend
-        self._subscribers: list[SnapshotCallback] = []
+        # In subscription order; the same callback may be subscribed more than once.
+        self._subscribers: list[_Subscription] = []
         self._revision = 0
         self._task = asyncio.create_task(self._run(), name=f"discovery-watch-{namespace}/{service}")
 
@@ -47,15 +59,19 @@ class SharedWatch:
 
     def add(self, callback: SnapshotCallback) -> None:
         """Add a subscriber; it receives the cached snapshot first (soon, on the loop), then every change."""
-        self._subscribers.append(callback)
+        subscription = _Subscription(callback)
+        self._subscribers.append(subscription)
         if self.latest is not None:
             latest = self.latest
-            asyncio.get_running_loop().call_soon(self._deliver_one, callback, latest)
+            asyncio.get_running_loop().call_soon(self._deliver_one, subscription, latest)
 
     def remove(self, callback: SnapshotCallback) -> None:
-        """Remove a subscriber (no-op if absent)."""
-        with contextlib.suppress(ValueError):
-            self._subscribers.remove(callback)
+        """Remove a subscriber (one subscription of ``callback``; no-op if absent)."""
+        for position, subscription in enumerate(self._subscribers):
+            if subscription.callback == callback:
+                subscription.active = False
+                del self._subscribers[position]
+                return
 
     async def stop(self) -> None:
         """Cancel the backend watch."""
@@ -63,11 +79,12 @@ class SharedWatch:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
 
-    def _deliver_one(self, callback: SnapshotCallback, snapshot: Snapshot) -> None:
-        if callback not in self._subscribers:
+    def _deliver_one(self, subscription: _Subscription, snapshot: Snapshot) -> None:
+        # A flag, not a search of the subscriber list: a fan-out to N subscribers stays O(N), not O(N²).
+        if not subscription.active:
             return
         try:
-            callback(snapshot)
+            subscription.callback(snapshot)
         except Exception:
             log.exception("snapshot subscriber of %s/%s failed", self.namespace, self.service)
 
@@ -79,8 +96,8 @@ class SharedWatch:
         self._revision += 1
         stamped = snapshot.with_revision(self._revision)
         self.latest = stamped
-        for callback in list(self._subscribers):
-            self._deliver_one(callback, stamped)
+        for subscription in list(self._subscribers):
+            self._deliver_one(subscription, stamped)
         if stamped.stale and (previous is None or not previous.stale):
             log.info("%s/%s: serving the last known set, marked stale (backend unreachable)",
                      self.namespace, self.service)
