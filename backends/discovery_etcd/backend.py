@@ -15,7 +15,7 @@ from discovery_etcd.keepalive import LeasedKey, LeaseGroup, LeaseGroupRetired, l
 from discovery_etcd.layout import KeyLayout
 from discovery_etcd.records import decode_endpoint_cached, encode_endpoint
 from discovery_etcd.settings import DETECTION_SLACK, MIN_TTL, EtcdSettings
-from discovery_etcd.watch import ServiceWatch
+from discovery_etcd.watch import Lister, ServiceWatch, StreamProbe
 
 log = logging.getLogger("discovery.backends.etcd.backend")
 
@@ -46,6 +46,9 @@ class EtcdBackend(Backend):
         )
         # the pool reports to self.connection, which is named after the capabilities: both come after them
         self._pool = EndpointPool(settings, self.connection)
+        # Shared by every watch stream: one liveness probe, and one read for many first lists.
+        self._probe = StreamProbe(self._pool.timeout)
+        self._lister = Lister(self._pool, self._layout)
         self._definitions = EtcdDefinitions(self._pool, self._layout.prefix, lambda: self._closed)
 
     @classmethod
@@ -180,7 +183,9 @@ class EtcdBackend(Backend):
     def watch(self, namespace: str, service: str) -> ServiceWatch:
         """A new revision-exact watch stream of ``<target>/`` (see :mod:`discovery_etcd.watch`)."""
         self._check_open()
-        return ServiceWatch(self._pool, self._layout, namespace, service, lambda: self._closed)
+        return ServiceWatch(
+            self._pool, self._layout, namespace, service, lambda: self._closed, self._probe, self._lister
+        )
 
     def _key(self, instance: Instance) -> bytes:
         return self._layout.instance_key(instance.namespace, instance.service, instance.id)
