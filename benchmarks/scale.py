@@ -27,7 +27,8 @@ HOLDER_PARAMETERS = {"consul": "&timeout=120"}
 MAX_SIZE = {"consul": 10_000}
 
 
-def _probe(context: RunContext, backend: str, size: int) -> dict[str, object]:
+def _probe(context: RunContext, backend: str, size: int) -> tuple[dict[str, object], dict[str, object] | None]:
+    """Our probe's result, and the raw client's listing of the same keys (``None`` on memory)."""
     services = max(1, size // 10)
     target = context.target(backend, "scale", ttl=30.0)
     url = target.ours_url
@@ -48,7 +49,15 @@ def _probe(context: RunContext, backend: str, size: int) -> dict[str, object]:
             fields = probe.expect("RESULT", 1800)
         finally:
             probe.close()
-        return dict(json.loads(" ".join(fields[1:])))
+        raw = None
+        if holder is not None:
+            lister = Worker([sys.executable, "-m", "benchmarks.scale_probe", "rawlist", backend, target.host,
+                             str(target.port), target.scope, str(services)], label=f"raw listing ({backend}, {size})")
+            try:
+                raw = dict(json.loads(" ".join(lister.expect("RESULT", 1800)[1:])))
+            finally:
+                lister.close()
+        return dict(json.loads(" ".join(fields[1:]))), raw
     finally:
         if holder is not None:
             holder.close(120)
@@ -67,7 +76,7 @@ def run(context: RunContext, report: Report, backend: str) -> None:
                                 "holds (see benchmarks/scale.py)"))
             continue
         try:
-            result = _probe(context, backend, size)
+            result, raw = _probe(context, backend, size)
         except (WorkerError, OSError, ValueError) as error:
             report.add(Row(SCENARIO, backend, "ours", "ms", status="failed",
                            note=f"N={size}: {str(error).splitlines()[0][:200]}"))
@@ -85,3 +94,8 @@ def run(context: RunContext, report: Report, backend: str) -> None:
         }
         note = f"{size // 10} services, {size // 10} subscribers + all on one hot service; p50/p99 = fan-out"
         report.add(Row(SCENARIO, backend, f"ours N={size}", "ms", values, note=note))
+        if raw is not None:
+            listed = {"instances": float(size), "sync_s": float(raw["list_s"]),  # type: ignore[arg-type]
+                      "sync_cpu_s": float(raw["list_cpu_s"]), "found": float(raw["found"])}  # type: ignore[arg-type]
+            report.add(Row(SCENARIO, backend, f"raw listing N={size}", "s", listed,
+                           note="the raw client's own listing of the same keys: the initial sync's anchor"))

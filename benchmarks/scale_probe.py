@@ -4,6 +4,11 @@
         registers (TTL default 30 s), prints READY, holds until stdin closes
     python -m benchmarks.scale_probe watch URL INSTANCES SERVICES SUBSCRIBERS CHANGES [--local] [--idle=SECONDS]
 
+``rawlist BACKEND HOST PORT SCOPE SERVICES``: the raw client's own listing of the same keys (the anchor of the
+initial sync): etcd one ``get_prefix`` of the namespace; ZooKeeper ``get_children`` of every service and a ``get`` of
+every child, all sent at once (kazoo pipelines them); Consul one ``health.service`` per service, 32 at a time (the
+bound our ``services()`` uses); prints ``RESULT`` with ``list_s`` and ``list_cpu_s``.
+
 ``watch``: subscriber k subscribes to service ``svc-<k mod SERVICES>`` and to the shared service ``hot``; it prints
 one ``RESULT <json>`` line: RSS, CPU and wall time to the initial sync (every subscriber has seen its service's
 full set), idle CPU over an idle window (default 3 s), and the fan-out of CHANGES single changes to ``hot``
@@ -131,9 +136,80 @@ def watch(url: str, count: int, services: int, subscribers: int, changes: int, l
     registry.close()
 
 
+def raw_list(backend: str, host: str, port: int, scope: str, services: int) -> None:
+    """Time the raw client's listing of every instance of the ``services`` services."""
+    process = psutil.Process()
+    names = [f"svc-{n}" for n in range(services)]
+    cpu0, wall0 = process.cpu_times(), time.perf_counter()
+    if backend == "etcd":
+        import aetcd
+        from aetcd import rpc
+        from aetcd.utils import prefix_range_end
+
+        async def etcd_list() -> int:
+            # Paged at one revision through aetcd's generated stub: gRPC refuses answers over 4 MiB, and aetcd's
+            # get_prefix has no limit parameter.
+            client = aetcd.Client(host=host, port=port, timeout=120)
+            await client.connect()
+            try:
+                prefix = f"/{scope}/default/".encode()
+                key, end, revision, count = prefix, prefix_range_end(prefix), 0, 0
+                while True:
+                    response = await rpc.KVStub(client.channel).Range(
+                        rpc.RangeRequest(key=key, range_end=end, limit=2000, revision=revision)
+                    )
+                    revision = revision or int(response.header.revision)
+                    count += len(response.kvs)
+                    if not response.more or not response.kvs:
+                        return count
+                    key = bytes(response.kvs[-1].key) + b"\0"
+            finally:
+                await client.close()
+
+        found = asyncio.run(etcd_list())
+    elif backend == "zookeeper":
+        from kazoo.client import KazooClient
+
+        client = KazooClient(hosts=f"{host}:{port}", timeout=30)
+        client.start(timeout=30)
+        try:
+            base = f"/{scope}/default"
+            children = [(name, client.get_children_async(f"{base}/{name}")) for name in names]
+            reads = [client.get_async(f"{base}/{name}/{child}") for name, listing in children
+                     for child in listing.get(timeout=120)]
+            found = sum(1 for read in reads if read.get(timeout=120))
+        finally:
+            client.stop()
+            client.close()
+    else:
+        import consul.aio
+
+        async def consul_list() -> int:
+            client = consul.aio.Consul(host=host, port=port)
+            gate = asyncio.Semaphore(32)
+
+            async def one(name: str) -> int:
+                async with gate:
+                    _, entries = await client.health.service(name)
+                    return len(entries)
+
+            try:
+                return sum(await asyncio.gather(*(one(name) for name in names)))
+            finally:
+                await client.close()
+
+        found = asyncio.run(consul_list())
+    wall1, cpu1 = time.perf_counter(), process.cpu_times()
+    result = {"list_s": wall1 - wall0, "list_cpu_s": (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system),
+              "found": found}
+    print("RESULT", json.dumps(result), flush=True)
+
+
 def main(argv: list[str]) -> int:
     """Entry point."""
-    if argv[0] == "register":
+    if argv[0] == "rawlist":
+        raw_list(argv[1], argv[2], int(argv[3]), argv[4], int(argv[5]))
+    elif argv[0] == "register":
         ttl = next((float(a.split("=", 1)[1]) for a in argv if a.startswith("--ttl=")), 30.0)
         register(argv[1], int(argv[2]), int(argv[3]), ttl)
     else:

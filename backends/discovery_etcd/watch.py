@@ -136,6 +136,9 @@ class StreamProbe:
 
 #: At least this many streams listing one namespace in the same loop iteration are answered by one read of it.
 BULK_LIST_MIN = 16
+#: A namespace read is paged (all pages at the first page's revision): gRPC refuses answers over 4 MiB, and
+#: 50 000 instances are ~14 MB.
+LIST_PAGE = 2000
 
 
 class Lister:
@@ -189,20 +192,39 @@ class Lister:
     ) -> None:
         prefix = self._layout.namespace_prefix(namespace)
         self.namespace_reads += 1
+        found: dict[str, list[Any]] = {service: [] for service in services}
         try:
-            result = await self._pool.call("list services", lambda client: client.get_prefix(prefix))
+            revision = await self._pool.call(
+                "list services", lambda client: _read_pages(client, prefix, found, self._layout)
+            )
         except BaseException as error:
             for futures in services.values():
                 _fail(futures, error)
             return
-        revision = int(result.header.revision)
-        found: dict[str, list[Any]] = {service: [] for service in services}
-        for kv in result:
-            parsed = self._layout.parse(kv.key)
-            if parsed is not None and parsed[1] in found:
-                found[parsed[1]].append(kv)
         for service, futures in services.items():
             _settle(futures, (found[service], revision))
+
+
+async def _read_pages(client: Any, prefix: bytes, found: dict[str, list[Any]], layout: KeyLayout) -> int:
+    """Read every key under ``prefix`` page by page, all at the first page's revision (through aetcd's generated
+    stub: its client has no limit or revision parameter); the key-values of the services in ``found`` go there.
+    Returns the revision."""
+    stub = rpc.KVStub(client.channel)
+    end = prefix_range_end(prefix)
+    key, revision = prefix, 0
+    for listed in found.values():
+        listed.clear()  # a retried read starts over
+    while True:
+        request = rpc.RangeRequest(key=key, range_end=end, limit=LIST_PAGE, revision=revision)
+        response = await stub.Range(request, metadata=client.metadata)
+        revision = revision or int(response.header.revision)
+        for kv in response.kvs:
+            parsed = layout.parse(kv.key)
+            if parsed is not None and parsed[1] in found:
+                found[parsed[1]].append(kv)
+        if not response.more or not response.kvs:
+            return revision
+        key = bytes(response.kvs[-1].key) + b"\0"
 
 
 def _settle(futures: list[asyncio.Future[Any]], value: Any) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from discovery.core.models import Instance, Snapshot
+from discovery_etcd import watch as watch_module
 from discovery_etcd.watch import BULK_LIST_MIN, ServiceWatch
 from tests.backends.etcd_support import started_backend, unique_prefix
 from tests.harness import ServerHandle
@@ -42,7 +43,10 @@ class Reader:
         await self.watch.aclose()
 
 
-async def test_many_streams_share_one_probe_and_one_first_read(etcd_server: ServerHandle) -> None:
+async def test_many_streams_share_one_probe_and_one_first_read(
+    etcd_server: ServerHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(watch_module, "LIST_PAGE", 7)  # the namespace read takes several pages
     url = f"{etcd_server.url}{unique_prefix()}?ttl=30&timeout={TIMEOUT:g}"
     writer = await started_backend(url)
     watcher = await started_backend(url)
