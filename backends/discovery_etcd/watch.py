@@ -134,8 +134,12 @@ class StreamProbe:
             self._answered = {cid: t for cid, t in self._answered.items() if cid not in asked}
 
 
-#: At least this many streams listing one namespace in the same loop iteration are answered by one read of it.
+#: At least this many streams waiting to list one namespace are answered by one read of it.
 BULK_LIST_MIN = 16
+#: Reads in flight at once per backend. Thousands of watches starting together would otherwise send thousands of
+#: linearizable reads at once, which etcd 3.4 queues behind one read index each (and under that load, crashed here);
+#: those waiting meanwhile are answered together, by one namespace read when there are enough of them.
+LIST_CONCURRENCY = 32
 #: A namespace read is paged (all pages at the first page's revision): gRPC refuses answers over 4 MiB, and
 #: 50 000 instances are ~14 MB.
 LIST_PAGE = 2000
@@ -143,14 +147,17 @@ LIST_PAGE = 2000
 
 class Lister:
     """The lists of the watch streams of a backend: one read per service, or, when many streams of a namespace
-    list at once (a process starting to watch thousands of services, or re-listing them all after an outage),
-    one read of the namespace, split by service (all at one revision, as a raw client would list them)."""
+    wait to list (a process starting to watch thousands of services, or re-listing them all after an outage),
+    one read of the namespace, split by service (all at one revision, as a raw client would list them). At most
+    :data:`LIST_CONCURRENCY` reads are in flight; the streams asking meanwhile wait and are answered together."""
 
     def __init__(self, pool: EndpointPool, layout: KeyLayout) -> None:
         self._pool = pool
         self._layout = layout
         self._waiting: dict[str, dict[str, list[asyncio.Future[tuple[list[Any], int]]]]] = {}
         self._planned = False
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()  # the reads in flight (a task nobody holds may be collected)
         #: Reads made so far: of one service, of a whole namespace (diagnostics and tests).
         self.service_reads = 0
         self.namespace_reads = 0
@@ -167,13 +174,32 @@ class Lister:
 
     def _flush(self) -> None:
         self._planned = False
-        waiting, self._waiting = self._waiting, {}
-        for namespace, services in waiting.items():
+        loop = asyncio.get_running_loop()
+        for namespace in list(self._waiting):
+            services = self._waiting[namespace]
             if len(services) >= BULK_LIST_MIN:
-                asyncio.get_running_loop().create_task(self._read_namespace(namespace, services))
-            else:
-                for service, futures in services.items():
-                    asyncio.get_running_loop().create_task(self._read_service(namespace, service, futures))
+                if self._in_flight >= LIST_CONCURRENCY:
+                    continue
+                del self._waiting[namespace]
+                self._start(loop.create_task(self._read_namespace(namespace, services)))
+                continue
+            for service in list(services):
+                if self._in_flight >= LIST_CONCURRENCY:
+                    return  # the rest waits for a read to end; more may gather for one namespace read meanwhile
+                self._start(loop.create_task(self._read_service(namespace, service, services.pop(service))))
+            if not services:
+                del self._waiting[namespace]
+
+    def _start(self, task: asyncio.Task[None]) -> None:
+        self._in_flight += 1
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _done(self) -> None:
+        self._in_flight -= 1
+        if self._waiting and not self._planned:
+            self._planned = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     async def _read_service(
         self, namespace: str, service: str, futures: list[asyncio.Future[tuple[list[Any], int]]]
@@ -185,6 +211,8 @@ class Lister:
         except BaseException as error:
             _fail(futures, error)
             return
+        finally:
+            self._done()
         _settle(futures, (list(result), int(result.header.revision)))
 
     async def _read_namespace(
@@ -201,6 +229,8 @@ class Lister:
             for futures in services.values():
                 _fail(futures, error)
             return
+        finally:
+            self._done()
         for service, futures in services.items():
             _settle(futures, (found[service], revision))
 
@@ -398,10 +428,14 @@ class ServiceWatch(AsyncIterator[Snapshot]):
         self.list_count += 1
 
     def _decode(self, key: bytes, value: bytes) -> Instance | None:
-        parsed = self._layout.parse(key)
-        if parsed is None or parsed[:2] != (self.namespace, self.service):
+        # Every key read or watched is under the service's prefix: what follows it is the key segment.
+        if not key.startswith(self._prefix) or len(key) == len(self._prefix):
             return None
-        return decode_endpoint_cached(value, *parsed)
+        try:
+            segment = key[len(self._prefix):].decode()
+        except UnicodeDecodeError:
+            return None
+        return decode_endpoint_cached(value, self.namespace, self.service, segment)
 
     async def _open(self, reconnecting: bool) -> None:
         """Open a watch stream from the next revision (listing first if needed); the set is fresh once it is open.

@@ -20,7 +20,8 @@ Events, and where they come from:
 =========================  ==========================================================================================
 
 Every event but ``on_pick``/``on_pick_failed``/``on_set_aside`` runs on a registry's event loop; those three run in
-the thread that picks or reports failures. A listener that raises is logged and skipped, never fatal.
+the thread that picks or reports failures, and so does ``on_registration_state`` for a blocking ``Registry``'s
+write on the memory backend (done in the caller's thread). A listener that raises is logged and skipped, never fatal.
 """
 
 from __future__ import annotations

@@ -206,7 +206,7 @@ class AsyncRegistry:
                 )
             return held[0]
         states = RegistrationStates(self._loop)
-        states.observe(lambda state, previous: _report_registration_state(registration, state, previous, self._loop))
+        states.observe(lambda state, previous: _report_registration_state(registration, state, previous))
         immediate = self._immediate is not None
         registration = AsyncRegistration(
             instance,
@@ -392,26 +392,15 @@ class AsyncRegistry:
 
 
 def _report_registration_state(
-    registration: AsyncRegistration,
-    state: RegistrationState,
-    previous: RegistrationState | None,
-    loop: asyncio.AbstractEventLoop | None,
+    registration: AsyncRegistration, state: RegistrationState, previous: RegistrationState | None
 ) -> None:
-    """Log a state change at once (in the entering thread) and hand it to the metrics listener on the loop, where
-    its events run (a ``*_now`` write enters states in the caller's thread)."""
+    """Log a state change and tell the metrics listener at once, in the thread that enters it (the loop, or the
+    caller's thread for a ``*_now`` write): the metrics are current when the call returns."""
     level = logging.WARNING if state is RegistrationState.LOST else logging.INFO
     if log.isEnabledFor(level):
         log.log(level, "registration %s %s", "/".join(registration.instance.key), state.value)
     if METRICS.active:
-        try:
-            on_loop = asyncio.get_running_loop() is loop
-        except RuntimeError:
-            on_loop = False
-        if on_loop or loop is None:
-            METRICS.registration_state(registration.instance, previous, state)
-        else:
-            with contextlib.suppress(RuntimeError):  # the loop closed: nobody reads metrics of this registry
-                loop.call_soon_threadsafe(METRICS.registration_state, registration.instance, previous, state)
+        METRICS.registration_state(registration.instance, previous, state)
 
 
 def _report_connection_state(status: ConnectionStatus) -> None:

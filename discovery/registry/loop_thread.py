@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
 from discovery.core.errors import ClosedError
@@ -128,6 +128,14 @@ class LoopThread:
             return call.outcome()
         finally:
             self._calls.discard(call)
+
+    def submit(self, function: Callable[[], object]) -> None:
+        """Run ``function()`` on the loop soon, without waiting for it (calls run in the order submitted, and before
+        any :meth:`run` submitted later). ``ClosedError`` once the loop is closed."""
+        try:
+            self.loop.call_soon_threadsafe(function)
+        except RuntimeError:  # the loop is closed
+            raise ClosedError("this registry is closed") from None
 
     def stop(self) -> None:
         """Stop the loop and join the thread."""
