@@ -66,6 +66,72 @@ class KeyLocks:
                 self._locks[key] = (lock, users - 1)
 
 
+class PutBatcher:
+    """Puts of keys on leases, many per round trip (group commit).
+
+    A put asked for while none is in flight is sent at once, alone; puts asked for while one is in flight wait and
+    go together in the next round trip, as one transaction per lease (at most :data:`MAX_TXN_OPS` puts). One
+    registrant waits for nothing; N concurrent ones share round trips. Keys in one transaction are distinct: each
+    caller holds its key's lock (:class:`KeyLocks`). A failed transaction (the lease is gone, the connection) fails
+    every put in it with the same error, as the puts would have failed one by one.
+    """
+
+    def __init__(self, pool: EndpointPool) -> None:
+        self._pool = pool
+        self._queued: list[tuple[bytes, bytes, int | None, asyncio.Future[None]]] = []
+        self._in_flight = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def put(self, key: bytes, value: bytes, lease_id: int | None) -> None:
+        """Write ``key`` on ``lease_id``; raises what the write raised."""
+        if not self._in_flight and not self._queued:
+            self._in_flight = True
+            try:
+                await self._pool.call("write a registration", lambda client: client.put(key, value, lease=lease_id))
+            finally:
+                self._sent()
+            return
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queued.append((key, value, lease_id, written))
+        await written
+
+    def _sent(self) -> None:
+        self._in_flight = False
+        self._queued = [entry for entry in self._queued if not entry[3].cancelled()]
+        if not self._queued:
+            return
+        lease_id = self._queued[0][2]
+        batch = [entry for entry in self._queued if entry[2] == lease_id][:MAX_TXN_OPS]
+        sent = {id(entry) for entry in batch}
+        self._queued = [entry for entry in self._queued if id(entry) not in sent]
+        self._in_flight = True
+        task = asyncio.get_running_loop().create_task(self._commit(batch, lease_id), name="etcd-puts")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _commit(
+        self, batch: list[tuple[bytes, bytes, int | None, asyncio.Future[None]]], lease_id: int | None
+    ) -> None:
+        async def commit(client: Any) -> None:
+            puts = [client.transactions.put(key, value, lease=lease_id) for key, value, _, _ in batch]
+            await client.transaction(compare=[], success=puts, failure=[])
+
+        try:
+            await self._pool.call("write registrations", commit)
+        except BaseException as error:
+            for _, _, _, written in batch:
+                if not written.done():
+                    written.set_exception(error)
+            if not isinstance(error, Exception):
+                raise
+        else:
+            for _, _, _, written in batch:
+                if not written.done():
+                    written.set_result(None)
+        finally:
+            self._sent()
+
+
 def _retry_keepalive(error: BaseException) -> bool:
     return isinstance(error, BackendUnavailableError)
 
@@ -84,6 +150,7 @@ class LeaseGroup:
         # Puts in flight outside the lock: a group with writers is not empty and must not be retired.
         self._writers = 0
         self._key_locks = KeyLocks()
+        self._puts = PutBatcher(pool)
         self._lost = False
         # Set from the moment a lease is known lost until every key is on the new lease.
         self._rewrite_pending = False
@@ -193,9 +260,7 @@ class LeaseGroup:
         self._last_refresh = time.monotonic()
 
     async def _put_on(self, leased: LeasedKey, lease_id: int | None) -> None:
-        await self._pool.call(
-            "write a registration", lambda client: client.put(leased.key, leased.value, lease=lease_id)
-        )
+        await self._puts.put(leased.key, leased.value, lease_id)
 
     async def _put_all_locked(self) -> None:
         # One transaction per chunk: watchers see the whole set come back at one revision, not key by key.
