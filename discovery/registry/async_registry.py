@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import traceback
 from collections.abc import Callable, Collection, Generator, Mapping
 from types import TracebackType
 from typing import Any
 
 from discovery.core.backend import Backend, Capabilities, RegistrationState
-from discovery.core.errors import ClosedError
+from discovery.core.errors import BackendUnavailableError, ClosedError, DiscoveryError
 from discovery.core.models import DEFAULT_NAMESPACE, Instance, Snapshot, Status
 from discovery.core.plugins import create_backend
 from discovery.core.selectors import Selector, parse_selector
-from discovery.core.urls import BackendURL
+from discovery.core.urls import BackendURL, parse_url
 from discovery.core.validation import validate_namespace, validate_service_name, validate_ttl
 from discovery.registry.registration import AsyncRegistration
-from discovery.registry.watch_hub import SnapshotCallback, WatchHub
+from discovery.registry.watch_hub import EndCallback, SnapshotCallback, WatchHub
+
+log = logging.getLogger("discovery.registry")
 
 SelectorLike = str | Mapping[str, str] | Selector | None
 StatusFilter = Collection[Status | str] | None
 DEFAULT_STATUSES: tuple[Status, ...] = (Status.UP,)
+#: How long ``connect`` waits for the backend by default (seconds).
+DEFAULT_CONNECT_TIMEOUT = 30.0
 
 
 def _status_set(statuses: StatusFilter) -> frozenset[Status] | None:
@@ -32,6 +38,20 @@ def _status_set(statuses: StatusFilter) -> frozenset[Status] | None:
         return frozenset(Status(s) for s in statuses)
     except ValueError as bad:
         raise ValidationError("statuses", str(bad)) from None
+
+
+def _release_frames(error: BaseException) -> None:
+    """Drop the local variables held by the tracebacks of ``error`` and its causes (their text stays).
+
+    A failed connect's error otherwise keeps the half-made client's calls alive through its frames, and with
+    them gRPC's poller thread, until the garbage collector happens to run.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)
+        current = current.__cause__ or current.__context__
 
 
 def filter_instances(
@@ -48,17 +68,26 @@ class AsyncRegistry:
     or ``async with AsyncRegistry.connect(url) as registry``.
     """
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, *, url: BackendURL | None = None) -> None:
         self._backend = backend
+        self._url = url
         self._hub = WatchHub(backend)
         self._registrations: dict[tuple[str, str, str], AsyncRegistration] = {}
         self._closed = False
         self._started = False
 
     @classmethod
-    def connect(cls, url: str | BackendURL | None = None) -> _Connecting:
-        """Connect to the backend named by ``url`` (``None`` = ``$DISCOVERY_URL``, else ``memory://``)."""
-        return _Connecting(cls(create_backend(url)))
+    def connect(
+        cls, url: str | BackendURL | None = None, *, timeout: float | None = DEFAULT_CONNECT_TIMEOUT
+    ) -> _Connecting:
+        """Connect to the backend named by ``url`` (``None`` = ``$DISCOVERY_URL``, else ``memory://``).
+
+        A backend that cannot be reached, or does not answer within ``timeout`` seconds (``None``: no limit),
+        raises :class:`BackendUnavailableError` naming the URL (secrets redacted); whatever the attempt opened
+        (connections, threads, tasks) is closed first.
+        """
+        parsed = parse_url(url)
+        return _Connecting(cls(create_backend(parsed), url=parsed), timeout)
 
     @property
     def backend(self) -> Backend:
@@ -74,11 +103,36 @@ class AsyncRegistry:
         """Worst-case seconds for a dead registrant's instance to disappear, for a requested TTL."""
         return self._backend.detection_bound(ttl)
 
-    async def start(self) -> None:
-        """Connect the backend (done by ``connect``)."""
-        if not self._started:
-            await self._backend.start()
-            self._started = True
+    async def start(self, timeout: float | None = None) -> None:
+        """Connect the backend (done by ``connect``); see :meth:`connect` for ``timeout`` and the errors."""
+        self._check_open()
+        if self._started:
+            return
+        where = str(self._url) if self._url is not None else f"the {self._backend.scheme} backend"
+        try:
+            async with asyncio.timeout(timeout):
+                await self._backend.start()
+        except BaseException as error:
+            await self._abandon_start()
+            _release_frames(error)
+            if isinstance(error, TimeoutError) and timeout is not None:
+                raise BackendUnavailableError(f"could not connect to {where} within {timeout:g} s") from None
+            if isinstance(error, BackendUnavailableError):
+                raise BackendUnavailableError(f"could not connect to {where}: {error}") from error
+            if isinstance(error, DiscoveryError) or not isinstance(error, Exception):
+                raise  # a typed refusal (credentials, TLS, configuration), or a cancellation / interrupt
+            raise BackendUnavailableError(f"could not connect to {where}: {type(error).__name__}: {error}") from error
+        self._started = True
+
+    async def _abandon_start(self) -> None:
+        """A start that failed or was cancelled: free what the backend may have opened, and close."""
+        self._closed = True
+        await self._hub.close()
+        try:
+            # Shielded: a start cancelled by a caller's own timeout must still release its connections.
+            await asyncio.shield(self._backend.abort())
+        except Exception as error:  # the original failure is what the caller needs to see
+            log.debug("releasing a backend whose start failed: %r", error)
 
     async def __aenter__(self) -> AsyncRegistry:
         await self.start()
@@ -170,16 +224,22 @@ class AsyncRegistry:
         return await self._backend.services(namespace)
 
     def subscribe(
-        self, service: str, callback: SnapshotCallback, namespace: str = DEFAULT_NAMESPACE
+        self,
+        service: str,
+        callback: SnapshotCallback,
+        namespace: str = DEFAULT_NAMESPACE,
+        *,
+        on_end: EndCallback | None = None,
     ) -> Callable[[], Any]:
         """Call ``callback(snapshot)`` with the current snapshot and after every change, on the event loop.
 
-        Returns an async function that unsubscribes. The callback must not block.
+        Returns an async function that unsubscribes. The callback must not block. ``on_end()``, if given, is
+        called once if the subscription ends without being unsubscribed (the registry closed).
         """
         validate_service_name(service)
         validate_namespace(namespace)
         self._check_open()
-        self._hub.subscribe(namespace, service, callback)
+        self._hub.subscribe(namespace, service, callback, on_end)
 
         async def unsubscribe() -> None:
             await self._hub.unsubscribe(namespace, service, callback)
@@ -200,7 +260,7 @@ class AsyncRegistry:
         if self._closed:
             return
         self._closed = True
-        await self._hub.close()
+        await self._hub.close()  # first: every loop over a watch of this registry ends now
         if self._started:
             if deregister:
                 await self._backend.close()
@@ -220,51 +280,87 @@ class AsyncRegistry:
             raise ClosedError("this registry is closed")
 
 
+class _Ended:
+    """Queued after the last snapshot of a watch that ended."""
+
+
+_ENDED = _Ended()
+
+
 class AsyncWatch:
-    """Async iterator (and async context manager) over a service's snapshots."""
+    """Async iterator (and async context manager) over a service's snapshots.
+
+    Closing it (:meth:`aclose`) or its registry ends every ``async for`` over it (``StopAsyncIteration``);
+    :meth:`next` and :meth:`until` raise :class:`ClosedError` on an ended watch.
+    """
 
     def __init__(self, hub: WatchHub, namespace: str, service: str) -> None:
         self._hub = hub
         self._namespace = namespace
         self._service = service
-        self._queue: asyncio.Queue[Snapshot] = asyncio.Queue()
+        self._queue: asyncio.Queue[Snapshot | _Ended] = asyncio.Queue()
         self._subscribed = False
         self._closed = False
 
+    @property
+    def closed(self) -> bool:
+        """Whether the watch has ended (closed, or its registry closed)."""
+        return self._closed
+
     def _subscribe(self) -> None:
-        if not self._subscribed and not self._closed:
-            self._hub.subscribe(self._namespace, self._service, self._queue.put_nowait)
-            self._subscribed = True
+        if self._subscribed or self._closed:
+            return
+        if self._hub.closed:
+            self._end()
+            return
+        self._hub.subscribe(self._namespace, self._service, self._queue.put_nowait, self._end)
+        self._subscribed = True
+
+    def _end(self) -> None:
+        """The subscription ended (the registry closed): wake whoever waits for a snapshot."""
+        self._closed = True
+        self._queue.put_nowait(_ENDED)
 
     def __aiter__(self) -> AsyncWatch:
         self._subscribe()
         return self
 
     async def __anext__(self) -> Snapshot:
-        if self._closed:
-            raise StopAsyncIteration
         self._subscribe()
-        return await self._queue.get()
+        if self._closed and self._queue.empty():
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if isinstance(item, _Ended):
+            self._queue.put_nowait(item)  # every later call ends as well
+            raise StopAsyncIteration
+        return item
 
     async def next(self, timeout: float | None = None) -> Snapshot:
-        """The next snapshot, waiting at most ``timeout`` seconds (``TimeoutError`` after)."""
+        """The next snapshot, waiting at most ``timeout`` seconds (``TimeoutError`` after);
+        :class:`ClosedError` once the watch has ended.
+        """
         async with asyncio.timeout(timeout):
-            return await self.__anext__()
+            try:
+                return await self.__anext__()
+            except StopAsyncIteration:
+                raise ClosedError(f"the watch of {self._namespace}/{self._service} is closed") from None
 
     async def until(self, predicate: Callable[[Snapshot], bool], timeout: float | None = None) -> Snapshot:
-        """Consume snapshots until one satisfies ``predicate`` and return it (``TimeoutError`` after)."""
+        """Consume snapshots until one satisfies ``predicate`` and return it (``TimeoutError`` after
+        ``timeout`` seconds; :class:`ClosedError` if the watch ends first).
+        """
         async with asyncio.timeout(timeout):
             async for snapshot in self:
                 if predicate(snapshot):
                     return snapshot
-        raise StopAsyncIteration
+        raise ClosedError(f"the watch of {self._namespace}/{self._service} ended before the condition held")
 
     async def aclose(self) -> None:
-        """Stop watching."""
+        """Stop watching; a loop iterating this watch ends."""
         if self._closed:
             return
-        self._closed = True
-        if self._subscribed:
+        self._end()
+        if self._subscribed and not self._hub.closed:
             await self._hub.unsubscribe(self._namespace, self._service, self._queue.put_nowait)
 
     async def __aenter__(self) -> AsyncWatch:
@@ -278,14 +374,15 @@ class AsyncWatch:
 class _Connecting:
     """What ``AsyncRegistry.connect`` returns: await it, or use it with ``async with``."""
 
-    def __init__(self, registry: AsyncRegistry) -> None:
+    def __init__(self, registry: AsyncRegistry, timeout: float | None) -> None:
         self._registry = registry
+        self._timeout = timeout
 
     def __await__(self) -> Generator[Any, None, AsyncRegistry]:
         return self._connect().__await__()
 
     async def _connect(self) -> AsyncRegistry:
-        await self._registry.start()
+        await self._registry.start(self._timeout)
         return self._registry
 
     async def __aenter__(self) -> AsyncRegistry:

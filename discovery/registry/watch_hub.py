@@ -2,6 +2,10 @@
 
 The cache is an immutable :class:`Snapshot` held in a plain attribute, so a reader in any thread gets a
 consistent set without a lock or a hop onto the event loop.
+
+A subscriber may give an ``on_end`` callback: it is called once when its subscription ends without it having
+asked (the registry closed, or the backend's watch ended for good), so that a loop iterating the subscription
+ends instead of waiting forever.
 """
 
 from __future__ import annotations
@@ -10,30 +14,42 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from tenacity import wait_exponential_jitter
 
 from discovery.core.backend import Backend
+from discovery.core.errors import ClosedError
 from discovery.core.models import Snapshot
 
 log = logging.getLogger("discovery.registry.watch_hub")
 
 SnapshotCallback = Callable[[Snapshot], None]
+EndCallback = Callable[[], None]
 ServiceKey = tuple[str, str]
 
 _retry_wait = wait_exponential_jitter(multiplier=0.1, max=5.0, jitter=0.5)
 
 
+@dataclass(eq=False, slots=True)
+class _Subscriber:
+    callback: SnapshotCallback
+    on_end: EndCallback | None
+
+
 class SharedWatch:
     """The single backend watch of one service, its latest snapshot and its subscribers."""
 
-    def __init__(self, backend: Backend, namespace: str, service: str) -> None:
+    def __init__(
+        self, backend: Backend, namespace: str, service: str, on_finished: Callable[[SharedWatch], None]
+    ) -> None:
         self.namespace = namespace
         self.service = service
         self.latest: Snapshot | None = None
         self._backend = backend
-        self._subscribers: list[SnapshotCallback] = []
+        self._subscribers: list[_Subscriber] = []
         self._revision = 0
+        self._on_finished = on_finished
         self._task = asyncio.create_task(self._run(), name=f"discovery-watch-{namespace}/{service}")
 
     @property
@@ -41,17 +57,31 @@ class SharedWatch:
         """How many subscribers share this watch."""
         return len(self._subscribers)
 
-    def add(self, callback: SnapshotCallback) -> None:
+    def add(self, callback: SnapshotCallback, on_end: EndCallback | None = None) -> None:
         """Add a subscriber; it receives the cached snapshot first (soon, on the loop), then every change."""
-        self._subscribers.append(callback)
+        subscriber = _Subscriber(callback, on_end)
+        self._subscribers.append(subscriber)
         if self.latest is not None:
             latest = self.latest
-            asyncio.get_running_loop().call_soon(self._deliver_one, callback, latest)
+            asyncio.get_running_loop().call_soon(self._deliver_one, subscriber, latest)
 
     def remove(self, callback: SnapshotCallback) -> None:
-        """Remove a subscriber (no-op if absent)."""
-        with contextlib.suppress(ValueError):
-            self._subscribers.remove(callback)
+        """Remove a subscriber (no-op if absent); its ``on_end`` is not called: it asked to leave."""
+        for subscriber in self._subscribers:
+            if subscriber.callback == callback:
+                self._subscribers.remove(subscriber)
+                return
+
+    def end_subscriptions(self) -> None:
+        """Remove every subscriber, calling each one's ``on_end``."""
+        subscribers, self._subscribers = self._subscribers, []
+        for subscriber in subscribers:
+            if subscriber.on_end is None:
+                continue
+            try:
+                subscriber.on_end()
+            except Exception:
+                log.exception("end callback of a %s/%s subscriber failed", self.namespace, self.service)
 
     async def stop(self) -> None:
         """Cancel the backend watch."""
@@ -59,11 +89,11 @@ class SharedWatch:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
 
-    def _deliver_one(self, callback: SnapshotCallback, snapshot: Snapshot) -> None:
-        if callback not in self._subscribers:
+    def _deliver_one(self, subscriber: _Subscriber, snapshot: Snapshot) -> None:
+        if subscriber not in self._subscribers:
             return
         try:
-            callback(snapshot)
+            subscriber.callback(snapshot)
         except Exception:
             log.exception("snapshot subscriber of %s/%s failed", self.namespace, self.service)
 
@@ -74,8 +104,8 @@ class SharedWatch:
         self._revision += 1
         stamped = snapshot.with_revision(self._revision)
         self.latest = stamped
-        for callback in list(self._subscribers):
-            self._deliver_one(callback, stamped)
+        for subscriber in list(self._subscribers):
+            self._deliver_one(subscriber, stamped)
 
     async def _run(self) -> None:
         failures = 0
@@ -84,6 +114,9 @@ class SharedWatch:
                 async for snapshot in self._backend.watch(self.namespace, self.service):
                     failures = 0
                     self._publish(snapshot)
+                # The backend ended the stream for good (it is closing): nothing more will come.
+                self._on_finished(self)
+                self.end_subscriptions()
                 return
             except asyncio.CancelledError:
                 raise
@@ -110,14 +143,33 @@ class WatchHub:
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
         self._watches: dict[ServiceKey, SharedWatch] = {}
+        self._closed = False
 
-    def subscribe(self, namespace: str, service: str, callback: SnapshotCallback) -> None:
-        """Start (or join) the watch of a service. Must run on the registry's event loop."""
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has run."""
+        return self._closed
+
+    def subscribe(
+        self, namespace: str, service: str, callback: SnapshotCallback, on_end: EndCallback | None = None
+    ) -> None:
+        """Start (or join) the watch of a service. Must run on the registry's event loop.
+
+        ``on_end`` is called once if the subscription ends without :meth:`unsubscribe` (the hub closed, or the
+        backend ended the watch). Raises :class:`ClosedError` once the hub is closed.
+        """
+        if self._closed:
+            raise ClosedError("this registry is closed")
         key = (namespace, service)
         watch = self._watches.get(key)
         if watch is None:
-            watch = self._watches[key] = SharedWatch(self._backend, namespace, service)
-        watch.add(callback)
+            watch = self._watches[key] = SharedWatch(self._backend, namespace, service, self._finished)
+        watch.add(callback, on_end)
+
+    def _finished(self, watch: SharedWatch) -> None:
+        key = (watch.namespace, watch.service)
+        if self._watches.get(key) is watch:
+            del self._watches[key]
 
     async def unsubscribe(self, namespace: str, service: str, callback: SnapshotCallback) -> None:
         """Leave a watch; the last subscriber to leave stops it."""
@@ -136,8 +188,13 @@ class WatchHub:
         return None if watch is None else watch.latest
 
     async def close(self) -> None:
-        """Stop every watch."""
+        """End every subscription (each one's ``on_end`` first, so loops over them end at once), then stop
+        every backend watch.
+        """
+        self._closed = True
         watches = list(self._watches.values())
         self._watches.clear()
+        for watch in watches:
+            watch.end_subscriptions()
         for watch in watches:
             await watch.stop()

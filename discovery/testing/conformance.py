@@ -16,10 +16,13 @@ Every timing assertion is made against the backend's own declared ``detection_bo
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, ClassVar, TypeVar
@@ -28,10 +31,18 @@ import pytest
 import pytest_asyncio
 
 from discovery.core.backend import RegistrationState
-from discovery.core.errors import ConfigurationError, DiscoveryError, SelectorError, ValidationError
+from discovery.core.errors import (
+    BackendUnavailableError,
+    ClosedError,
+    ConfigurationError,
+    DiscoveryError,
+    NotRegisteredError,
+    SelectorError,
+    ValidationError,
+)
 from discovery.core.models import Instance, Snapshot, Status
 from discovery.core.plugins import create_backend
-from discovery.core.urls import parse_url
+from discovery.core.urls import BackendURL, Endpoint, parse_url
 from discovery.core.validation import (
     MAX_ID_LENGTH,
     MAX_LABEL_VALUE_LENGTH,
@@ -39,7 +50,8 @@ from discovery.core.validation import (
     MAX_NAME_LENGTH,
     MAX_NAMED_PORTS,
 )
-from discovery.registry.async_registry import AsyncRegistry
+from discovery.registry.async_registry import AsyncRegistry, AsyncWatch
+from discovery.registry.blocking import Registry
 
 T = TypeVar("T")
 
@@ -47,6 +59,8 @@ T = TypeVar("T")
 CONVERGENCE_TIMEOUT = 15.0
 #: Scheduling allowance on top of a declared detection bound (a loaded 2-core CI machine).
 SCHEDULING_ALLOWANCE = 1.0
+#: Closing a watch, a cache or a registry ends every loop over it within this many seconds.
+CLOSE_BOUND = 1.0
 
 
 async def eventually(
@@ -61,6 +75,95 @@ async def eventually(
         if time.monotonic() >= deadline:
             raise AssertionError(f"condition not met within {timeout:.1f} s; last value: {value!r}")
         await asyncio.sleep(interval)
+
+
+async def _drain(watch: AsyncWatch) -> list[Snapshot]:
+    return [snapshot async for snapshot in watch]
+
+
+def _threads() -> frozenset[threading.Thread]:
+    return frozenset(threading.enumerate())
+
+
+def _to_thread_workers() -> frozenset[threading.Thread]:
+    """The default executor's idle workers (``asyncio.to_thread`` of the test itself leaves them)."""
+    return frozenset(t for t in threading.enumerate() if t.name.startswith("asyncio_"))
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 0
+
+
+def _async_value(read: Callable[[], T]) -> Callable[[], Awaitable[T]]:
+    async def probe() -> T:
+        return read()
+
+    return probe
+
+
+async def _connect_fails_cleanly(dead: BackendURL, timeout: float) -> None:
+    """Connecting to ``dead`` raises BackendUnavailableError naming it in time, and leaves no thread, task or
+    file descriptor (socket) behind.
+    """
+    threads, tasks, descriptors = _threads(), asyncio.all_tasks(), _open_descriptors()
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailableError) as caught:
+        await AsyncRegistry.connect(dead, timeout=timeout)
+    elapsed = time.monotonic() - started
+    where = str(dead.endpoints[0])
+    assert where in str(caught.value), caught.value
+    assert elapsed <= timeout + SCHEDULING_ALLOWANCE * 2, f"took {elapsed:.1f} s"
+    del caught
+    await eventually(_async_value(_threads), threads.issuperset, 5.0)
+    assert asyncio.all_tasks() <= tasks
+    await eventually(_async_value(_open_descriptors), lambda now: now <= descriptors, 5.0)
+
+
+def _blocking_close_case(url: str) -> None:
+    """The blocking facade: a ``for`` loop in another thread ends when the registry closes; calls then fail."""
+    registry = Registry.connect(url)
+    registration = registry.register(make_instance("sync-close", 1))
+    watch = registry.watch("sync-close")
+    watch.until(lambda s: len(s) == 1, CONVERGENCE_TIMEOUT)
+    other = registry.watch("sync-close")
+    seen: list[Snapshot] = []
+    consumer = threading.Thread(target=lambda: seen.extend(watch), daemon=True)
+    closed_watch_consumer = threading.Thread(target=lambda: list(other), daemon=True)
+    consumer.start()
+    closed_watch_consumer.start()
+    other.close()
+    closed_watch_consumer.join(CLOSE_BOUND)
+    assert not closed_watch_consumer.is_alive(), "closing a watch did not end the loop over it"
+    started = time.monotonic()
+    registry.close()
+    consumer.join(CLOSE_BOUND)
+    assert not consumer.is_alive(), "closing the registry did not end the loop over its watch"
+    assert time.monotonic() - started <= CLOSE_BOUND + CONVERGENCE_TIMEOUT  # close() itself deregisters first
+    calls: list[Callable[[], object]] = [
+        lambda: registry.register(make_instance("sync-close", 2)),
+        lambda: registry.instances("sync-close"),
+        lambda: registry.snapshot("sync-close"),
+        lambda: registry.services(),
+        lambda: registry.watch("sync-close"),
+        lambda: registry.subscribe("sync-close", lambda _s: None),
+        lambda: watch.next(1),
+        lambda: watch.until(lambda _s: True, 1),
+    ]
+    for number, call in enumerate(calls):
+        try:
+            call()
+        except ClosedError:
+            continue
+        raise AssertionError(f"call {number} after close() did not raise ClosedError")
+    assert registration.state is RegistrationState.DEREGISTERED
+    try:
+        registration.update(weight=2)
+    except NotRegisteredError:
+        pass  # close() deregistered it: its own calls say so
+    else:
+        raise AssertionError("updating a registration of a closed registry did not fail")
+    registration.deregister()  # idempotent
+    registry.close()  # idempotent
 
 
 def make_instance(service: str, number: int, **fields: Any) -> Instance:
@@ -453,3 +556,104 @@ class ConformanceSuite:
         assert registry.backend.effective_ttl(self.short_ttl) <= bound < 600
         registration = await registry.register(make_instance("bound", 1), ttl=self.short_ttl)
         assert registration.detection_bound == bound
+
+    # -- lifecycle: closing ends everything, a failed connect leaves nothing ---------------------------------------
+
+    async def test_closing_a_watch_ends_the_loops_over_it(self, registry: AsyncRegistry) -> None:
+        watch = registry.watch("closing")
+        await watch.next(CONVERGENCE_TIMEOUT)
+        received: list[Snapshot] = []
+
+        async def consume() -> None:
+            async for snapshot in watch:
+                received.append(snapshot)
+
+        consumer = asyncio.create_task(consume())
+        waiter = asyncio.create_task(watch.until(lambda _s: False))
+        await asyncio.sleep(0)  # both are waiting for the next snapshot now
+        started = time.monotonic()
+        await watch.aclose()
+        await asyncio.wait_for(consumer, CLOSE_BOUND)  # ends with StopAsyncIteration, i.e. the loop just ends
+        with pytest.raises(ClosedError):
+            await asyncio.wait_for(waiter, CLOSE_BOUND)
+        assert time.monotonic() - started <= CLOSE_BOUND
+        with pytest.raises(ClosedError):
+            await watch.next(1)
+        assert [s async for s in watch] == []
+
+    async def test_closing_the_registry_ends_watches_subscriptions_and_caches(
+        self, open_registry: Callable[[], Awaitable[AsyncRegistry]]
+    ) -> None:
+        from discovery.client.cache import ServiceCache
+
+        registry = await open_registry()
+        await registry.register(make_instance("ending", 1))
+        watch = registry.watch("ending")
+        await watch.until(lambda s: len(s) == 1, CONVERGENCE_TIMEOUT)
+        consumer = asyncio.create_task(_drain(watch))
+        waiter = asyncio.create_task(registry.watch("ending").until(lambda _s: False))
+        ended = asyncio.Event()
+        registry.subscribe("ending", lambda _s: None, on_end=ended.set)
+        cache = await ServiceCache.open_async(registry, "ending", ready_timeout=CONVERGENCE_TIMEOUT)
+        assert [i.id for i in cache.instances()] == ["ending-1"]
+        await asyncio.sleep(0)
+        started = time.monotonic()
+        closing = asyncio.create_task(registry.close())
+        await asyncio.wait_for(consumer, CLOSE_BOUND)
+        await asyncio.wait_for(ended.wait(), CLOSE_BOUND)
+        with pytest.raises(ClosedError):
+            await asyncio.wait_for(waiter, CLOSE_BOUND)
+        assert cache.closed
+        assert time.monotonic() - started <= CLOSE_BOUND
+        await closing
+        with pytest.raises(ClosedError):
+            cache.pick()
+
+    async def test_every_call_after_close_raises_closed_error(
+        self, open_registry: Callable[[], Awaitable[AsyncRegistry]]
+    ) -> None:
+        registry = await open_registry()
+        registration = await registry.register(make_instance("after", 1))
+        await registry.close()
+        await registry.close()  # idempotent
+        calls: list[Callable[[], Awaitable[object]]] = [
+            lambda: registry.register(make_instance("after", 2)),
+            lambda: registry.instances("after"),
+            lambda: registry.snapshot("after"),
+            lambda: registry.services(),
+            lambda: registry.start(),
+        ]
+        for call in calls:
+            with pytest.raises(ClosedError):
+                await call()
+        with pytest.raises(ClosedError):
+            registry.watch("after")
+        with pytest.raises(ClosedError):
+            registry.subscribe("after", lambda _s: None)
+        assert registration.state is RegistrationState.DEREGISTERED
+        await registration.deregister()  # idempotent, as for any deregistered registration
+
+    async def test_blocking_registry_close_ends_iteration_and_refuses_later_calls(self, discovery_url: str) -> None:
+        await asyncio.to_thread(_blocking_close_case, discovery_url)
+
+    async def test_a_failed_connect_names_the_url_and_leaves_nothing_behind(self, discovery_url: str) -> None:
+        url = parse_url(discovery_url)
+        if not create_backend(url).capabilities.networked:
+            pytest.skip(f"the {url.scheme} backend has no server to be unreachable")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            refused_port = probe.getsockname()[1]
+        with socket.socket() as silent:  # accepts connections (the kernel does) but never answers
+            silent.bind(("127.0.0.1", 0))
+            silent.listen(64)
+            silent_port = silent.getsockname()[1]
+            for port, timeout in ((refused_port, 3.0), (silent_port, 1.0)):
+                await _connect_fails_cleanly(dataclasses.replace(url, endpoints=(Endpoint("127.0.0.1", port),)),
+                                             timeout)
+            # The same through the blocking facade, whose loop thread must go too.
+            dead = dataclasses.replace(url, endpoints=(Endpoint("127.0.0.1", silent_port),))
+            threads = _threads()
+            with pytest.raises(BackendUnavailableError, match=f"127.0.0.1:{silent_port}"):
+                await asyncio.to_thread(Registry.connect, dead, timeout=1.0)
+            allowed = threads | _to_thread_workers()
+            await eventually(_async_value(_threads), allowed.issuperset, 5.0)
