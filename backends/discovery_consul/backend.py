@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import AsyncIterator
 
 from discovery.core.backend import Backend, Capabilities, DefinitionSnapshot, StateListener, StoredDefinition
-from discovery.core.errors import ClosedError, DiscoveryError
+from discovery.core.errors import ClosedError, DiscoveryError, NotRegisteredError
 from discovery.core.models import Instance, Snapshot
 from discovery.core.urls import BackendURL
 from discovery_consul import records
@@ -44,6 +45,8 @@ class ConsulBackend(Backend):
         # or a write whose answer was lost): their first registration must set the checks' statuses explicitly.
         self._maybe_at_agent: set[str] = set()
         self._watch_tasks: set[asyncio.Task[None]] = set()
+        #: This registrant's owner mark (docs/decisions/session-ownership.md); random, not a secret.
+        self._owner = secrets.token_hex(6)
         self._closed = False
 
     def __repr__(self) -> str:
@@ -58,6 +61,11 @@ class ConsulBackend(Backend):
     def capabilities(self) -> Capabilities:
         """Per-registration TTLs from 1 s; detection within TTL + 1 s."""
         return self._capabilities
+
+    @property
+    def owner_mark(self) -> str:
+        """This registrant's owner mark: written in each registration's ``Meta`` and check ids."""
+        return self._owner
 
     @property
     def settings(self) -> ConsulSettings:
@@ -97,10 +105,17 @@ class ConsulBackend(Backend):
             await registration.stop()
             if client is not None:
                 try:
-                    await client.deregister_service(registration.service_id)
+                    await self._deregister_if_ours(client, registration)
                 except DiscoveryError as error:
                     log.warning("could not deregister %s on close: %s", registration.service_id, error)
         await self._shutdown()
+
+    @staticmethod
+    async def _deregister_if_ours(client: ConsulClient, registration: Registration) -> None:
+        """Remove the service from the agent unless another registrant holds it now (then it is theirs)."""
+        if registration.given_up or await registration.holder() == "other":
+            return
+        await client.deregister_service(registration.service_id)
 
     async def abort(self) -> None:
         """Stop heartbeats and disconnect without deregistering: the checks go critical at their TTL."""
@@ -131,7 +146,7 @@ class ConsulBackend(Backend):
         service_id = records.consul_service_id(instance, self._settings.scope)
         registration = Registration(
             client, instance, ttl, on_state, self._settings.deregister_after, self._settings.scope,
-            known_to_agent=previous is not None or service_id in self._maybe_at_agent,
+            owner=self._owner, known_to_agent=previous is not None or service_id in self._maybe_at_agent,
         )
         try:
             await registration.write(fresh=True)
@@ -150,23 +165,29 @@ class ConsulBackend(Backend):
         registration.start()
 
     async def update(self, instance: Instance) -> None:
-        """Rewrite the registered instance's fields, status and maintenance mode; its heartbeat goes on."""
+        """Rewrite the registered instance's fields, status and maintenance mode; its heartbeat goes on.
+
+        :class:`NotRegisteredError` (nothing written) if another registrant took the id over.
+        """
         self._require_client()
         registration = self._registrations.get(instance.key)
-        if registration is None:
-            raise DiscoveryError(f"{instance.key} is not registered by this backend")
+        if registration is None or registration.given_up:
+            raise NotRegisteredError(f"{'/'.join(instance.key)} is not registered by this backend")
         registration.instance = instance
-        await registration.write(fresh=False)
+        await registration.update()
 
     async def deregister(self, instance: Instance) -> None:
-        """Stop the heartbeat and remove the service from the agent (a missing one is not an error)."""
+        """Stop the heartbeat and remove the service from the agent, if it is still ours (a missing one is not
+        an error; one another registrant took over is left alone).
+        """
         client = self._require_client()
         registration = self._registrations.pop(instance.key, None)
-        if registration is not None:
-            await registration.stop()
-        service_id = records.consul_service_id(instance, self._settings.scope)
+        if registration is None:
+            return  # not ours
+        await registration.stop()
+        service_id = registration.service_id
         self._maybe_at_agent.add(service_id)
-        await client.deregister_service(service_id)
+        await self._deregister_if_ours(client, registration)
         self._maybe_at_agent.discard(service_id)
 
     async def list(self, namespace: str, service: str) -> tuple[Instance, ...]:

@@ -157,6 +157,15 @@ class ConsulClient:
         call = self._consul.http.get(CB.json(), "/v1/agent/services", headers=self._consul.prepare_headers())
         return set(cast(dict[str, Any], await self._call("GET /v1/agent/services", call)))
 
+    async def agent_service(self, service_id: str) -> dict[str, Any] | None:
+        """``GET /v1/agent/service/<id>``: the agent's record of one service (with ``Meta``), ``None`` if unknown."""
+        path = f"/v1/agent/service/{service_id}"  # as py-consul builds deregister/<id>: ids hold no '/', '?', '#'
+        call = self._consul.http.get(CB.json(), path, headers=self._consul.prepare_headers())
+        try:
+            return cast(dict[str, Any], await self._call(f"GET /v1/agent/service/{service_id}", call))
+        except UnknownToAgentError:
+            return None
+
     async def register_service(
         self,
         *,

@@ -10,9 +10,14 @@ One instance is one agent service (see docs/decisions/consul-record-layout.md):
   Consul's 512-character value limit): ``discovery-schema``, ``discovery-namespace``, ``discovery-id``,
   ``discovery-status``, ``discovery-weight``, ``discovery-zone`` (absent when None), ``discovery-ports``
   (``name=port,...``, absent when empty) and one ``l-<escaped key>`` per label.
-* Two TTL checks: ``service:<ID>`` proves liveness (heartbeat; reaped after DeregisterCriticalServiceAfter)
-  and ``service:<ID>:status`` mirrors the status (critical for DOWN/STARTING) so Consul DNS and
-  ``?passing`` drop those instances, yet a long-DOWN instance is never reaped. DRAINING is maintenance mode.
+* Two TTL checks: ``service:<ID>:<owner>`` proves liveness (heartbeat; reaped after
+  DeregisterCriticalServiceAfter) and ``service:<ID>:status:<owner>`` mirrors the status (critical for
+  DOWN/STARTING) so Consul DNS and ``?passing`` drop those instances, yet a long-DOWN instance is never reaped.
+  DRAINING is maintenance mode.
+* ``Meta["discovery-owner"]`` is the owner mark: a random token of the registrant (one per backend). The check ids
+  carry it, so a newcomer registering the same id (the last registrant owns it) replaces the old owner's checks,
+  and the old owner's next heartbeat fails instead of keeping the newcomer alive. Records written before owner
+  marks existed have none, and checks ``service:<ID>`` / ``service:<ID>:status``.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ META_STATUS = "discovery-status"
 META_WEIGHT = "discovery-weight"
 META_ZONE = "discovery-zone"
 META_PORTS = "discovery-ports"
+META_OWNER = "discovery-owner"
 LABEL_PREFIX = "l-"
 
 # Consul Meta keys allow only [A-Za-z0-9_-]; label keys also hold "." and "/". "_" escapes, so it escapes itself.
@@ -78,14 +84,20 @@ def consul_service_id(instance: Instance, scope: str | None = None) -> str:
     return unscoped if scope is None else f"{scope}:{unscoped}"
 
 
-def liveness_check_id(service_id: str) -> str:
-    """The TTL check our heartbeat passes; Consul's own name for a service's check."""
-    return f"service:{service_id}"
+def liveness_check_id(service_id: str, owner: str | None = None) -> str:
+    """The TTL check the owner's heartbeat passes (``service:<ID>``, Consul's own name, without an owner mark)."""
+    return f"service:{service_id}" if owner is None else f"service:{service_id}:{owner}"
 
 
-def status_check_id(service_id: str) -> str:
+def status_check_id(service_id: str, owner: str | None = None) -> str:
     """The TTL check that is critical while the instance is DOWN or STARTING."""
-    return f"service:{service_id}:status"
+    return f"service:{service_id}:status" if owner is None else f"service:{service_id}:status:{owner}"
+
+
+def owner_of(service: Mapping[str, Any]) -> str | None:
+    """The owner mark of a Consul ``Service`` object (``None``: written without one)."""
+    meta: Mapping[str, str] = service.get("Meta") or {}
+    return meta.get(META_OWNER)
 
 
 def maintenance_check_id(service_id: str) -> str:
@@ -98,10 +110,12 @@ def status_check_passing(status: Status) -> bool:
     return status not in (Status.DOWN, Status.STARTING)
 
 
-def instance_meta(instance: Instance, scope: str | None = None) -> dict[str, str]:
+def instance_meta(instance: Instance, scope: str | None = None, owner: str | None = None) -> dict[str, str]:
     """The ``Meta`` mapping of an instance (fits Consul's limits for every valid instance)."""
     canonical = instance_to_dict(instance)
     meta = {} if scope is None else {META_SCOPE: scope}
+    if owner is not None:
+        meta[META_OWNER] = owner
     meta |= {
         META_SCHEMA: str(canonical["schema"]),
         META_NAMESPACE: canonical["namespace"],
@@ -188,13 +202,14 @@ def instance_from_health_entry(entry: Mapping[str, Any]) -> Instance | None:
     checks: list[Mapping[str, Any]] = list(entry.get("Checks") or ())
     instance = instance_from_service(service)
     service_id = str(service.get("ID"))
-    if _check_status(checks, liveness_check_id(service_id)) in (None, "critical"):
+    owner = owner_of(service)
+    if _check_status(checks, liveness_check_id(service_id, owner)) in (None, "critical"):
         return None
     if any(not check.get("ServiceID") and check.get("Status") == "critical" for check in checks):
         return None
     if _check_status(checks, maintenance_check_id(service_id)) is not None:
         status = Status.DRAINING
-    elif _check_status(checks, status_check_id(service_id)) == "critical":
+    elif _check_status(checks, status_check_id(service_id, owner)) == "critical":
         status = instance.status if instance.status in (Status.DOWN, Status.STARTING) else Status.DOWN
     else:
         status = Status.UP

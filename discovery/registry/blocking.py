@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any
 
-from discovery.core.backend import Capabilities, RegistrationState
+from discovery.core.backend import Capabilities, LostReason, RegistrationState
 from discovery.core.errors import ClosedError, NotRegisteredError
 from discovery.core.models import DEFAULT_NAMESPACE, Instance, Snapshot
 from discovery.core.selectors import parse_selector
@@ -69,6 +69,11 @@ class Registration:
     def history(self) -> tuple[RegistrationState, ...]:
         """Every state so far, in order."""
         return self._inner.history
+
+    @property
+    def lost_reason(self) -> LostReason | None:
+        """Why the registration was last ``LOST`` (see :attr:`AsyncRegistration.lost_reason`)."""
+        return self._inner.lost_reason
 
     @property
     def active(self) -> bool:

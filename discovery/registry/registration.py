@@ -7,7 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from discovery.core.backend import RegistrationState
+from discovery.core.backend import LostReason, RegistrationState
 from discovery.core.errors import NotRegisteredError, ValidationError
 from discovery.core.models import Instance
 
@@ -38,6 +38,7 @@ class AsyncRegistration:
         self._update = update
         self._deregister = deregister
         self._state = RegistrationState.PENDING
+        self._lost_reason: LostReason | None = None
         self._history: list[RegistrationState] = []
         self._callbacks: list[StateCallback] = []
         self._changed = asyncio.Event()
@@ -65,6 +66,13 @@ class AsyncRegistration:
     def state(self) -> RegistrationState:
         """The current state."""
         return self._state
+
+    @property
+    def lost_reason(self) -> LostReason | None:
+        """Why the registration was last ``LOST`` (``None`` if it never was). ``TAKEN_OVER`` is final: another
+        registrant owns the instance id, and this registration never writes it again.
+        """
+        return self._lost_reason
 
     @property
     def history(self) -> tuple[RegistrationState, ...]:
@@ -119,9 +127,11 @@ class AsyncRegistration:
             return
         await self._deregister(self)
 
-    def _set_state(self, state: RegistrationState) -> None:
+    def _set_state(self, state: RegistrationState, reason: LostReason | None = None) -> None:
         if self._state is RegistrationState.DEREGISTERED:
             return
+        if state is RegistrationState.LOST:
+            self._lost_reason = reason
         self._state = state
         self._history.append(state)
         self._changed.set()

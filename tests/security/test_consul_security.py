@@ -56,7 +56,7 @@ async def test_other_token_cannot_touch_our_services(secure_consul: SecureServer
             with pytest.raises(PermissionDeniedError, match="Consul refused"):
                 await client.deregister_service(records.consul_service_id(instance, path))
             with pytest.raises(PermissionDeniedError):
-                await rogue.register(Instance(name, "rogue", "6.6.6.6", 1), 2.0, lambda state: None)
+                await rogue.register(Instance(name, "rogue", "6.6.6.6", 1), 2.0, lambda *_: None)
             with pytest.raises(PermissionDeniedError):
                 await rogue.put_definition("service", "default", "web", b"{}")
         finally:
