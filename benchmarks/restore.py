@@ -53,7 +53,7 @@ def _make_forget(context: RunContext, target: Target, owner: OursTool, ident: st
 
         asyncio.run(revoke())
     elif target.backend == "consul":
-        from discovery_consul.records import consul_service_id
+        from discovery_consul.layout import consul_service_id
 
         service_id = consul_service_id(instance, target.scope)
         request = urllib.request.Request(

@@ -63,7 +63,9 @@ def watch(url: str, count: int, services: int, subscribers: int, changes: int, l
     rss_before = process.memory_info().rss
     registry = Registry.connect(url)
     if local:
-        registry._loop.run(register_all(registry.async_registry, instances(count, services)))
+        asyncio.run_coroutine_threadsafe(
+            register_all(registry.async_registry, instances(count, services)), registry.loop
+        ).result()
     per_service = count // services
     synced = threading.Event()
     remaining = [subscribers]

@@ -15,19 +15,11 @@ import heapq
 import itertools
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from discovery.core.backend import (
-    Backend,
-    Capabilities,
-    DefinitionSnapshot,
-    LostReason,
-    RegistrationState,
-    StateListener,
-    StoredDefinition,
-    validate_definition_kind,
-)
+from discovery.core.backend import Backend, Capabilities, LostReason, RegistrationState, StateListener
+from discovery.core.definitions import DefinitionSnapshot, DefinitionStore, StoredDefinition
 from discovery.core.errors import ClosedError, NotRegisteredError
 from discovery.core.models import Instance, Snapshot
 from discovery.core.urls import BackendURL
@@ -194,8 +186,8 @@ class MemoryStore:
                     self._lock.wait(max(_REAPER_GRANULARITY, self._deadlines[0][0] - time.monotonic()))
 
 
-class MemoryDefinitions:
-    """The durable definitions of one memory store (they live as long as the process)."""
+class DefinitionTable:
+    """The durable definitions of one memory store (they live as long as the process), shared by its backends."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -247,7 +239,7 @@ class MemoryDefinitions:
 
 
 _stores: dict[str, MemoryStore] = {}
-_definitions: dict[str, MemoryDefinitions] = {}
+_definitions: dict[str, DefinitionTable] = {}
 _stores_lock = threading.Lock()
 _owner_ids = itertools.count(1)
 
@@ -261,13 +253,54 @@ def memory_store(name: str = "default") -> MemoryStore:
         return store
 
 
-def memory_definitions(name: str = "default") -> MemoryDefinitions:
+def memory_definitions(name: str = "default") -> DefinitionTable:
     """The process-wide definitions of the store called ``name``."""
     with _stores_lock:
         found = _definitions.get(name)
         if found is None:
-            found = _definitions[name] = MemoryDefinitions()
+            found = _definitions[name] = DefinitionTable()
         return found
+
+
+class MemoryDefinitions(DefinitionStore):
+    """One memory backend's view of its store's :class:`DefinitionTable` (refused once that backend is closed)."""
+
+    def __init__(self, table: DefinitionTable, check_open: Callable[[], None]) -> None:
+        self._table = table
+        self._check_open = check_open
+
+    async def _put(self, kind: str, namespace: str, name: str, data: bytes) -> None:
+        self._check_open()
+        self._table.put(kind, namespace, name, data)
+
+    async def _get(self, kind: str, namespace: str, name: str) -> bytes | None:
+        self._check_open()
+        return self._table.get(kind, namespace, name)
+
+    async def _delete(self, kind: str, namespace: str, name: str) -> bool:
+        self._check_open()
+        return self._table.delete(kind, namespace, name)
+
+    async def _list(self, kind: str, namespace: str | None) -> tuple[StoredDefinition, ...]:
+        self._check_open()
+        return self._table.list(kind, namespace)
+
+    async def _watch(self, kind: str, namespace: str | None) -> AsyncGenerator[DefinitionSnapshot, None]:
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+        self._table.add_watcher(loop, changed)
+        last: tuple[StoredDefinition, ...] | None = None
+        try:
+            while True:
+                changed.clear()
+                items = self._table.list(kind, namespace)
+                if items != last:
+                    last = items
+                    yield DefinitionSnapshot(kind, namespace, items)
+                await changed.wait()
+        finally:
+            self._table.remove_watcher(loop, changed)
 
 
 @dataclass(slots=True)
@@ -290,6 +323,7 @@ class MemoryBackend(Backend):
         self._keepalive: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Event | None = None
         self._closed = False
+        self._definitions = MemoryDefinitions(memory_definitions(store.name), self._check_open)
         self._capabilities = Capabilities(
             name="memory",
             default_ttl=default_ttl,
@@ -315,6 +349,11 @@ class MemoryBackend(Backend):
     def store(self) -> MemoryStore:
         """The store this backend reads and writes."""
         return self._store
+
+    @property
+    def definitions(self) -> MemoryDefinitions:
+        """Durable definitions for the life of the process, shared by every backend of the same store."""
+        return self._definitions
 
     async def start(self) -> None:
         """Start the keep-alive task."""
@@ -398,52 +437,6 @@ class MemoryBackend(Backend):
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError("this memory backend is closed")
-
-    # -- durable definitions (process lifetime) ----------------------------------------------------------------
-
-    @property
-    def supports_definitions(self) -> bool:
-        """The memory backend stores definitions for the life of the process."""
-        return True
-
-    async def put_definition(self, kind: str, namespace: str, name: str, data: bytes) -> None:
-        """Create or replace a definition."""
-        self._check_open()
-        memory_definitions(self._store.name).put(validate_definition_kind(kind), namespace, name, data)
-
-    async def get_definition(self, kind: str, namespace: str, name: str) -> bytes | None:
-        """A definition's bytes, or ``None``."""
-        self._check_open()
-        return memory_definitions(self._store.name).get(validate_definition_kind(kind), namespace, name)
-
-    async def delete_definition(self, kind: str, namespace: str, name: str) -> bool:
-        """Delete a definition; ``True`` if it existed."""
-        self._check_open()
-        return memory_definitions(self._store.name).delete(validate_definition_kind(kind), namespace, name)
-
-    async def list_definitions(self, kind: str, namespace: str | None = None) -> tuple[StoredDefinition, ...]:
-        """Definitions of a kind, sorted by namespace and name."""
-        self._check_open()
-        return memory_definitions(self._store.name).list(validate_definition_kind(kind), namespace)
-
-    async def watch_definitions(self, kind: str, namespace: str | None = None) -> AsyncIterator[DefinitionSnapshot]:
-        """The current set, then the whole set after every change (identical sets are not repeated)."""
-        validate_definition_kind(kind)
-        definitions = memory_definitions(self._store.name)
-        loop = asyncio.get_running_loop()
-        changed = asyncio.Event()
-        definitions.add_watcher(loop, changed)
-        last: tuple[StoredDefinition, ...] | None = None
-        try:
-            while True:
-                changed.clear()
-                items = definitions.list(kind, namespace)
-                if items != last:
-                    last = items
-                    yield DefinitionSnapshot(kind, namespace, items)
-                await changed.wait()
-        finally:
-            definitions.remove_watcher(loop, changed)
 
     async def _keep_alive(self) -> None:
         assert self._wakeup is not None

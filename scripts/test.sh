@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The full test suite on a fresh Debian 12 machine (run as root): installs what it needs, starts the
-# Docker daemon, builds the server images, checks types and lint, then runs pytest against real
+# Docker daemon, builds the server images, checks types and lint, checks the wheel, then runs pytest against real
 # ZooKeeper, etcd and Consul servers in containers. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +17,8 @@ fi
 echo "== ruff" && .venv/bin/ruff check discovery backends tests benchmarks
 echo "== mypy --strict" && .venv/bin/mypy
 echo "== docker-compose.yml" && docker-compose -f docker-compose.yml config -q && echo "valid"
+echo "== wheel (built, checked, installed non-editable in a fresh venv, CLI and README modules run)"
+bash scripts/check-wheel.sh
 
 echo "== pytest (servers: $servers)"
 export CI=${CI:-false}

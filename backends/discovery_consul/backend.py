@@ -1,5 +1,5 @@
 """``ConsulBackend``: registrations in Consul's native catalog, kept alive by TTL checks, watched by blocking
-queries. See :mod:`discovery_consul.records` for the layout and docs/decisions/consul-*.md for the reasons.
+queries. See :mod:`discovery_consul.layout` for the layout and docs/decisions/consul-*.md for the reasons.
 """
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import logging
 import secrets
 from collections.abc import AsyncIterator
 
-from discovery.core.backend import Backend, Capabilities, DefinitionSnapshot, StateListener, StoredDefinition
+from discovery.core.backend import Backend, Capabilities, StateListener
 from discovery.core.errors import ClosedError, DiscoveryError, NotRegisteredError
 from discovery.core.models import Instance, Snapshot
 from discovery.core.urls import BackendURL
-from discovery_consul import records
+from discovery_consul import layout
 from discovery_consul.connection import ConsulClient
 from discovery_consul.definitions import ConsulDefinitions
 from discovery_consul.keepalive import Registration
@@ -48,6 +48,7 @@ class ConsulBackend(Backend):
         #: This registrant's owner mark (docs/decisions/session-ownership.md); random, not a secret.
         self._owner = secrets.token_hex(6)
         self._closed = False
+        self._definitions = ConsulDefinitions(self._require_client, settings.scope, settings.wait)
 
     def __repr__(self) -> str:
         return f"ConsulBackend({str(self._settings.url)!r})"
@@ -72,6 +73,11 @@ class ConsulBackend(Backend):
         """The parsed options."""
         return self._settings
 
+    @property
+    def definitions(self) -> ConsulDefinitions:
+        """Definitions are KV entries under ``discovery/_definitions/<scope>/`` (see :mod:`.definitions`)."""
+        return self._definitions
+
     def _require_client(self) -> ConsulClient:
         if self._closed:
             raise ClosedError("this Consul backend is closed")
@@ -83,8 +89,7 @@ class ConsulBackend(Backend):
         """Open the connection pool and prove the agent answers (``BackendUnavailableError`` if not)."""
         settings = self._settings
         client = ConsulClient(
-            settings.host, settings.port, token=settings.token, dc=settings.dc, timeout=settings.timeout,
-            tls=settings.tls,
+            settings.host, settings.port, security=settings.security, dc=settings.dc, timeout=settings.timeout
         )
         try:
             await client.agent_self()
@@ -143,7 +148,7 @@ class ConsulBackend(Backend):
         previous = self._registrations.pop(instance.key, None)
         if previous is not None:
             await previous.stop()
-        service_id = records.consul_service_id(instance, self._settings.scope)
+        service_id = layout.consul_service_id(instance, self._settings.scope)
         registration = Registration(
             client, instance, ttl, on_state, self._settings.deregister_after, self._settings.scope,
             owner=self._owner, known_to_agent=previous is not None or service_id in self._maybe_at_agent,
@@ -216,37 +221,6 @@ class ConsulBackend(Backend):
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-
-    # -- durable definitions: Consul KV, see discovery_consul.definitions ---------------------------------------
-
-    @property
-    def supports_definitions(self) -> bool:
-        """Definitions are KV entries under ``discovery/_definitions/<scope>/``."""
-        return True
-
-    def _definitions(self) -> ConsulDefinitions:
-        self._require_client()
-        return ConsulDefinitions(self._require_client, self._settings.scope, self._settings.wait)
-
-    async def put_definition(self, kind: str, namespace: str, name: str, data: bytes) -> None:
-        """Create or overwrite a definition."""
-        await self._definitions().put(kind, namespace, name, data)
-
-    async def get_definition(self, kind: str, namespace: str, name: str) -> bytes | None:
-        """A definition's bytes, or ``None``."""
-        return await self._definitions().get(kind, namespace, name)
-
-    async def delete_definition(self, kind: str, namespace: str, name: str) -> bool:
-        """Delete a definition; ``True`` if it existed."""
-        return await self._definitions().delete(kind, namespace, name)
-
-    async def list_definitions(self, kind: str, namespace: str | None = None) -> tuple[StoredDefinition, ...]:
-        """Every definition of a kind."""
-        return await self._definitions().read_all(kind, namespace)
-
-    def watch_definitions(self, kind: str, namespace: str | None = None) -> AsyncIterator[DefinitionSnapshot]:
-        """The set of definitions of a kind, then again after every change."""
-        return self._definitions().watch(kind, namespace)
 
 
 __all__ = ["ConsulBackend"]

@@ -10,26 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import ssl
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar, cast
 
 import aiohttp
-import consul
 import consul.aio
 from consul.callback import CB
 from consul.exceptions import ACLDisabled, ACLPermissionDenied, BadRequest, ConsulException, NotFound
 
-from discovery.core.errors import (
-    AuthenticationError,
-    BackendUnavailableError,
-    DiscoveryError,
-    DiscoveryTLSError,
-    PermissionDeniedError,
-    ValidationError,
-)
-from discovery.core.urls import TLSOptions
+from discovery.core.errors import BackendUnavailableError, DiscoveryError, DiscoveryTLSError, ValidationError
+from discovery_consul.security import ConsulSecurity, acl_error, is_hang_up, is_tls_failure, tls_reason
 
 T = TypeVar("T")
 
@@ -52,32 +42,21 @@ class ConsulClient:
     """An async Consul client for one agent. Create it inside the running event loop."""
 
     def __init__(
-        self, host: str, port: int, *, token: str | None, dc: str | None, timeout: float, tls: TLSOptions | None = None
+        self, host: str, port: int, *, security: ConsulSecurity, dc: str | None, timeout: float
     ) -> None:
         self._agent_address = f"{host}:{port}"
         self._timeout = timeout
-        self._uses_tls = tls is not None
+        self._uses_tls = security.tls is not None
         # Two pools: a blocking query parks its HTTP connection for up to ``wait`` seconds, one per watched
         # service, so sharing aiohttp's default 100-connection pool would queue heartbeats, registrations and
         # the 101st watch behind them (docs/decisions/consul-connection-pools.md).
-        self._consul = self._connect(host, port, dc, tls, limit=None)
-        self._blocking = self._connect(host, port, dc, tls, limit=BLOCKING_CONNECTIONS)
-        self._parked = 0  # blocking queries in flight
-        if token is not None:
-            # py-consul lets $CONSUL_HTTP_TOKEN win over its argument; a token in the URL must win.
-            self._consul.token = token
-            self._blocking.token = token
-
-    @staticmethod
-    def _connect(host: str, port: int, dc: str | None, tls: TLSOptions | None, limit: int | None) -> consul.aio.Consul:
-        if tls is None:
-            return consul.aio.Consul(host=host, port=port, scheme="http", dc=dc, verify=False, connections_limit=limit)
-        # py-consul builds an ssl.create_default_context() (certificate and host name checked) and adds ca.
-        client_cert = (tls.cert, tls.key) if tls.cert and tls.key else None
-        return consul.aio.Consul(
-            host=host, port=port, scheme="https", dc=dc, verify=tls.ca or True, cert=client_cert,
-            connections_limit=limit,
+        self._consul = consul.aio.Consul(host=host, port=port, dc=dc, **security.client_arguments())
+        self._blocking = consul.aio.Consul(
+            host=host, port=port, dc=dc, connections_limit=BLOCKING_CONNECTIONS, **security.client_arguments()
         )
+        self._parked = 0  # blocking queries in flight
+        security.apply_token(self._consul)
+        security.apply_token(self._blocking)
 
     def __repr__(self) -> str:
         return f"ConsulClient({self._agent_address!r})"
@@ -99,26 +78,22 @@ class ConsulClient:
                 f"Consul agent {self._agent_address} did not answer {what} within {timeout:g} s"
             ) from None
         except (aiohttp.ClientError, OSError) as error:
-            if _is_tls_failure(error) or (first_contact and self._uses_tls and _is_hang_up(error)):
+            if is_tls_failure(error) or (first_contact and self._uses_tls and is_hang_up(error)):
                 # A TLS 1.3 server checks our certificate after the handshake and may just reset the
                 # connection (no alert): on the very first request over TLS that means it refused us.
                 raise DiscoveryTLSError(
                     f"TLS with the Consul agent {self._agent_address} failed for {what} (untrusted server certificate,"
-                    f" refused client certificate, or not an HTTPS port): {_tls_reason(error)}"
+                    f" refused client certificate, or not an HTTPS port): {tls_reason(error)}"
                 ) from None
             hint = ""
-            if _is_hang_up(error) and self._parked >= _MANY_PARKED:
+            if is_hang_up(error) and self._parked >= _MANY_PARKED:
                 hint = (f" ({self._parked} blocking queries of this process are open to the agent; its "
                         "limits.http_max_conns_per_client, default 200, may be hanging up on more: raise it)")
             raise BackendUnavailableError(
                 f"Consul agent {self._agent_address} unreachable for {what}: {type(error).__name__}: {error}{hint}"
             ) from None
-        except ACLPermissionDenied as error:
-            if "ACL not found" in str(error):  # Consul's answer to a token it does not know
-                raise AuthenticationError(f"Consul does not know the ACL token used for {what}") from None
-            raise PermissionDeniedError(f"Consul refused {what}: {error}") from None
-        except ACLDisabled as error:
-            raise AuthenticationError(f"Consul rejected the token for {what}: {error}") from None
+        except (ACLPermissionDenied, ACLDisabled) as error:
+            raise acl_error(error, what) from None
         except NotFound as error:
             raise UnknownToAgentError(f"Consul agent does not know it ({what}): {error}") from None
         except BadRequest as error:
@@ -233,42 +208,36 @@ class ConsulClient:
             raw_index, entries = await self._call(what, self._consul.health.service(service, tag=tag), timeout)
         return int(raw_index), list(entries or ())
 
+    async def kv_put(self, key: str, value: bytes) -> None:
+        """``PUT /v1/kv/<key>``."""
+        written = await self._call(f"PUT /v1/kv/{key}", self._consul.kv.put(key, value))
+        if written is not True:
+            raise BackendUnavailableError(f"Consul did not store {key}")
+
+    async def kv_get(self, key: str) -> bytes | None:
+        """``GET /v1/kv/<key>``: the value, or ``None`` when the key does not exist."""
+        _, entry = await self._call(f"GET /v1/kv/{key}", self._consul.kv.get(key))
+        return None if entry is None else bytes(entry.get("Value") or b"")
+
+    async def kv_delete(self, key: str) -> None:
+        """``DELETE /v1/kv/<key>`` (a missing key is not an error)."""
+        await self._call(f"DELETE /v1/kv/{key}", self._consul.kv.delete(key))
+
+    async def kv_list(self, prefix: str, index: int = 0, wait: float = 0.0) -> tuple[int, list[tuple[str, bytes]]]:
+        """``GET /v1/kv/<prefix>?recurse``: the index and every ``(key, value)``; blocking when ``index`` > 0."""
+        blocking = index > 0
+        timeout = self._timeout + (wait * 17 / 16 if blocking else 0.0)  # room for Consul's wait jitter
+        what = f"GET /v1/kv/{prefix}?recurse"
+        if blocking:
+            raw_index, entries = await self._call_blocking(
+                what, self._blocking.kv.get(prefix, recurse=True, index=index, wait=f"{wait:g}s"), timeout
+            )
+        else:
+            raw_index, entries = await self._call(what, self._consul.kv.get(prefix, recurse=True), timeout)
+        return int(raw_index), [(str(e.get("Key", "")), bytes(e.get("Value") or b"")) for e in entries or ()]
+
     async def catalog_services(self) -> dict[str, list[str]]:
         """``GET /v1/catalog/services``: every service name with the union of its tags."""
         _, services = await self._call("GET /v1/catalog/services", self._consul.catalog.services())
         return {str(name): list(tags or ()) for name, tags in (services or {}).items()}
 
-
-def _is_tls_failure(error: BaseException) -> bool:
-    """Whether an aiohttp/OS error comes from a TLS handshake (anywhere in its cause chain)."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, ssl.SSLError | aiohttp.ClientSSLError):
-            return True
-        if isinstance(seen, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError) and "SSL" in str(seen):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-def _is_hang_up(error: BaseException) -> bool:
-    """A connection reset or a server that closed without answering."""
-    if isinstance(error, aiohttp.ServerDisconnectedError | ConnectionResetError):
-        return True
-    return isinstance(error, aiohttp.ClientOSError) and error.errno == errno.ECONNRESET
-
-
-def _tls_reason(error: BaseException) -> str:
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, ssl.SSLCertVerificationError | aiohttp.ClientConnectorCertificateError):
-            detail = getattr(seen, "verify_message", None) or getattr(seen, "certificate_error", seen)
-            return f"server certificate not trusted ({detail})"
-        if isinstance(seen, ssl.SSLError):
-            reason = seen.reason or str(seen)
-            hint = " (client certificate refused or missing)" if "CERTIFICATE" in reason.upper() else ""
-            return f"{reason}{hint}"
-        seen = seen.__cause__ or seen.__context__
-    if _is_hang_up(error):
-        return f"the agent hung up right after the handshake (client certificate refused or missing): {error}"
-    return f"{type(error).__name__}: {error}"

@@ -27,7 +27,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 from discovery.core.backend import LostReason, RegistrationState, StateListener
 from discovery.core.errors import BackendUnavailableError, NotRegisteredError
 from discovery.core.models import Instance, Status
-from discovery_consul import records
+from discovery_consul import layout, records
 from discovery_consul.connection import ConsulClient, UnknownToAgentError
 
 log = logging.getLogger("discovery.consul")
@@ -66,7 +66,7 @@ class Registration:
         self.scope = scope
         self.ttl = ttl
         self.on_state = on_state
-        self.service_id = records.consul_service_id(instance, scope)
+        self.service_id = layout.consul_service_id(instance, scope)
         #: This registrant's owner mark (in ``Meta`` and in the check ids).
         self.owner = owner
         self._given_up = False
@@ -89,7 +89,7 @@ class Registration:
     def _checks(self) -> list[dict[str, Any]]:
         liveness: dict[str, Any] = {
             **Check.ttl(_consul_duration(self.ttl)),
-            "CheckID": records.liveness_check_id(self.service_id, self.owner),
+            "CheckID": layout.liveness_check_id(self.service_id, self.owner),
             "Name": f"discovery heartbeat of {self.instance.id}",
             # Check.ttl() has no parameter for this; Consul's minimum is one minute.
             "DeregisterCriticalServiceAfter": _consul_duration(self._deregister_after),
@@ -97,7 +97,7 @@ class Registration:
         }
         status: dict[str, Any] = {
             **Check.ttl(STATUS_CHECK_TTL),
-            "CheckID": records.status_check_id(self.service_id, self.owner),
+            "CheckID": layout.status_check_id(self.service_id, self.owner),
             "Name": f"discovery status of {self.instance.id}",
             "Status": "passing" if records.status_check_passing(self.instance.status) else "critical",
             "Notes": f"{records.STATUS_CHECK_NOTE_PREFIX}{self.instance.status.value}",
@@ -133,13 +133,13 @@ class Registration:
                     await self._client.set_maintenance(self.service_id, True, reason="discovery: DRAINING")
                 return
             await self._client.update_ttl_check(
-                records.status_check_id(self.service_id, self.owner),
+                layout.status_check_id(self.service_id, self.owner),
                 records.status_check_passing(instance.status),
                 note=f"{records.STATUS_CHECK_NOTE_PREFIX}{instance.status.value}",
             )
             self._status_set_at = time.monotonic()
             # A TTL service starts critical until its first pass: pass now, not one interval later.
-            await self._client.update_ttl_check(records.liveness_check_id(self.service_id, self.owner), True)
+            await self._client.update_ttl_check(layout.liveness_check_id(self.service_id, self.owner), True)
             self._last_alive = time.monotonic()
             draining = instance.status == Status.DRAINING
             if draining or not fresh:
@@ -234,11 +234,11 @@ class Registration:
             await self._restore()
 
     async def _pass_checks(self) -> None:
-        await self._client.update_ttl_check(records.liveness_check_id(self.service_id, self.owner), True)
+        await self._client.update_ttl_check(layout.liveness_check_id(self.service_id, self.owner), True)
         self._last_alive = time.monotonic()
         if time.monotonic() - self._status_set_at > STATUS_REFRESH_SECONDS:
             await self._client.update_ttl_check(
-                records.status_check_id(self.service_id, self.owner),
+                layout.status_check_id(self.service_id, self.owner),
                 records.status_check_passing(self.instance.status),
                 note=f"{records.STATUS_CHECK_NOTE_PREFIX}{self.instance.status.value}",
             )

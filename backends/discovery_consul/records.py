@@ -1,23 +1,21 @@
-"""How an :class:`Instance` is laid out in Consul's catalog, and read back from a health entry.
+"""The record codec: an :class:`Instance` as an agent service's ``Meta``, and back from a health entry.
 
-One instance is one agent service (see docs/decisions/consul-record-layout.md):
+Where the service lives (name, tags, ID, check IDs) is :mod:`discovery_consul.layout`; see
+docs/decisions/consul-record-layout.md for both.
 
-* ``Service`` = the service name (the same in every namespace), ``Tags`` = ``[namespace]`` so that
-  ``<namespace>.<service>.service.consul`` answers in Consul DNS; ``ID`` = ``<namespace>:<service>:<id>``
-  (agent service ids are unique per agent across all services, and ``:`` appears in no namespace or service
-  name, so the id is unambiguous).
 * ``Meta`` carries the canonical dict of :mod:`discovery.core.codec`, one field per key (the whole dict can exceed
   Consul's 512-character value limit): ``discovery-schema``, ``discovery-namespace``, ``discovery-id``,
   ``discovery-status``, ``discovery-weight``, ``discovery-zone`` (absent when None), ``discovery-ports``
-  (``name=port,...``, absent when empty) and one ``l-<escaped key>`` per label.
-* Two TTL checks: ``service:<ID>:<owner>`` proves liveness (heartbeat; reaped after
-  DeregisterCriticalServiceAfter) and ``service:<ID>:status:<owner>`` mirrors the status (critical for
-  DOWN/STARTING) so Consul DNS and ``?passing`` drop those instances, yet a long-DOWN instance is never reaped.
-  DRAINING is maintenance mode.
-* ``Meta["discovery-owner"]`` is the owner mark: a random token of the registrant (one per backend). The check ids
-  carry it, so a newcomer registering the same id (the last registrant owns it) replaces the old owner's checks,
-  and the old owner's next heartbeat fails instead of keeping the newcomer alive. Records written before owner
-  marks existed have none, and checks ``service:<ID>`` / ``service:<ID>:status``.
+  (``name=port,...``, absent when empty), ``discovery-scope`` (absent when unscoped) and one
+  ``l-<escaped key>`` per label.
+* The status is read from the checks: the liveness check (heartbeat; reaped after
+  DeregisterCriticalServiceAfter) decides whether the instance is alive, the status check is critical for
+  DOWN/STARTING (so Consul DNS and ``?passing`` drop those instances, yet a long-DOWN instance is never reaped),
+  and maintenance mode is DRAINING.
+* ``discovery-owner`` is the owner mark: a random token of the registrant (one per backend), also part of the check
+  ids (:mod:`discovery_consul.layout`). A newcomer registering the same id (the last registrant owns it, see
+  docs/decisions/session-ownership.md) replaces the old owner's checks, so the old owner's next heartbeat fails
+  instead of keeping the newcomer alive. Records written before owner marks have none.
 """
 
 from __future__ import annotations
@@ -28,6 +26,7 @@ from typing import Any
 from discovery.core.codec import SCHEMA_VERSION, instance_from_dict, instance_to_dict
 from discovery.core.errors import ValidationError
 from discovery.core.models import Instance, Status
+from discovery_consul.layout import liveness_check_id, maintenance_check_id, status_check_id
 
 META_SCHEMA = "discovery-schema"
 META_SCOPE = "discovery-scope"
@@ -76,33 +75,6 @@ def unescape_label_key(meta_key: str) -> str:
             chars.append(char)
             position += 1
     return "".join(chars)
-
-
-def consul_service_id(instance: Instance, scope: str | None = None) -> str:
-    """The agent service id of an instance: ``[<scope>:]<namespace>:<service>:<id>``."""
-    unscoped = f"{instance.namespace}:{instance.service}:{instance.id}"
-    return unscoped if scope is None else f"{scope}:{unscoped}"
-
-
-def liveness_check_id(service_id: str, owner: str | None = None) -> str:
-    """The TTL check the owner's heartbeat passes (``service:<ID>``, Consul's own name, without an owner mark)."""
-    return f"service:{service_id}" if owner is None else f"service:{service_id}:{owner}"
-
-
-def status_check_id(service_id: str, owner: str | None = None) -> str:
-    """The TTL check that is critical while the instance is DOWN or STARTING."""
-    return f"service:{service_id}:status" if owner is None else f"service:{service_id}:status:{owner}"
-
-
-def owner_of(service: Mapping[str, Any]) -> str | None:
-    """The owner mark of a Consul ``Service`` object (``None``: written without one)."""
-    meta: Mapping[str, str] = service.get("Meta") or {}
-    return meta.get(META_OWNER)
-
-
-def maintenance_check_id(service_id: str) -> str:
-    """The check Consul adds while a service is in maintenance mode."""
-    return f"_service_maintenance:{service_id}"
 
 
 def status_check_passing(status: Status) -> bool:
@@ -181,6 +153,12 @@ def _check_status(checks: list[Mapping[str, Any]], check_id: str) -> str | None:
         if check.get("CheckID") == check_id:
             return str(check.get("Status"))
     return None
+
+
+def owner_of(service: Mapping[str, Any]) -> str | None:
+    """The owner mark of a Consul ``Service`` object (``None``: written without one)."""
+    meta: Mapping[str, str] = service.get("Meta") or {}
+    return meta.get(META_OWNER)
 
 
 def scope_of(entry: Mapping[str, Any]) -> str | None:

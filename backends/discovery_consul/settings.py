@@ -10,7 +10,8 @@ import re
 from dataclasses import dataclass, field
 
 from discovery.core.errors import ConfigurationError
-from discovery.core.urls import BackendURL, TLSOptions
+from discovery.core.urls import BackendURL
+from discovery_consul.security import SECURITY_PARAMETERS, ConsulSecurity
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8500
@@ -24,10 +25,7 @@ MIN_DEREGISTER_AFTER = 60.0
 # The scope becomes part of agent service ids (":"-separated, used in URL paths) and a Meta value.
 _SCOPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 
-TOKEN_ENVIRONMENT_VARIABLE = "DISCOVERY_CONSUL_TOKEN"
-PARAMETERS = frozenset(
-    {"dc", "token", "token_file", "ttl", "timeout", "wait", "deregister_after", "tls", "ca", "cert", "key"}
-)
+KNOWN_PARAMETERS = ("dc", "ttl", "timeout", "wait", "deregister_after", *SECURITY_PARAMETERS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,18 +37,17 @@ class ConsulSettings:
     port: int
     scope: str | None
     dc: str | None
-    token: str | None = field(repr=False)
     default_ttl: float
     timeout: float
     wait: float
     deregister_after: float
-    #: HTTPS to the agent (``tls``, ``ca``, ``cert``, ``key``); ``None`` is plain HTTP.
-    tls: TLSOptions | None = None
+    #: HTTPS and the ACL token (``tls``, ``ca``, ``cert``, ``key``, ``token[_file]``).
+    security: ConsulSecurity = field(default_factory=ConsulSecurity)
 
     @classmethod
     def from_url(cls, url: BackendURL) -> ConsulSettings:
         """Check and read a ``consul://`` URL (``ConfigurationError`` on anything unknown or malformed)."""
-        url.check_parameters(PARAMETERS)
+        url.check_parameters(KNOWN_PARAMETERS)
         if len(url.endpoints) > 1:
             raise ConfigurationError(
                 "consul:// takes one agent address: registrations belong to the agent they were made on"
@@ -64,7 +61,6 @@ class ConsulSettings:
             )
         (endpoint,) = url.endpoints_or(DEFAULT_HOST, DEFAULT_PORT)
         assert endpoint.port is not None
-        token = url.secret("token", env=TOKEN_ENVIRONMENT_VARIABLE)
         dc = url.get_str("dc")
         if dc == "":
             raise ConfigurationError("consul:// parameter dc must not be empty")
@@ -74,10 +70,9 @@ class ConsulSettings:
             port=endpoint.port,
             scope=scope,
             dc=dc,
-            token=token or None,
             default_ttl=url.get_float("ttl", DEFAULT_TTL, minimum=MIN_TTL),
             timeout=url.get_float("timeout", DEFAULT_TIMEOUT, minimum=0.1, maximum=300.0),
             wait=url.get_float("wait", DEFAULT_WAIT, minimum=1.0, maximum=600.0),
             deregister_after=url.get_float("deregister_after", MIN_DEREGISTER_AFTER, minimum=MIN_DEREGISTER_AFTER),
-            tls=url.tls(),
+            security=ConsulSecurity.from_url(url),
         )

@@ -6,7 +6,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from discovery.core.backend import Backend, Capabilities, DefinitionSnapshot, StateListener, StoredDefinition
+from discovery.core.backend import Backend, Capabilities, StateListener
 from discovery.core.errors import ClosedError, DiscoveryError, NotRegisteredError
 from discovery.core.models import Instance, Snapshot
 from discovery.core.urls import BackendURL
@@ -39,6 +39,7 @@ class EtcdBackend(Backend):
         self._owner: dict[bytes, LeaseGroup] = {}
         self._watches: dict[tuple[str, str], ServiceWatch] = {}
         self._closed = False
+        self._definitions = EtcdDefinitions(self._pool, self._layout.prefix, lambda: self._closed)
         self._capabilities = Capabilities(
             name="etcd",
             default_ttl=float(lease_ttl(settings.ttl)),
@@ -62,8 +63,15 @@ class EtcdBackend(Backend):
         return self._layout
 
     @property
+    def definitions(self) -> EtcdDefinitions:
+        """Definitions are keys without a lease under ``<prefix>/_definitions/`` (see :mod:`.definitions`)."""
+        return self._definitions
+
+    @property
     def pool(self) -> EndpointPool:
-        """The connection pool (tests use it to reach the raw client)."""
+        """The endpoint pool: raw aetcd calls over this backend's endpoints, failover, retries and credentials, for
+        what the contract does not cover (``await backend.pool.call("read", lambda client: client.get(key))``).
+        """
         return self._pool
 
     def effective_ttl(self, requested: float | None) -> float:
@@ -215,35 +223,3 @@ class EtcdBackend(Backend):
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError("this etcd backend is closed")
-
-    # -- durable definitions: plain keys without lease, see discovery_etcd.definitions --------------------------
-
-    @property
-    def supports_definitions(self) -> bool:
-        """Definitions are keys without a lease under ``<prefix>/_definitions/``."""
-        return True
-
-    def _definitions(self) -> EtcdDefinitions:
-        self._check_open()
-        return EtcdDefinitions(self._pool, self._layout.prefix, lambda: self._closed)
-
-    async def put_definition(self, kind: str, namespace: str, name: str, data: bytes) -> None:
-        """Create or overwrite a definition."""
-        await self._definitions().put(kind, namespace, name, data)
-
-    async def get_definition(self, kind: str, namespace: str, name: str) -> bytes | None:
-        """A definition's bytes, or ``None``."""
-        return await self._definitions().get(kind, namespace, name)
-
-    async def delete_definition(self, kind: str, namespace: str, name: str) -> bool:
-        """Delete a definition; ``True`` if it existed."""
-        return await self._definitions().delete(kind, namespace, name)
-
-    async def list_definitions(self, kind: str, namespace: str | None = None) -> tuple[StoredDefinition, ...]:
-        """Every definition of a kind."""
-        return await self._definitions().read_all(kind, namespace)
-
-    def watch_definitions(self, kind: str, namespace: str | None = None) -> AsyncIterator[DefinitionSnapshot]:
-        """The set of definitions of a kind, then again after every change."""
-        return self._definitions().watch(kind, namespace)
-

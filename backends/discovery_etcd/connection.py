@@ -24,7 +24,7 @@ from discovery.core.errors import (
     DiscoveryError,
     PermissionDeniedError,
 )
-from discovery_etcd.security import SecureClient, is_authentication_failure, is_tls_error, tls_error
+from discovery_etcd.security import is_authentication_failure, is_tls_error, tls_error
 from discovery_etcd.settings import EtcdSettings
 
 log = logging.getLogger(__name__)
@@ -121,15 +121,9 @@ class EndpointPool:
             raise BackendUnavailableError("the etcd backend is closed")
         if self._client is None:
             endpoint = self._settings.endpoints[self._index]
-            self._client = SecureClient(
-                host=endpoint.host,
-                port=endpoint.port,
-                username=self._settings.username,
-                password=self._settings.password,
-                timeout=self._settings.timeout,
-                options=CHANNEL_OPTIONS,
-                credentials=self._settings.security.channel_credentials(),
-                tls=self._settings.security.tls,
+            assert endpoint.port is not None  # EtcdSettings fills in the default port
+            self._client = self._settings.security.client(
+                endpoint.host, endpoint.port, timeout=self._settings.timeout, options=CHANNEL_OPTIONS
             )
         client = self._client
         await client.connect()

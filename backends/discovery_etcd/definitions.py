@@ -14,15 +14,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from aetcd import rpc
 from aetcd.utils import prefix_range_end
 from grpc.aio import EOF  # type: ignore[import-untyped]
 
-from discovery.core.backend import DefinitionSnapshot, StoredDefinition, validate_definition_kind
-from discovery.core.errors import BackendUnavailableError
+from discovery.core.definitions import DefinitionSnapshot, DefinitionStore, StoredDefinition
+from discovery.core.errors import BackendUnavailableError, ClosedError
 from discovery_etcd.connection import EndpointPool, is_connection_error
 
 log = logging.getLogger(__name__)
@@ -34,45 +34,48 @@ class _StreamEnded(Exception):
     """The watch stream ended or was canceled; list again."""
 
 
-class EtcdDefinitions:
+class EtcdDefinitions(DefinitionStore):
     """Reads, writes and watches definitions through the backend's endpoint pool."""
 
-    def __init__(self, pool: EndpointPool, prefix: str, closed: Callable[[], bool] = lambda: False) -> None:
+    def __init__(self, pool: EndpointPool, prefix: str, closed: Callable[[], bool]) -> None:
         self._pool = pool
         self._closed = closed
         self._base = f"{prefix}/{DEFINITIONS_SEGMENT}"
 
     def prefix(self, kind: str, namespace: str | None) -> bytes:
         """The key prefix of a kind (and namespace), with the trailing ``/``."""
-        kind = validate_definition_kind(kind)
         return (f"{self._base}/{kind}/" if namespace is None else f"{self._base}/{kind}/{namespace}/").encode()
 
     def key(self, kind: str, namespace: str, name: str) -> bytes:
         """The key of one definition."""
         return self.prefix(kind, namespace) + name.encode()
 
-    async def put(self, kind: str, namespace: str, name: str, data: bytes) -> None:
-        """Put the key (no lease: it stays until deleted)."""
-        key = self.key(kind, namespace, name)
-        await self._pool.call("store a definition", lambda client: client.put(key, data))
+    def _check_open(self) -> None:
+        if self._closed():
+            raise ClosedError("this etcd backend is closed")
 
-    async def get(self, kind: str, namespace: str, name: str) -> bytes | None:
-        """The key's value, or ``None``."""
+    async def _put(self, kind: str, namespace: str, name: str, data: bytes) -> None:
+        self._check_open()
+        key = self.key(kind, namespace, name)
+        await self._pool.call("store a definition", lambda client: client.put(key, data))  # no lease: it stays
+
+    async def _get(self, kind: str, namespace: str, name: str) -> bytes | None:
+        self._check_open()
         key = self.key(kind, namespace, name)
         result = await self._pool.call("read a definition", lambda client: client.get(key))
         return None if result is None else bytes(result.value)
 
-    async def delete(self, kind: str, namespace: str, name: str) -> bool:
-        """Delete the key; ``True`` if it existed."""
+    async def _delete(self, kind: str, namespace: str, name: str) -> bool:
+        self._check_open()
         key = self.key(kind, namespace, name)
         result = await self._pool.call("delete a definition", lambda client: client.delete(key))
         return bool(result is not None and int(result.deleted) > 0)
 
-    async def read_all(self, kind: str, namespace: str | None) -> tuple[StoredDefinition, ...]:
-        """Every definition of a kind (in a namespace or all)."""
-        return (await self._list(kind, namespace))[0]
+    async def _list(self, kind: str, namespace: str | None) -> tuple[StoredDefinition, ...]:
+        self._check_open()
+        return (await self._read(kind, namespace))[0]
 
-    async def _list(self, kind: str, namespace: str | None) -> tuple[tuple[StoredDefinition, ...], int]:
+    async def _read(self, kind: str, namespace: str | None) -> tuple[tuple[StoredDefinition, ...], int]:
         prefix = self.prefix(kind, namespace)
         result = await self._pool.call("list definitions", lambda client: client.get_prefix(prefix))
         kind_prefix = self.prefix(kind, None)
@@ -83,10 +86,11 @@ class EtcdDefinitions:
                 found.append(StoredDefinition(kind, rest[0], rest[1], bytes(kv.value)))
         return tuple(sorted(found, key=lambda d: (d.namespace, d.name))), int(result.header.revision)
 
-    async def watch(self, kind: str, namespace: str | None) -> AsyncIterator[DefinitionSnapshot]:
+    async def _watch(self, kind: str, namespace: str | None) -> AsyncGenerator[DefinitionSnapshot, None]:
         """The current set, then the whole set after every change; stale once per outage; ends when the backend
         closes.
         """
+        self._check_open()
         prefix = self.prefix(kind, namespace)
         last: tuple[StoredDefinition, ...] | None = None
         stale_sent = False
@@ -94,7 +98,7 @@ class EtcdDefinitions:
         while True:
             call: Any = None
             try:
-                items, revision = await self._list(kind, namespace)
+                items, revision = await self._read(kind, namespace)
                 failures = 0
                 if items != last or stale_sent:
                     last, stale_sent = items, False

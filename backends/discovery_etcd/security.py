@@ -3,8 +3,10 @@
 URL parameters (see docs/security.md): ``tls``, ``ca``, ``cert``, ``key``; ``username`` (or ``user@`` in the
 URL) with ``password`` / ``password_file`` / ``user:password@`` / ``$DISCOVERY_ETCD_PASSWORD``.
 
-aetcd 1.0 only opens insecure channels, so :class:`SecureClient` replaces its ``connect`` with the same steps
-over ``grpc.aio.secure_channel``; everything else (stubs, metadata with the auth token) is aetcd's own.
+aetcd 1.0 only opens insecure channels, so over TLS :class:`SecureClient` replaces its ``connect`` with the same
+steps over ``grpc.aio.secure_channel``; everything else (stubs, metadata with the auth token) is aetcd's own. A
+plain channel uses aetcd's ``Client`` unchanged. See docs/decisions/security-etcd-tls-client.md for what would let
+the subclass go, and tests/unit/test_private_dependencies.py for the aetcd internals it is pinned to.
 """
 
 from __future__ import annotations
@@ -76,6 +78,18 @@ class EtcdSecurity:
             private_key=read(self.tls.key, "key"),
             certificate_chain=read(self.tls.cert, "cert"),
         )
+
+    def client(self, host: str, port: int, *, timeout: float, options: dict[str, Any]) -> Any:
+        """An unconnected client of one endpoint: aetcd's own ``Client`` over a plain channel, :class:`SecureClient`
+        over TLS (with our user name and password either way).
+        """
+        arguments: dict[str, Any] = {
+            "host": host, "port": port, "username": self.username, "password": self.password, "timeout": timeout,
+            "options": options,
+        }
+        if self.tls is None:
+            return aetcd.Client(**arguments)
+        return SecureClient(**arguments, credentials=self.channel_credentials(), tls=self.tls)
 
 
 def is_authentication_failure(error: BaseException) -> bool:
@@ -152,11 +166,15 @@ def tls_error(error: BaseException, action: str, endpoints: str) -> DiscoveryTLS
 
 
 class SecureClient(aetcd.Client):  # type: ignore[misc]  # aetcd is untyped
-    """An aetcd client whose channel is a TLS channel (when credentials are given)."""
+    """An aetcd client whose channel is a TLS channel.
+
+    ``_connect_securely`` mirrors aetcd 1.0's ``Client.connect`` on the attributes aetcd's ``__init__`` sets; a
+    change of either in aetcd fails tests/unit/test_private_dependencies.py before it can fail here.
+    """
 
     _is_connecting: bool
 
-    def __init__(self, *args: Any, credentials: Any = None, tls: TLSOptions | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, credentials: Any, tls: TLSOptions, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._channel_credentials = credentials
         self._tls = tls
@@ -164,13 +182,11 @@ class SecureClient(aetcd.Client):  # type: ignore[misc]  # aetcd is untyped
 
     async def connect(self) -> None:
         """aetcd's ``connect`` with ``secure_channel`` instead of ``insecure_channel``."""
-        if self._channel_credentials is None:
-            await super().connect()
-            return
         try:
             await self._connect_securely()
         except rpc.AioRpcError as error:
-            aetcd.exceptions._handle_exception(error)
+            # aetcd's own error mapping, as its connect() applies it (pinned by test_private_dependencies.py).
+            aetcd.exceptions._handle_exception(error)  # noqa: SLF001
 
     async def _connect_securely(self) -> None:
         if self._connected.is_set():
@@ -180,7 +196,7 @@ class SecureClient(aetcd.Client):  # type: ignore[misc]  # aetcd is untyped
             return
         try:
             self._is_connecting = True
-            if self._tls is not None and not self._checked:
+            if not self._checked:
                 timeout = min(float(self._timeout or 5.0), 5.0)
                 await asyncio.get_running_loop().run_in_executor(
                     None, tls_preflight, self._host, self._port, self._tls, timeout

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from kazoo.exceptions import NoNodeError
 
 from discovery.core import validation
-from discovery.core.backend import Backend, Capabilities, DefinitionSnapshot, StateListener, StoredDefinition
+from discovery.core.backend import Backend, Capabilities, StateListener
 from discovery.core.errors import ClosedError, DiscoveryError, ValidationError
 from discovery.core.models import Instance, Snapshot
 from discovery.core.urls import BackendURL
@@ -40,6 +40,7 @@ class ZooKeeperBackend(Backend):
         self._registrations: Registrations | None = None
         self._watches: set[ServiceWatch] = set()
         self._closed = False
+        self._definitions = ZooKeeperDefinitions(self._live_session, config.root)
 
     @classmethod
     def from_url(cls, url: BackendURL) -> ZooKeeperBackend:
@@ -61,17 +62,23 @@ class ZooKeeperBackend(Backend):
         )
 
     @property
-    def session_id(self) -> int | None:
-        """The live ZooKeeper session id (``None`` while disconnected); tests use it to force an expiry."""
-        return None if self._session is None else self._session.session_id
+    def definitions(self) -> ZooKeeperDefinitions:
+        """Definitions are persistent znodes under ``<root>/_definitions`` (see :mod:`.definitions`)."""
+        return self._definitions
 
     @property
-    def session_password(self) -> bytes | None:
-        """The live session's password, for the same purpose as :attr:`session_id`."""
-        if self._session is None:
-            return None
-        client_id = self._session.client.client_id
-        return None if client_id is None else bytes(client_id[1])
+    def session_id(self) -> int | None:
+        """The live ZooKeeper session id (``None`` while disconnected): the ``ephemeralOwner`` of our znodes."""
+        return None if self._session is None else self._session.session_id
+
+    def session_credentials_for_tests(self) -> tuple[int, bytes] | None:
+        """Test seam: the live session's id and password (kazoo's ``client_id``), or ``None`` while disconnected.
+
+        With them a second client can join this session and close it, which expires it on purpose (the session
+        and fault tests). Nothing else needs the password: it stays out of every other attribute.
+        """
+        client_id = None if self._session is None else self._session.client.client_id
+        return None if client_id is None else (int(client_id[0]), bytes(client_id[1]))
 
     async def start(self) -> None:
         """Connect and open the session."""
@@ -173,36 +180,6 @@ class ZooKeeperBackend(Backend):
                 yield snapshot
         finally:
             self._watches.discard(stream)
-
-    # -- durable definitions: persistent znodes, see discovery_zookeeper.definitions ----------------------------
-
-    @property
-    def supports_definitions(self) -> bool:
-        """Definitions are persistent znodes under ``<root>/_definitions``."""
-        return True
-
-    async def put_definition(self, kind: str, namespace: str, name: str, data: bytes) -> None:
-        """Create or overwrite a definition."""
-        await self._definitions().put(kind, namespace, name, data)
-
-    async def get_definition(self, kind: str, namespace: str, name: str) -> bytes | None:
-        """A definition's bytes, or ``None``."""
-        return await self._definitions().get(kind, namespace, name)
-
-    async def delete_definition(self, kind: str, namespace: str, name: str) -> bool:
-        """Delete a definition; ``True`` if it existed."""
-        return await self._definitions().delete(kind, namespace, name)
-
-    async def list_definitions(self, kind: str, namespace: str | None = None) -> tuple[StoredDefinition, ...]:
-        """Every definition of a kind."""
-        return await self._definitions().read_all(kind, namespace)
-
-    def watch_definitions(self, kind: str, namespace: str | None = None) -> AsyncIterator[DefinitionSnapshot]:
-        """The set of definitions of a kind, then again after every change."""
-        return self._definitions().watch(kind, namespace)
-
-    def _definitions(self) -> ZooKeeperDefinitions:
-        return ZooKeeperDefinitions(self._live_session(), self.config.root)
 
     # -- helpers -------------------------------------------------------------------------------------------------
 

@@ -241,8 +241,9 @@ def _drop_client(client: KazooClient, wait: float) -> None:
     connection loop does not reconnect), then shut its TCP socket down; the loop sees the connection drop and
     exits without ever sending CloseSession.
     """
-    connection = client._connection
-    client._stopped.set()
+    # kazoo privates (pinned by tests/unit/test_private_dependencies.py): its connection handler and stop flag.
+    connection = client._connection  # noqa: SLF001
+    client._stopped.set()  # noqa: SLF001
     sock: socket.socket | None = getattr(connection, "_socket", None)
     if sock is not None:
         with contextlib.suppress(OSError):

@@ -11,13 +11,13 @@ re-arms the watches it needs (children of the kind and namespace directories, da
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from kazoo.exceptions import NodeExistsError, NoNodeError
 from kazoo.protocol.states import WatchedEvent
 
-from discovery.core.backend import DefinitionSnapshot, StoredDefinition, validate_definition_kind
+from discovery.core.definitions import DefinitionSnapshot, DefinitionStore, StoredDefinition
 from discovery.core.errors import BackendUnavailableError
 from discovery_zookeeper.bridge import call_in_loop
 from discovery_zookeeper.connection import SessionEvent, ZooKeeperSession
@@ -26,26 +26,27 @@ DEFINITIONS_NODE = "_definitions"
 Watcher = Callable[[WatchedEvent], None] | None
 
 
-class ZooKeeperDefinitions:
-    """Reads and writes definitions through one live session."""
+class ZooKeeperDefinitions(DefinitionStore):
+    """Reads and writes definitions through the backend's live session."""
 
-    def __init__(self, session: ZooKeeperSession, root: str) -> None:
+    def __init__(self, session: Callable[[], ZooKeeperSession], root: str) -> None:
+        #: The backend's live session (raises ``ClosedError`` once the backend is closed).
         self._session = session
         self._base = f"{root}/{DEFINITIONS_NODE}"
 
     def kind_path(self, kind: str) -> str:
         """The directory of every definition of a kind."""
-        return f"{self._base}/{validate_definition_kind(kind)}"
+        return f"{self._base}/{kind}"
 
     def path(self, kind: str, namespace: str, name: str) -> str:
         """The znode of one definition."""
         return f"{self.kind_path(kind)}/{namespace}/{name}"
 
     async def _request(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
-        client = self._session.client
-        return await self._session.request(what, getattr(client, method), *args, **kwargs)
+        session = self._session()
+        return await session.request(what, getattr(session.client, method), *args, **kwargs)
 
-    async def put(self, kind: str, namespace: str, name: str, data: bytes) -> None:
+    async def _put(self, kind: str, namespace: str, name: str, data: bytes) -> None:
         """Create or overwrite the persistent znode."""
         path = self.path(kind, namespace, name)
         try:
@@ -56,7 +57,7 @@ class ZooKeeperDefinitions:
             except NodeExistsError:  # created concurrently: overwrite as we meant to
                 await self._request("set", "set_async", path, data)
 
-    async def get(self, kind: str, namespace: str, name: str) -> bytes | None:
+    async def _get(self, kind: str, namespace: str, name: str) -> bytes | None:
         """The znode's data, or ``None``."""
         try:
             data, _ = await self._request("get", "get_async", self.path(kind, namespace, name))
@@ -64,7 +65,7 @@ class ZooKeeperDefinitions:
             return None
         return bytes(data)
 
-    async def delete(self, kind: str, namespace: str, name: str) -> bool:
+    async def _delete(self, kind: str, namespace: str, name: str) -> bool:
         """Delete the znode; ``True`` if it existed."""
         try:
             await self._request("delete", "delete_async", self.path(kind, namespace, name))
@@ -72,7 +73,11 @@ class ZooKeeperDefinitions:
             return False
         return True
 
-    async def read_all(self, kind: str, namespace: str | None, watcher: Watcher = None) -> tuple[StoredDefinition, ...]:
+    async def _list(self, kind: str, namespace: str | None) -> tuple[StoredDefinition, ...]:
+        """Every definition of a kind (in a namespace or all)."""
+        return await self._read(kind, namespace, None)
+
+    async def _read(self, kind: str, namespace: str | None, watcher: Watcher) -> tuple[StoredDefinition, ...]:
         """Every definition of a kind (in a namespace or all), arming ``watcher`` on everything read."""
         kind_path = self.kind_path(kind)
         if namespace is None:
@@ -103,12 +108,11 @@ class ZooKeeperDefinitions:
             await self._request("exists", "exists_async", path, watcher)
             return []
 
-    async def watch(self, kind: str, namespace: str | None) -> AsyncIterator[DefinitionSnapshot]:
+    async def _watch(self, kind: str, namespace: str | None) -> AsyncGenerator[DefinitionSnapshot, None]:
         """The current set, then the whole set after each change; stale while the session is disconnected."""
-        validate_definition_kind(kind)
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
-        session = self._session
+        session = self._session()
 
         def fired(event: WatchedEvent) -> None:
             call_in_loop(loop, wake.set)
@@ -124,7 +128,7 @@ class ZooKeeperDefinitions:
                 wake.clear()
                 if session.connected.is_set():
                     try:
-                        items = await self.read_all(kind, namespace, fired)
+                        items = await self._read(kind, namespace, fired)
                     except BackendUnavailableError:
                         items = None
                     if items is not None and (items != last or stale_sent):

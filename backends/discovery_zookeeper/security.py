@@ -121,12 +121,16 @@ class RedactingFilter(logging.Filter):
             record.msg, record.args = redacted, ()
         return True
 
+    def redacts(self, secret: str) -> bool:
+        """Whether this filter already hides ``secret``."""
+        return secret in self._secrets
+
 
 def kazoo_logger(security: ZooKeeperSecurity) -> logging.Logger:
     """The logger handed to kazoo: ``discovery_zookeeper.kazoo``, with the password redacted."""
     logger = logging.getLogger("discovery_zookeeper.kazoo")
     if security.password and not any(
-        isinstance(f, RedactingFilter) and security.password in f._secrets for f in logger.filters
+        isinstance(f, RedactingFilter) and f.redacts(security.password) for f in logger.filters
     ):
         logger.addFilter(RedactingFilter([security.password]))
     return logger

@@ -1,9 +1,18 @@
 """The ``discovery`` command line.
 
 * :func:`main` - the entry point: checks the ``[cli]`` extra, then runs the click app.
-* :mod:`discovery.cli.commands` - the subcommands (click + rich).
+* :mod:`discovery.cli.app` - the click group, its global options, the list of subcommand modules, exit codes.
+* :mod:`discovery.cli.session` - what every subcommand shares: ``--url`` and a registry session, common options,
+  the exit codes.
+* :mod:`discovery.cli.output` - consoles, the spinner, and the rich table of each kind of object.
+* :mod:`discovery.cli.registry_commands` - ``services``, ``list``, ``watch``, ``register``.
+* :mod:`discovery.cli.service_commands` - ``apply``, ``get``, ``describe``, ``delete`` (Services).
+* :mod:`discovery.cli.server_commands` - ``proxy`` and ``dns``.
 * :mod:`discovery.cli.demo` - ``discovery demo``, the README's walk-through.
-* :mod:`discovery.cli.tables` - plain-text tables shared by the demo and the commands.
+* :mod:`discovery.cli.tables` - plain-text tables (the demo's and the benchmarks' output).
+
+A new subcommand module lists its click commands in ``COMMANDS`` and is named once in
+:data:`discovery.cli.app.COMMAND_MODULES`.
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ from collections.abc import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``discovery`` command (subcommands in :mod:`discovery.cli.commands`)."""
+    """Entry point of the ``discovery`` command (the click group is :data:`discovery.cli.app.cli`)."""
     try:
         import click  # noqa: F401
         import rich  # noqa: F401
@@ -25,6 +34,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    from discovery.cli.commands import run
+    from discovery.cli.app import run
 
     return run(argv)

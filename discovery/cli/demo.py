@@ -5,6 +5,9 @@ from __future__ import annotations
 import threading
 import time
 
+import click
+
+from discovery.cli.session import GlobalOptions
 from discovery.cli.tables import INSTANCE_HEADERS, instance_rows, render_snapshot, render_table
 from discovery.client.balancers import RoundRobin
 from discovery.core.models import Instance, Snapshot, Status
@@ -96,3 +99,15 @@ def run_demo(url: str | None, ttl: float) -> int:
         _wait_until(seen, lambda s: len(s) == 0, 30)
         say("\nderegistered everything; demo done.")
     return 0
+
+
+@click.command()
+@click.option("--ttl", type=float, default=2.0, show_default=True, help="TTL of the demo registrations (seconds)")
+@click.pass_obj
+def demo(options: GlobalOptions, ttl: float) -> None:
+    """Register, watch, kill, drain and pick, printed as tables."""
+    run_demo(options.url, ttl)
+
+
+#: Added to the ``discovery`` group by :mod:`discovery.cli.app`.
+COMMANDS: list[click.Command] = [demo]

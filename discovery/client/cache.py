@@ -26,8 +26,8 @@ from discovery.registry.async_registry import (
     DEFAULT_STATUSES,
     SelectorLike,
     StatusFilter,
-    _status_set,
     filter_instances,
+    parse_statuses,
 )
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ class ServiceCache:
         # Checked once: isinstance against a runtime-checkable Protocol costs microseconds per call.
         self._tracking: RequestTracking | None = self.balancer if isinstance(self.balancer, RequestTracking) else None
         self._selector = parse_selector(selector)
-        self._statuses = _status_set(statuses)
+        self._statuses = parse_statuses(statuses)
         if isinstance(failures, FailureTracker):
             self.failures = failures
         else:

@@ -6,4 +6,5 @@
 * :mod:`.urls` - backend URLs (secrets redacted); :mod:`.plugins` - backends found by URL scheme.
 * :mod:`.errors` - the ``DiscoveryError`` tree.
 * :mod:`.backend` - the contract every adapter fulfils.
+* :mod:`.definitions` - durable definitions, the optional capability a backend exposes as ``backend.definitions``.
 """

@@ -3,6 +3,7 @@
 A backend is asyncio-native and owned by one :class:`discovery.AsyncRegistry`, whose event loop calls
 every method. The registry does the backend-neutral work (validation, selectors, status filters, the
 watch fan-out and its cache, the sync facade); a backend only stores, keeps alive, lists and watches.
+Durable definitions are a separate, optional capability: :attr:`Backend.definitions`.
 
 Adapters are found through the ``discovery.backends`` entry-point group by URL scheme, e.g.
 ``zookeeper = "discovery_zookeeper:ZooKeeperBackend"``.
@@ -16,7 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
-from discovery.core.errors import UnsupportedOperationError, ValidationError
+from discovery.core.definitions import DefinitionStore
 from discovery.core.models import Instance, Snapshot
 from discovery.core.urls import BackendURL
 
@@ -55,39 +56,6 @@ class StateListener(Protocol):
     """
 
     def __call__(self, state: RegistrationState, reason: LostReason | None = None) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class StoredDefinition:
-    """One durable definition (e.g. a ``Service``): opaque bytes stored under ``kind/namespace/name``."""
-
-    kind: str
-    namespace: str
-    name: str
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class DefinitionSnapshot:
-    """Every definition of one kind (in one namespace, or in all when ``namespace`` is ``None``).
-
-    ``stale`` is set while the backend is unreachable: the last known set is kept, not emptied.
-    """
-
-    kind: str
-    namespace: str | None
-    items: tuple[StoredDefinition, ...]
-    stale: bool = False
-
-
-_DEFINITION_KIND_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
-
-
-def validate_definition_kind(kind: object) -> str:
-    """A definition kind is a short lowercase word (``services``): it becomes a path segment on every backend."""
-    if not isinstance(kind, str) or not kind or len(kind) > 63 or not set(kind) <= _DEFINITION_KIND_CHARS:
-        raise ValidationError("kind", f"{kind!r} is not a definition kind (lowercase letters, digits and '-')")
-    return kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,35 +159,11 @@ class Backend(abc.ABC):
     def watch(self, namespace: str, service: str) -> AsyncIterator[Snapshot]:
         """Yield the current snapshot, then one after every change; see the class rules."""
 
-    # -- optional capability: durable definitions ------------------------------------------------------------------
-    #
-    # Definitions (Services, ...) are plain durable records: they outlive the process that wrote them (persistent
-    # znode, etcd key without lease, Consul KV) and live apart from instance records, so a definition named ``web``
-    # and instances of a service ``web`` never collide. Backends without this capability keep these defaults.
-
     @property
-    def supports_definitions(self) -> bool:
-        """Whether :meth:`put_definition` and friends are implemented."""
-        return False
+    def definitions(self) -> DefinitionStore | None:
+        """Durable definitions (Services, ...) in this backend, or ``None`` when it cannot store them.
 
-    async def put_definition(self, kind: str, namespace: str, name: str, data: bytes) -> None:
-        """Create or replace the definition ``kind/namespace/name`` durably."""
-        raise UnsupportedOperationError(f"the {self.capabilities.name} backend cannot store definitions")
-
-    async def get_definition(self, kind: str, namespace: str, name: str) -> bytes | None:
-        """The stored bytes of a definition, or ``None``."""
-        raise UnsupportedOperationError(f"the {self.capabilities.name} backend cannot store definitions")
-
-    async def delete_definition(self, kind: str, namespace: str, name: str) -> bool:
-        """Delete a definition; ``True`` if it existed."""
-        raise UnsupportedOperationError(f"the {self.capabilities.name} backend cannot store definitions")
-
-    async def list_definitions(self, kind: str, namespace: str | None = None) -> tuple[StoredDefinition, ...]:
-        """Every definition of ``kind`` in ``namespace`` (``None`` = every namespace), sorted by namespace, name."""
-        raise UnsupportedOperationError(f"the {self.capabilities.name} backend cannot store definitions")
-
-    def watch_definitions(self, kind: str, namespace: str | None = None) -> AsyncIterator[DefinitionSnapshot]:
-        """Yield the current set of definitions of ``kind``, then the whole set again after every change
-        (stale-marked while the backend is unreachable, re-read once it is back).
+        See :mod:`discovery.core.definitions`; the default is ``None``, so a third-party backend without them
+        keeps working and says clearly what it lacks.
         """
-        raise UnsupportedOperationError(f"the {self.capabilities.name} backend cannot store definitions")
+        return None

@@ -79,12 +79,6 @@ class Instance:
         """The named port ``name`` (``None`` if the instance has none by that name)."""
         return self.ports.get(name)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The canonical JSON-ready form (see :mod:`discovery.core.codec`)."""
-        from discovery.core.codec import instance_to_dict
-
-        return instance_to_dict(self)
-
 
 _BY_ID = operator.attrgetter("id")
 

@@ -11,13 +11,13 @@ from types import TracebackType
 from typing import Any
 
 from discovery.core.backend import Backend, Capabilities, RegistrationState
-from discovery.core.errors import BackendUnavailableError, ClosedError, DiscoveryError
+from discovery.core.errors import BackendUnavailableError, ClosedError, DiscoveryError, ValidationError
 from discovery.core.models import DEFAULT_NAMESPACE, Instance, Snapshot, Status
 from discovery.core.plugins import create_backend
 from discovery.core.selectors import Selector, parse_selector
 from discovery.core.urls import BackendURL, parse_url
 from discovery.core.validation import validate_namespace, validate_service_name, validate_ttl
-from discovery.registry.registration import AsyncRegistration
+from discovery.registry.registration import AsyncRegistration, RegistrationStates
 from discovery.registry.watch_hub import EndCallback, SnapshotCallback, WatchHub
 
 log = logging.getLogger("discovery.registry")
@@ -29,11 +29,10 @@ DEFAULT_STATUSES: tuple[Status, ...] = (Status.UP,)
 DEFAULT_CONNECT_TIMEOUT = 30.0
 
 
-def _status_set(statuses: StatusFilter) -> frozenset[Status] | None:
+def parse_statuses(statuses: StatusFilter) -> frozenset[Status] | None:
+    """The set of statuses a filter names (``None`` = any status); ``ValidationError`` for an unknown one."""
     if statuses is None:
         return None
-    from discovery.core.errors import ValidationError
-
     try:
         return frozenset(Status(s) for s in statuses)
     except ValueError as bad:
@@ -72,7 +71,8 @@ class AsyncRegistry:
         self._backend = backend
         self._url = url
         self._hub = WatchHub(backend)
-        self._registrations: dict[tuple[str, str, str], AsyncRegistration] = {}
+        # Each live registration with the state record only this registry (and its backend) writes.
+        self._registrations: dict[tuple[str, str, str], tuple[AsyncRegistration, RegistrationStates]] = {}
         self._closed = False
         self._started = False
 
@@ -150,43 +150,44 @@ class AsyncRegistry:
         """
         self._check_open()
         if not isinstance(instance, Instance):
-            from discovery.core.errors import ValidationError
-
             raise ValidationError("instance", f"expected an Instance, got {type(instance).__name__}")
         instance = instance.with_changes()  # re-validates, even if the object was forged
         requested = validate_ttl(ttl)
         effective = self._backend.effective_ttl(requested)
+        states = RegistrationStates()
         registration = AsyncRegistration(
             instance,
             effective,
             self._backend.detection_bound(requested),
             self._update,
-            self._deregister,
+            lambda deregistered: self._deregister(deregistered, states),
+            states,
         )
+        await self._backend.register(instance, effective, states.enter)
         previous = self._registrations.get(instance.key)
-        await self._backend.register(instance, effective, registration._set_state)
-        if previous is not None and previous is not registration:
-            previous._set_state(RegistrationState.DEREGISTERED)
-        self._registrations[instance.key] = registration
-        registration._set_state(RegistrationState.REGISTERED)
+        if previous is not None:
+            previous[1].enter(RegistrationState.DEREGISTERED)  # replaced: the key is the new one's now
+        self._registrations[instance.key] = (registration, states)
+        states.enter(RegistrationState.REGISTERED)
         return registration
 
     async def _update(self, registration: AsyncRegistration, instance: Instance) -> None:
         self._check_open()
         await self._backend.update(instance)
 
-    async def _deregister(self, registration: AsyncRegistration) -> None:
+    async def _deregister(self, registration: AsyncRegistration, states: RegistrationStates) -> None:
         key = registration.instance.key
-        if self._registrations.get(key) is registration:
+        current = self._registrations.get(key)
+        if current is not None and current[0] is registration:
             del self._registrations[key]
             if not self._closed:
                 await self._backend.deregister(registration.instance)
-        registration._set_state(RegistrationState.DEREGISTERED)
+        states.enter(RegistrationState.DEREGISTERED)
 
     @property
     def registrations(self) -> tuple[AsyncRegistration, ...]:
         """The live registrations made through this registry."""
-        return tuple(self._registrations.values())
+        return tuple(registration for registration, _ in self._registrations.values())
 
     async def snapshot(self, service: str, namespace: str = DEFAULT_NAMESPACE) -> Snapshot:
         """The current full set of a service: from the watch cache when watched, else one backend read."""
@@ -213,7 +214,7 @@ class AsyncRegistry:
         ``statuses=None`` for all). Answered from the cache when the service is watched.
         """
         parsed = parse_selector(selector)
-        wanted = _status_set(statuses)
+        wanted = parse_statuses(statuses)
         snapshot = await self.snapshot(service, namespace)
         return filter_instances(snapshot.instances, parsed, wanted)
 
@@ -266,8 +267,8 @@ class AsyncRegistry:
                 await self._backend.close()
             else:
                 await self._backend.abort()
-        for registration in list(self._registrations.values()):
-            registration._set_state(RegistrationState.DEREGISTERED)
+        for _, states in list(self._registrations.values()):
+            states.enter(RegistrationState.DEREGISTERED)
         self._registrations.clear()
 
     @property

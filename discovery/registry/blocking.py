@@ -6,6 +6,7 @@ hop to the loop thread.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import queue
 import time
@@ -25,8 +26,8 @@ from discovery.registry.async_registry import (
     AsyncRegistry,
     SelectorLike,
     StatusFilter,
-    _status_set,
     filter_instances,
+    parse_statuses,
 )
 from discovery.registry.loop_thread import LoopThread
 from discovery.registry.registration import AsyncRegistration
@@ -220,6 +221,13 @@ class Registry:
         return self._core
 
     @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop (in its own thread) the registry runs on: submit coroutines that use
+        :attr:`async_registry` with ``asyncio.run_coroutine_threadsafe(coroutine, registry.loop)``.
+        """
+        return self._loop.loop
+
+    @property
     def capabilities(self) -> Capabilities:
         """What the backend promises."""
         return self._core.capabilities
@@ -273,7 +281,7 @@ class Registry:
         validate_service_name(service)
         validate_namespace(namespace)
         parsed = parse_selector(selector)
-        wanted = _status_set(statuses)
+        wanted = parse_statuses(statuses)
         if cached is None:
             return self._loop.run(self._core.instances(service, namespace, parsed, statuses))
         found = filter_instances(cached.instances, parsed, wanted)

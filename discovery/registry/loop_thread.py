@@ -77,10 +77,6 @@ class LoopThread:
                 raise ClosedError("this registry was closed during the call") from None
             raise
 
-    def call_soon(self, function: Any, *args: Any) -> None:
-        """Schedule a plain call on the loop thread."""
-        self.loop.call_soon_threadsafe(function, *args)
-
     def stop(self) -> None:
         """Stop the loop and join the thread (which first ends pending tasks and the default executor)."""
         if self._stopping.is_set():

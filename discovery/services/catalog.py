@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from discovery.core.errors import DiscoveryError
 from discovery.core.models import Instance, Snapshot
@@ -171,22 +171,6 @@ class ServiceCatalog:
             while not predicate(self):
                 self._changed.clear()
                 await self._changed.wait()
-
-    async def watch_endpoints(self, namespace: str, name: str) -> AsyncIterator[Endpoints | None]:
-        """The endpoints of one Service now, then after every change of them (``None`` while undefined)."""
-        wake = asyncio.Event()
-        remove = self.add_listener(wake.set)
-        try:
-            last: Endpoints | bool | None = False
-            while True:
-                wake.clear()
-                current = self.endpoints(namespace, name)
-                if current != last:
-                    last = current
-                    yield current
-                await wake.wait()
-        finally:
-            remove()
 
     async def _follow_definitions(self) -> None:
         try:

@@ -12,7 +12,8 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 
-from discovery.core.backend import Backend, StoredDefinition
+from discovery.core.backend import Backend
+from discovery.core.definitions import DefinitionStore, StoredDefinition
 from discovery.core.errors import UnsupportedOperationError, ValidationError
 from discovery.core.models import DEFAULT_NAMESPACE
 from discovery.core.validation import validate_dns_label
@@ -80,38 +81,39 @@ class ServiceStore:
         self._backend = backend
         self.ranges = ranges or AllocationRanges.from_text()
 
-    def _check_supported(self) -> None:
-        if not self._backend.supports_definitions:
+    def _definitions(self) -> DefinitionStore:
+        definitions = self._backend.definitions
+        if definitions is None:
             raise UnsupportedOperationError(
                 f"the {self._backend.capabilities.name} backend cannot store Service definitions"
             )
+        return definitions
 
     async def get(self, name: str, namespace: str = DEFAULT_NAMESPACE) -> Service | None:
         """The stored Service, or ``None``."""
-        self._check_supported()
+        definitions = self._definitions()
         validate_dns_label("name", name)
         validate_dns_label("namespace", namespace)
-        data = await self._backend.get_definition(KIND, namespace, name)
+        data = await definitions.get(KIND, namespace, name)
         return None if data is None else decode_service(data, f"stored Service {namespace}/{name}")
 
     async def list(self, namespace: str | None = DEFAULT_NAMESPACE) -> tuple[Service, ...]:
         """Services of a namespace (``None`` = all), sorted by namespace and name."""
-        self._check_supported()
+        definitions = self._definitions()
         if namespace is not None:
             validate_dns_label("namespace", namespace)
-        return decode_stored(await self._backend.list_definitions(KIND, namespace))
+        return decode_stored(await definitions.list(KIND, namespace))
 
     async def delete(self, name: str, namespace: str = DEFAULT_NAMESPACE) -> bool:
         """Delete a Service; ``True`` if it existed."""
-        self._check_supported()
+        definitions = self._definitions()
         validate_dns_label("name", name)
         validate_dns_label("namespace", namespace)
-        return await self._backend.delete_definition(KIND, namespace, name)
+        return await definitions.delete(KIND, namespace, name)
 
     async def watch(self, namespace: str | None = None) -> AsyncIterator[ServiceSet]:
         """The current Services (of a namespace, or all), then the whole set after every change."""
-        self._check_supported()
-        async for snapshot in self._backend.watch_definitions(KIND, namespace):
+        async for snapshot in self._definitions().watch(KIND, namespace):
             yield ServiceSet(decode_stored(snapshot.items), snapshot.stale)
 
     async def apply(self, service: Service) -> ApplyResult:
@@ -120,7 +122,7 @@ class ServiceStore:
         Raises :class:`ValidationError` naming the field (immutable ClusterIP, a taken address or node port,
         a node port outside the range); nothing is written then.
         """
-        self._check_supported()
+        definitions = self._definitions()
         existing = await self.get(service.name, service.namespace)
         others = [s for s in await self.list(None) if s.key != service.key]
         stored = replace(
@@ -130,7 +132,7 @@ class ServiceStore:
         )
         if existing == stored:
             return ApplyResult(stored, ApplyAction.UNCHANGED)
-        await self._backend.put_definition(KIND, stored.namespace, stored.name, encode_service(stored))
+        await definitions.put(KIND, stored.namespace, stored.name, encode_service(stored))
         return ApplyResult(stored, ApplyAction.CREATED if existing is None else ApplyAction.CONFIGURED)
 
     def _cluster_ip(self, service: Service, existing: Service | None, others: Sequence[Service]) -> str | None:

@@ -10,7 +10,9 @@ URL isolated for each test (a fresh root / prefix / store), then run pytest::
         def discovery_url(self) -> str:
             return f"mine://127.0.0.1:1234/test-{uuid.uuid4().hex}"
 
-Every timing assertion is made against the backend's own declared ``detection_bound``.
+Every timing assertion is made against the backend's own declared ``detection_bound``. Cases that need an
+optional capability declare it with :func:`requires` (as SQLAlchemy's dialect suite gates its cases on what a
+dialect declares): on a backend without it they are skipped, and the skip names what is missing.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, ClassVar, TypeVar
 
 import pytest
 import pytest_asyncio
 
-from discovery.core.backend import LostReason, RegistrationState
+from discovery.core.backend import Backend, LostReason, RegistrationState
+from discovery.core.definitions import MAX_DEFINITION_BYTES, DefinitionSnapshot, DefinitionStore
 from discovery.core.errors import (
     BackendUnavailableError,
     ClosedError,
@@ -52,7 +55,9 @@ from discovery.core.validation import (
 )
 from discovery.registry.async_registry import AsyncRegistry, AsyncWatch
 from discovery.registry.blocking import Registry
+from discovery.testing.waiting import eventually
 
+Case = TypeVar("Case", bound=Callable[..., Any])
 T = TypeVar("T")
 
 #: How long a healthy backend may take to show a change to a watcher or a lookup (not a performance bound).
@@ -63,18 +68,43 @@ SCHEDULING_ALLOWANCE = 1.0
 CLOSE_BOUND = 1.0
 
 
-async def eventually(
-    probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], timeout: float, interval: float = 0.05
-) -> T:
-    """Poll ``probe`` until ``accept`` holds for its result; raise AssertionError with the last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if accept(value):
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"condition not met within {timeout:.1f} s; last value: {value!r}")
-        await asyncio.sleep(interval)
+#: The optional capabilities a case may require, and how a backend shows that it has each.
+REQUIREMENTS: dict[str, Callable[[Backend], bool]] = {
+    "cross_process": lambda backend: backend.capabilities.cross_process,
+    "networked": lambda backend: backend.capabilities.networked,
+    "definitions": lambda backend: backend.definitions is not None,
+}
+_REQUIRES = "discovery_conformance_requires"
+
+
+def requires(*capabilities: str) -> Callable[[Case], Case]:
+    """Declare the capabilities (keys of :data:`REQUIREMENTS`) a conformance case needs."""
+    unknown = sorted(set(capabilities) - set(REQUIREMENTS))
+    if unknown:
+        raise ValueError(f"unknown conformance requirement(s) {unknown}; known: {sorted(REQUIREMENTS)}")
+
+    def declare(case: Case) -> Case:
+        setattr(case, _REQUIRES, capabilities)
+        return case
+
+    return declare
+
+
+def missing_capabilities(backend: Backend, capabilities: tuple[str, ...]) -> list[str]:
+    """The capabilities among ``capabilities`` that ``backend`` lacks."""
+    return [name for name in capabilities if not REQUIREMENTS[name](backend)]
+
+
+def definitions_of(registry: AsyncRegistry) -> DefinitionStore:
+    """The definition store of a registry's backend (a case requiring ``definitions`` may rely on it)."""
+    definitions = registry.backend.definitions
+    assert definitions is not None, f"{registry.capabilities.name} declares no definitions"
+    return definitions
+
+
+async def next_set(watch: AsyncGenerator[DefinitionSnapshot, None]) -> DefinitionSnapshot:
+    """The next snapshot of a definitions watch, within :data:`CONVERGENCE_TIMEOUT`."""
+    return await asyncio.wait_for(anext(watch), CONVERGENCE_TIMEOUT)
 
 
 async def _drain(watch: AsyncWatch) -> list[Snapshot]:
@@ -208,6 +238,17 @@ class ConformanceSuite:
     def discovery_url(self) -> str:
         raise NotImplementedError("a ConformanceSuite subclass must provide the discovery_url fixture")
 
+    @pytest.fixture(autouse=True)
+    def capability_gate(self, request: pytest.FixtureRequest, discovery_url: str) -> None:
+        """Skip a case declared with :func:`requires` on a backend that lacks what it needs (before any I/O)."""
+        needed: tuple[str, ...] = getattr(request.function, _REQUIRES, ())
+        if not needed:
+            return
+        backend = create_backend(discovery_url)  # unstarted: capabilities need no connection
+        missing = missing_capabilities(backend, needed)
+        if missing:
+            pytest.skip(f"the {backend.capabilities.name} backend does not declare {', '.join(missing)}")
+
     @pytest_asyncio.fixture
     async def open_registry(self, discovery_url: str) -> AsyncIterator[Callable[[], Awaitable[AsyncRegistry]]]:
         opened: list[AsyncRegistry] = []
@@ -287,10 +328,14 @@ class ConformanceSuite:
         assert await registry.instances("rereg") == (second_instance,)
 
     async def test_register_same_id_twice_replaces(self, registry: AsyncRegistry) -> None:
-        await registry.register(make_instance("twice", 1, labels={"gen": "1"}))
+        first = await registry.register(make_instance("twice", 1, labels={"gen": "1"}))
         newer = make_instance("twice", 1, labels={"gen": "2"})
-        await registry.register(newer)
+        second = await registry.register(newer)
         assert await registry.instances("twice") == (newer,)
+        assert first.state is RegistrationState.DEREGISTERED and second.state is RegistrationState.REGISTERED
+        await first.deregister()  # the replaced handle no longer owns the key
+        assert await registry.instances("twice") == (newer,)
+        assert registry.registrations == (second,)
 
     # -- liveness -----------------------------------------------------------------------------------------
 
@@ -311,11 +356,10 @@ class ConformanceSuite:
         assert [i.id for i in await registry.instances("death")] == ["death-1"]
         assert survivor.state is RegistrationState.REGISTERED
 
+    @requires("cross_process")
     async def test_killed_registrant_process_disappears_within_bound(
         self, registry: AsyncRegistry, discovery_url: str
     ) -> None:
-        if not registry.capabilities.cross_process:
-            pytest.skip(f"{registry.capabilities.name} declares no cross-process visibility")
         process = subprocess.Popen(
             [sys.executable, "-m", "discovery.testing.registrant", discovery_url, "default", "killed", "3",
              str(self.short_ttl)],
@@ -557,6 +601,128 @@ class ConformanceSuite:
         registration = await registry.register(make_instance("bound", 1), ttl=self.short_ttl)
         assert registration.detection_bound == bound
 
+    # -- durable definitions ----------------------------------------------------------------------------
+
+    @requires("definitions")
+    async def test_definitions_round_trip_replace_and_delete(
+        self, registry: AsyncRegistry, open_registry: Callable[[], Awaitable[AsyncRegistry]]
+    ) -> None:
+        store, reader = definitions_of(registry), definitions_of(await open_registry())
+        assert await reader.get("things", "default", "a") is None
+        for data in (bytes(range(256)) * 4, b"", b"x" * MAX_DEFINITION_BYTES, b"second"):
+            await store.put("things", "default", "a", data)
+            assert await reader.get("things", "default", "a") == data, f"{len(data)} bytes did not round-trip"
+        assert await reader.delete("things", "default", "a") is True
+        assert await store.delete("things", "default", "a") is False
+        assert await store.get("things", "default", "a") is None
+        assert await store.list("things") == ()
+
+    @requires("definitions")
+    async def test_definitions_list_sorted_per_kind_and_namespace(self, registry: AsyncRegistry) -> None:
+        store = definitions_of(registry)
+        for kind, namespace, name in (("things", "team-b", "x"), ("things", "default", "b"),
+                                      ("things", "default", "a"), ("others", "default", "a")):
+            await store.put(kind, namespace, name, f"{kind}/{namespace}/{name}".encode())
+        assert [(d.namespace, d.name, d.data) for d in await store.list("things")] == [
+            ("default", "a", b"things/default/a"), ("default", "b", b"things/default/b"),
+            ("team-b", "x", b"things/team-b/x"),
+        ]
+        assert [d.name for d in await store.list("things", "default")] == ["a", "b"]
+        assert [(d.kind, d.name) for d in await store.list("others")] == [("others", "a")]
+        assert await store.list("things", "team-c") == ()
+        assert await store.list("nothing") == ()
+
+    @requires("definitions")
+    async def test_definitions_never_collide_with_instances(self, registry: AsyncRegistry) -> None:
+        store = definitions_of(registry)
+        await store.put("services", "default", "web", b"{}")
+        registration = await registry.register(make_instance("web", 1))
+        assert await registry.services() == ("web",)
+        assert [i.id for i in await registry.instances("web", statuses=None)] == ["web-1"]
+        assert await store.delete("services", "default", "web") is True
+        assert [i.id for i in await registry.instances("web", statuses=None)] == ["web-1"]
+        await store.put("services", "default", "web", b"{}")
+        await registration.deregister()
+        assert await registry.services() == ()
+        assert [d.name for d in await store.list("services")] == ["web"]
+
+    @requires("definitions")
+    async def test_definitions_outlive_the_registry_that_wrote_them(
+        self, open_registry: Callable[[], Awaitable[AsyncRegistry]]
+    ) -> None:
+        writer = await open_registry()
+        await definitions_of(writer).put("things", "default", "kept", b"durable")
+        await writer.register(make_instance("kept", 1))
+        await writer.close()
+        reader = await open_registry()
+        assert await definitions_of(reader).get("things", "default", "kept") == b"durable"
+        assert await reader.instances("kept", statuses=None) == ()
+
+    @requires("definitions")
+    async def test_definitions_watch_yields_the_whole_set_after_each_change(
+        self, registry: AsyncRegistry, open_registry: Callable[[], Awaitable[AsyncRegistry]]
+    ) -> None:
+        store, writer = definitions_of(registry), definitions_of(await open_registry())
+        await writer.put("things", "default", "a", b"1")
+        watch = store.watch("things", "default")
+        try:
+            first = await next_set(watch)
+            assert [(d.name, d.data) for d in first.items] == [("a", b"1")] and not first.stale
+            await writer.put("things", "team-b", "elsewhere", b"x")  # another namespace: no new set
+            await writer.put("things", "default", "b", b"2")
+            second = await next_set(watch)
+            assert [(d.name, d.data) for d in second.items] == [("a", b"1"), ("b", b"2")]
+            await writer.put("things", "default", "a", b"3")
+            third = await next_set(watch)
+            assert [(d.name, d.data) for d in third.items] == [("a", b"3"), ("b", b"2")]
+            await writer.delete("things", "default", "a")
+            fourth = await next_set(watch)
+            assert [d.name for d in fourth.items] == ["b"]
+            assert (fourth.kind, fourth.namespace, fourth.stale) == ("things", "default", False)
+        finally:
+            await watch.aclose()
+
+    @requires("definitions")
+    async def test_bad_definition_input_is_rejected_and_nothing_is_written(self, registry: AsyncRegistry) -> None:
+        store = definitions_of(registry)
+        bad_keys = [
+            ("Things", "default", "a"), ("a/b", "default", "a"), ("", "default", "a"), ("_definitions", "default", "a"),
+            ("x" * 64, "default", "a"), ("things", "../x", "a"), ("things", "Default", "a"), ("things", "", "a"),
+            ("things", "default", "a/b"), ("things", "default", ".."), ("things", "default", ""),
+            ("things", "default", "x" * 64), ("things", "default", "A"), ("things", "default", "a\x00"),
+        ]
+        for kind, namespace, name in bad_keys:
+            with pytest.raises(ValidationError):
+                await store.put(kind, namespace, name, b"x")
+            with pytest.raises(ValidationError):
+                await store.get(kind, namespace, name)
+            with pytest.raises(ValidationError):
+                await store.delete(kind, namespace, name)
+        for data in ("text", None, 12, b"x" * (MAX_DEFINITION_BYTES + 1)):
+            with pytest.raises(ValidationError):
+                await store.put("things", "default", "a", data)  # type: ignore[arg-type]
+        bad_scopes: list[tuple[str, str | None]] = [("Things", None), ("things", "../x")]
+        for bad_kind, bad_namespace in bad_scopes:
+            with pytest.raises(ValidationError):
+                await store.list(bad_kind, bad_namespace)
+            with pytest.raises(ValidationError):
+                store.watch(bad_kind, bad_namespace)
+        assert await store.list("things") == ()
+
+    @requires("definitions")
+    async def test_definitions_of_a_closed_backend_raise_closed_error(
+        self, open_registry: Callable[[], Awaitable[AsyncRegistry]]
+    ) -> None:
+        registry = await open_registry()
+        store = definitions_of(registry)
+        await registry.close()
+        with pytest.raises(ClosedError):
+            await store.put("things", "default", "a", b"x")
+        with pytest.raises(ClosedError):
+            await store.get("things", "default", "a")
+        with pytest.raises(ClosedError):
+            await store.list("things")
+
     # -- lifecycle: closing ends everything, a failed connect leaves nothing ---------------------------------------
 
     async def test_closing_a_watch_ends_the_loops_over_it(self, registry: AsyncRegistry) -> None:
@@ -636,10 +802,9 @@ class ConformanceSuite:
     async def test_blocking_registry_close_ends_iteration_and_refuses_later_calls(self, discovery_url: str) -> None:
         await asyncio.to_thread(_blocking_close_case, discovery_url)
 
+    @requires("networked")
     async def test_a_failed_connect_names_the_url_and_leaves_nothing_behind(self, discovery_url: str) -> None:
         url = parse_url(discovery_url)
-        if not create_backend(url).capabilities.networked:
-            pytest.skip(f"the {url.scheme} backend has no server to be unreachable")
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             refused_port = probe.getsockname()[1]

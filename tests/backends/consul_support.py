@@ -1,13 +1,11 @@
-"""Helpers for the Consul backend tests: following a backend watch, Consul DNS, the agent's HTTP API."""
+"""Helpers for the Consul backend tests: Consul DNS, the agent's HTTP API (waiting: discovery.testing)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import dns.message
@@ -15,36 +13,7 @@ import dns.query
 import dns.rdatatype
 
 from discovery.core.backend import Backend, LostReason, RegistrationState
-from discovery.core.models import Snapshot
 from discovery.core.plugins import create_backend
-
-
-class Follower:
-    """Reads a backend watch and keeps every snapshot it yielded."""
-
-    def __init__(self, stream: AsyncIterator[Snapshot]) -> None:
-        self.stream = stream
-        self.seen: list[Snapshot] = []
-
-    async def until(self, accept: Callable[[Snapshot], bool], timeout: float) -> Snapshot:
-        """The first snapshot (the last one seen included) that ``accept`` holds for; AssertionError on time-out."""
-        if self.seen and accept(self.seen[-1]):
-            return self.seen[-1]
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                snapshot = await asyncio.wait_for(anext(self.stream), max(0.001, remaining))
-            except TimeoutError:
-                last = self.seen[-1] if self.seen else None
-                raise AssertionError(f"no matching snapshot within {timeout:.1f} s; last: {last!r}") from None
-            self.seen.append(snapshot)
-            if accept(snapshot):
-                return snapshot
-
-    async def close(self) -> None:
-        """Stop the watch."""
-        await self.stream.aclose()  # type: ignore[attr-defined]
 
 
 async def started_backend(url: str) -> Backend:

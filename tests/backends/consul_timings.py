@@ -20,7 +20,8 @@ import uuid
 
 from discovery.core.models import Instance
 from discovery.core.plugins import create_backend
-from tests.backends.consul_support import Follower, StateLog, started_backend
+from discovery.testing import Follower
+from tests.backends.consul_support import StateLog, started_backend
 from tests.harness.servers import ServerHandle, start_server
 
 CONVERGENCE_TIMEOUT = 30.0

@@ -1,61 +1,16 @@
-"""Helpers for the etcd backend tests: following a backend watch, a raw aetcd client, a gate on reconnects."""
+"""Helpers for the etcd backend tests: a raw aetcd client, a gate on reconnects (waiting: discovery.testing)."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import aetcd
 
-from discovery.core.models import Snapshot
 from discovery.core.plugins import create_backend
 from discovery_etcd import EtcdBackend
 from discovery_etcd.watch import ServiceWatch
-
-T = TypeVar("T")
-
-
-class Follower:
-    """Reads a backend watch and keeps every snapshot it yielded."""
-
-    def __init__(self, stream: AsyncIterator[Snapshot]) -> None:
-        self.stream = stream
-        self.seen: list[Snapshot] = []
-
-    async def until(self, accept: Callable[[Snapshot], bool], timeout: float) -> Snapshot:
-        """The first snapshot (the last one seen included) that ``accept`` holds for; AssertionError on time-out."""
-        if self.seen and accept(self.seen[-1]):
-            return self.seen[-1]
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                snapshot = await asyncio.wait_for(anext(self.stream), max(0.001, remaining))
-            except TimeoutError:
-                last = self.seen[-1] if self.seen else None
-                raise AssertionError(f"no matching snapshot within {timeout:.1f} s; last: {last!r}") from None
-            self.seen.append(snapshot)
-            if accept(snapshot):
-                return snapshot
-
-    async def close(self) -> None:
-        """Stop the watch."""
-        await self.stream.aclose()  # type: ignore[attr-defined]
-
-
-async def eventually(probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], timeout: float) -> T:
-    """Poll ``probe`` until ``accept`` holds; AssertionError with the last value on time-out."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if accept(value):
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"condition not met within {timeout:.1f} s; last value: {value!r}")
-        await asyncio.sleep(0.05)
 
 
 def unique_prefix() -> str:

@@ -19,7 +19,8 @@ import uuid
 
 from discovery.core.backend import RegistrationState
 from discovery.core.models import Instance
-from tests.backends.etcd_support import Follower, raw_client, started_backend
+from discovery.testing import Follower
+from tests.backends.etcd_support import raw_client, started_backend
 from tests.harness import start_server
 
 

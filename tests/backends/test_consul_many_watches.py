@@ -16,7 +16,8 @@ import pytest
 
 from discovery.core.backend import RegistrationState
 from discovery.core.models import Instance, Snapshot
-from tests.backends.consul_support import Follower, started_backend
+from discovery.testing import Follower
+from tests.backends.consul_support import started_backend
 from tests.harness import ServerHandle
 
 pytestmark = pytest.mark.servers

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,10 +18,10 @@ from discovery.core.backend import Backend, RegistrationState
 from discovery.core.errors import BackendUnavailableError
 from discovery.core.models import Instance, Status
 from discovery.core.urls import parse_url
-from discovery.testing.conformance import CONVERGENCE_TIMEOUT, SCHEDULING_ALLOWANCE, eventually
-from discovery_consul import ConsulBackend, records
+from discovery.testing import Follower, eventually
+from discovery.testing.conformance import CONVERGENCE_TIMEOUT, SCHEDULING_ALLOWANCE
+from discovery_consul import ConsulBackend, layout
 from tests.backends.consul_support import (
-    Follower,
     StateLog,
     dns_answers,
     http_json,
@@ -30,7 +29,7 @@ from tests.backends.consul_support import (
     started_backend,
     unique,
 )
-from tests.harness import ServerHandle
+from tests.harness import ServerHandle, free_port
 
 pytestmark = pytest.mark.servers
 
@@ -127,11 +126,11 @@ async def test_heartbeat_stopped_leaves_watchers_within_bound(
     assert elapsed <= bound + SCHEDULING_ALLOWANCE
     # abort() does not deregister: the entry is still in the catalog, critical, until Consul reaps it.
     entries = http_json(consul_server.host, consul_server.port, f"/v1/health/service/{service}")
-    victim_id = records.consul_service_id(victim, watcher.settings.scope)  # type: ignore[attr-defined]
+    victim_id = layout.consul_service_id(victim, watcher.settings.scope)  # type: ignore[attr-defined]
     victim_checks = [e["Checks"] for e in entries if e["Service"]["ID"] == victim_id]
     assert victim_checks, "abort() must leave the registration for Consul to reap"
     owner = doomed.owner_mark  # type: ignore[attr-defined]
-    liveness = {c["CheckID"]: c["Status"] for c in victim_checks[0]}[records.liveness_check_id(victim_id, owner)]
+    liveness = {c["CheckID"]: c["Status"] for c in victim_checks[0]}[layout.liveness_check_id(victim_id, owner)]
     assert liveness == "critical"
 
 
@@ -175,7 +174,7 @@ async def test_maintenance_mode_is_draining_both_ways(
     service = unique("maint")
     instance = Instance(service, "m1", "127.0.0.1", 1)
     await owner.register(instance, SHORT_TTL, ignore_state)
-    service_id = records.consul_service_id(instance, owner.settings.scope)  # type: ignore[attr-defined]
+    service_id = layout.consul_service_id(instance, owner.settings.scope)  # type: ignore[attr-defined]
     host, port = consul_server.host, consul_server.port
     env = {**os.environ, "CONSUL_HTTP_ADDR": f"{host}:{port}"}
 
@@ -195,7 +194,7 @@ async def test_maintenance_mode_is_draining_both_ways(
         await owner.update(instance.with_changes(status=Status.DRAINING))
         await follower.until(lambda s: [i.status for i in s] == [Status.DRAINING], CONVERGENCE_TIMEOUT)
         checks = http_json(host, port, "/v1/agent/checks")
-        assert checks[records.maintenance_check_id(service_id)]["Status"] == "critical"
+        assert checks[layout.maintenance_check_id(service_id)]["Status"] == "critical"
         # A label change while DRAINING keeps maintenance mode: no UP in between.
         await owner.update(instance.with_changes(status=Status.DRAINING, labels={"v": "2"}))
         await follower.until(lambda s: [i.labels.get("v") for i in s] == ["2"], CONVERGENCE_TIMEOUT)
@@ -203,7 +202,7 @@ async def test_maintenance_mode_is_draining_both_ways(
         await follower.until(lambda s: [i.status for i in s] == [Status.UP], CONVERGENCE_TIMEOUT)
     finally:
         await follower.close()
-    assert records.maintenance_check_id(service_id) not in http_json(host, port, "/v1/agent/checks")
+    assert layout.maintenance_check_id(service_id) not in http_json(host, port, "/v1/agent/checks")
     # Every snapshot between "DRAINING with the new label" and the final update shows DRAINING.
     relabelled = [i for s in follower.seen for i in s if i.labels.get("v") == "2"]
     assert relabelled and all(i.status is Status.DRAINING for i in relabelled)
@@ -257,10 +256,7 @@ async def test_agent_restart_with_state_loss_is_restored(fresh_server: Callable[
 
 
 async def test_unreachable_agent_is_backend_unavailable() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    backend = ConsulBackend.from_url(parse_url(f"consul://127.0.0.1:{port}?timeout=1"))
+    backend = ConsulBackend.from_url(parse_url(f"consul://127.0.0.1:{free_port()}?timeout=1"))
     with pytest.raises(BackendUnavailableError):
         await backend.start()
 
@@ -273,12 +269,12 @@ async def test_first_registration_sets_both_checks_in_its_one_call(
     owner = await backends()
     instance = Instance(unique("onecall"), "o1", "127.0.0.1", 1, status=status)
     await owner.register(instance, SHORT_TTL, ignore_state)
-    service_id = records.consul_service_id(instance, owner.settings.scope)  # type: ignore[attr-defined]
+    service_id = layout.consul_service_id(instance, owner.settings.scope)  # type: ignore[attr-defined]
     checks = http_json(consul_server.host, consul_server.port, "/v1/agent/checks")
     owner_mark = owner.owner_mark  # type: ignore[attr-defined]
-    assert checks[records.liveness_check_id(service_id, owner_mark)]["Status"] == "passing"
+    assert checks[layout.liveness_check_id(service_id, owner_mark)]["Status"] == "passing"
     expected = "passing" if status is Status.UP else "critical"
-    assert checks[records.status_check_id(service_id, owner_mark)]["Status"] == expected
+    assert checks[layout.status_check_id(service_id, owner_mark)]["Status"] == expected
     assert [i.status for i in await owner.list("default", instance.service)] == [status]
 
 

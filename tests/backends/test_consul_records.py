@@ -9,7 +9,7 @@ from discovery.core.models import Instance, Status
 from discovery.core.plugins import create_backend
 from discovery.core.urls import parse_url
 from discovery.testing.conformance import maximal_instance
-from discovery_consul import ConsulBackend, records
+from discovery_consul import ConsulBackend, layout, records
 from discovery_consul.settings import ConsulSettings
 
 META_KEY_CHARACTERS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
@@ -19,12 +19,12 @@ def live_entry(
     instance: Instance, scope: str | None = None, owner: str | None = None, **check_states: str
 ) -> dict[str, object]:
     """A ``/v1/health/service`` entry as Consul would return it for an instance we wrote."""
-    service_id = records.consul_service_id(instance, scope)
+    service_id = layout.consul_service_id(instance, scope)
     status = "passing" if records.status_check_passing(instance.status) else "critical"
     states = {
         "serfHealth": "passing",
-        records.liveness_check_id(service_id, owner): "passing",
-        records.status_check_id(service_id, owner): status,
+        layout.liveness_check_id(service_id, owner): "passing",
+        layout.status_check_id(service_id, owner): status,
         **check_states,
     }
     return {
@@ -77,18 +77,18 @@ def test_maximal_instance_fits_consul_meta_limits_and_round_trips(status: Status
     assert not any(key.lower().startswith("consul-") for key in meta)
     entry = live_entry(instance, "s" * 63)
     if status is Status.DRAINING:
-        service_id = records.consul_service_id(instance, "s" * 63)
+        service_id = layout.consul_service_id(instance, "s" * 63)
         entry["Checks"].append(  # type: ignore[attr-defined]
-            {"CheckID": records.maintenance_check_id(service_id), "ServiceID": service_id, "Status": "critical"}
+            {"CheckID": layout.maintenance_check_id(service_id), "ServiceID": service_id, "Status": "critical"}
         )
     assert records.instance_from_health_entry(entry) == instance
 
 
 def test_health_states_map_to_statuses() -> None:
     instance = Instance("web", "w1", "127.0.0.1", 80)
-    service_id = records.consul_service_id(instance)
-    liveness, status_check = records.liveness_check_id(service_id), records.status_check_id(service_id)
-    maintenance = records.maintenance_check_id(service_id)
+    service_id = layout.consul_service_id(instance)
+    liveness, status_check = layout.liveness_check_id(service_id), layout.status_check_id(service_id)
+    maintenance = layout.maintenance_check_id(service_id)
     assert records.instance_from_health_entry(live_entry(instance)) == instance
     assert records.instance_from_health_entry(live_entry(instance, **{liveness: "critical"})) is None
     assert records.instance_from_health_entry(live_entry(instance, serfHealth="critical")) is None
@@ -108,10 +108,10 @@ def test_foreign_service_entry_is_rejected() -> None:
 
 def test_service_ids_never_collide_across_namespaces_services_and_scopes() -> None:
     ids = {
-        records.consul_service_id(Instance("a", "b-c", "127.0.0.1", 1)),
-        records.consul_service_id(Instance("a-b", "c", "127.0.0.1", 1)),
-        records.consul_service_id(Instance("a", "b-c", "127.0.0.1", 1, namespace="x")),
-        records.consul_service_id(Instance("a", "b-c", "127.0.0.1", 1), scope="default"),
+        layout.consul_service_id(Instance("a", "b-c", "127.0.0.1", 1)),
+        layout.consul_service_id(Instance("a-b", "c", "127.0.0.1", 1)),
+        layout.consul_service_id(Instance("a", "b-c", "127.0.0.1", 1, namespace="x")),
+        layout.consul_service_id(Instance("a", "b-c", "127.0.0.1", 1), scope="default"),
     }
     assert len(ids) == 4
 
@@ -140,20 +140,21 @@ def test_url_options_and_errors() -> None:
 def test_token_never_appears_in_reprs() -> None:
     backend = create_backend("consul://127.0.0.1:8500?token=s3cr3t-t0ken")
     assert isinstance(backend, ConsulBackend)
-    assert backend.settings.token == "s3cr3t-t0ken"
-    for text in (repr(backend), str(backend), repr(backend.settings), str(backend.settings.url)):
+    assert backend.settings.security.token == "s3cr3t-t0ken"
+    for text in (repr(backend), str(backend), repr(backend.settings), repr(backend.settings.security),
+                 str(backend.settings.url)):
         assert "s3cr3t-t0ken" not in text
 
 
 def test_owner_marked_records_are_read_with_their_owners_checks() -> None:
     instance = Instance("web", "w1", "127.0.0.1", 80, status=Status.DOWN)
-    service_id = records.consul_service_id(instance)
+    service_id = layout.consul_service_id(instance)
     mine, theirs = "a1b2c3d4e5f6", "0a1b2c3d4e5f"
     entry = live_entry(instance, owner=mine)
     assert records.owner_of(entry["Service"]) == mine  # type: ignore[arg-type]
     assert records.instance_from_health_entry(entry) == instance
     # Checks of another owner do not count: without the owner's own liveness check the entry is not alive.
-    other = live_entry(instance, owner=mine, **{records.liveness_check_id(service_id, theirs): "passing"})
+    other = live_entry(instance, owner=mine, **{layout.liveness_check_id(service_id, theirs): "passing"})
     checks: list[dict[str, str]] = other["Checks"]  # type: ignore[assignment]
-    other["Checks"] = [c for c in checks if c["CheckID"] != records.liveness_check_id(service_id, mine)]
+    other["Checks"] = [c for c in checks if c["CheckID"] != layout.liveness_check_id(service_id, mine)]
     assert records.instance_from_health_entry(other) is None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
@@ -15,9 +14,10 @@ from discovery.core.backend import RegistrationState
 from discovery.core.errors import BackendUnavailableError, NotRegisteredError
 from discovery.core.models import Instance
 from discovery.core.urls import parse_url
+from discovery.testing import Follower, eventually
 from discovery_etcd import EtcdBackend
-from tests.backends.etcd_support import Follower, eventually, raw_client, started_backend, unique_prefix
-from tests.harness import ServerHandle
+from tests.backends.etcd_support import raw_client, started_backend, unique_prefix
+from tests.harness import ServerHandle, free_port
 
 pytestmark = [pytest.mark.servers, pytest.mark.asyncio]
 
@@ -164,22 +164,16 @@ async def test_close_deregisters_everything(backends: Callable[..., Awaitable[Et
     assert await observer.list("default", "closing") == ()
 
 
-def _dead_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 async def test_failover_to_the_next_endpoint(
     backends: Callable[..., Awaitable[EtcdBackend]], etcd_server: ServerHandle
 ) -> None:
-    backend = await backends(f"127.0.0.1:{_dead_port()},{etcd_server.host}:{etcd_server.port}")
+    backend = await backends(f"127.0.0.1:{free_port()},{etcd_server.host}:{etcd_server.port}")
     await backend.register(instance("failover", 1), TTL, lambda *_: None)
     assert [i.id for i in await backend.list("default", "failover")] == ["failover-1"]
 
 
 async def test_unreachable_server_is_backend_unavailable() -> None:
-    backend = EtcdBackend.from_url(parse_url(f"etcd://127.0.0.1:{_dead_port()}?timeout=0.5"))
+    backend = EtcdBackend.from_url(parse_url(f"etcd://127.0.0.1:{free_port()}?timeout=0.5"))
     with pytest.raises(BackendUnavailableError, match=r"127\.0\.0\.1"):
         await backend.start()
     await backend.abort()

@@ -11,8 +11,9 @@ from aetcd import rpc
 
 from discovery.core.backend import RegistrationState
 from discovery.core.models import Instance
+from discovery.testing import Follower, eventually
 from discovery_etcd import EtcdBackend
-from tests.backends.etcd_support import Follower, ReconnectGate, eventually, raw_client, started_backend, unique_prefix
+from tests.backends.etcd_support import ReconnectGate, raw_client, started_backend, unique_prefix
 from tests.harness import ServerHandle
 
 pytestmark = [pytest.mark.servers, pytest.mark.asyncio, pytest.mark.slow]

@@ -20,7 +20,8 @@ import pytest
 
 from discovery.core.models import Instance, Status
 from discovery.registry.async_registry import AsyncRegistry
-from tests.backends.zookeeper_support import backend_url, eventually
+from discovery.testing import eventually
+from tests.backends.zookeeper_support import backend_url
 from tests.harness import ServerHandle
 
 pytestmark = pytest.mark.servers

@@ -11,8 +11,9 @@ import pytest
 from discovery.core.backend import RegistrationState
 from discovery.core.models import Instance
 from discovery.registry.async_registry import AsyncRegistry
+from discovery.testing import eventually
 from discovery_zookeeper import ZooKeeperBackend
-from tests.backends.zookeeper_support import backend_url, eventually, expire_session_now, raw_client
+from tests.backends.zookeeper_support import backend_url, expire_session_now, raw_client
 from tests.harness import ServerHandle
 
 pytestmark = pytest.mark.servers

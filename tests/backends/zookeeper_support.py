@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 from kazoo.client import KazooClient
 
 from discovery_zookeeper import ZooKeeperBackend
 from tests.harness import ServerHandle
 from tests.harness.specs import ZK_TICK_MS
-
-T = TypeVar("T")
 
 SESSION_TIMEOUT = 2.0
 TICK = ZK_TICK_MS / 1000
@@ -39,22 +33,11 @@ def expire_session_now(server: ServerHandle, backend: ZooKeeperBackend) -> int:
 
     Returns the expired session id.
     """
-    session_id, password = backend.session_id, backend.session_password
-    assert session_id is not None and password is not None, "backend has no live session"
+    credentials = backend.session_credentials_for_tests()
+    assert credentials is not None, "backend has no live session"
+    session_id, password = credentials
     twin = KazooClient(hosts=f"{server.host}:{server.port}", client_id=(session_id, password), timeout=SESSION_TIMEOUT)
     twin.start(timeout=15)
     twin.stop()
     twin.close()
     return session_id
-
-
-async def eventually(probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], timeout: float) -> T:
-    """Poll ``probe`` until ``accept`` holds (deadline ``timeout``); AssertionError with the last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if accept(value):
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"not met within {timeout:.1f}s; last value {value!r}")
-        await asyncio.sleep(0.02)

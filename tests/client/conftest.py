@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -11,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.harness.specs import ZK_TICK_MS
+from tests.harness import free_ports, isolated_url
 
 #: Every client test that needs a backend runs on the memory backend and on each real one.
 BACKENDS = [
@@ -24,23 +23,10 @@ BACKENDS = [
 SHORT_TTL = 2.0
 
 
-def isolated_url(kind: str, request: pytest.FixtureRequest) -> str:
-    """A URL whose keys no other test sees (a fresh store / root / prefix / scope), like the conformance runs."""
-    unique = f"client-{uuid.uuid4().hex[:16]}"
-    if kind == "memory":
-        return f"memory:///{unique}"
-    server = request.getfixturevalue(f"{kind}_server")
-    if kind == "zookeeper":
-        return f"{server.url}/{unique}?session_timeout={SHORT_TTL}&tick={ZK_TICK_MS / 1000}"
-    if kind == "etcd":
-        return f"{server.url}/{unique}?ttl={SHORT_TTL}"
-    return f"{server.url}/{unique}"
-
-
 @pytest.fixture(params=BACKENDS)
 def backend_url(request: pytest.FixtureRequest) -> str:
     """An isolated URL on each backend in turn."""
-    return isolated_url(request.param, request)
+    return isolated_url(request.param, request, f"client-{uuid.uuid4().hex[:16]}", ttl=SHORT_TTL)
 
 
 @pytest.fixture
@@ -111,14 +97,7 @@ def http_servers() -> Iterator[Callable[[str], NamedHTTPServer]]:
 
 def dead_ports(count: int) -> list[int]:
     """Distinct 127.0.0.1 ports nothing listens on (bound together to get free ones, then closed)."""
-    probes = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [int(probe.getsockname()[1]) for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
+    return list(free_ports(tuple(f"dead-{n}" for n in range(count))).values())
 
 
 @pytest.fixture

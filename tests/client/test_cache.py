@@ -52,7 +52,7 @@ def test_picks_are_answered_while_the_loop_thread_is_blocked(registry: Registry)
             blocked.set()
             release.wait(5)
 
-        registry._loop.call_soon(block_loop)
+        registry.loop.call_soon_threadsafe(block_loop)
         assert blocked.wait(5)
         try:
             assert cache.pick().id == "web-1"

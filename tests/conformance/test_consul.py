@@ -10,7 +10,7 @@ import pytest
 from discovery.core.models import Instance
 from discovery.core.urls import parse_url
 from discovery.testing.conformance import ConformanceSuite
-from discovery_consul import records
+from discovery_consul import layout
 from discovery_consul.settings import ConsulSettings
 from tests.backends.consul_support import http_json
 from tests.harness import ServerHandle
@@ -28,6 +28,6 @@ class TestConsulConformance(ConformanceSuite):
 
     async def remove_as_operator(self, discovery_url: str, instance: Instance) -> None:
         settings = ConsulSettings.from_url(parse_url(discovery_url))
-        service_id = records.consul_service_id(instance, settings.scope)
+        service_id = layout.consul_service_id(instance, settings.scope)
         path = f"/v1/agent/service/deregister/{service_id}"
         await asyncio.to_thread(http_json, settings.host, settings.port, path, "PUT")

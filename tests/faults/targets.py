@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from discovery.registry.async_registry import AsyncRegistry
 from discovery_consul import ConsulBackend
-from discovery_consul.records import consul_service_id
+from discovery_consul.layout import consul_service_id
 from discovery_etcd import EtcdBackend
 from discovery_zookeeper import ZooKeeperBackend
 from tests.harness.specs import ZK_TICK_MS
@@ -86,9 +86,10 @@ class Target:
 def _expire_zookeeper_session(backend: ZooKeeperBackend, host: str, port: int) -> None:
     from kazoo.client import KazooClient
 
-    session_id, password = backend.session_id, backend.session_password
-    if session_id is None or password is None:
+    credentials = backend.session_credentials_for_tests()
+    if credentials is None:
         raise RuntimeError("the ZooKeeper backend has no live session to expire")
+    session_id, password = credentials
     twin = KazooClient(hosts=f"{host}:{port}", client_id=(session_id, password), timeout=TTL)
     twin.start(timeout=15)
     twin.stop()

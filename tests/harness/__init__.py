@@ -13,10 +13,12 @@ from .servers import (
     ExternalServerError,
     ServerError,
     ServerHandle,
+    free_port,
     free_ports,
     start_server,
 )
 from .specs import KINDS, SPECS, ServerSpec
+from .urls import isolated_url
 
 __all__ = [
     "DEFAULT_ARTIFACTS_DIR",
@@ -27,6 +29,8 @@ __all__ = [
     "ServerError",
     "ServerHandle",
     "ServerSpec",
+    "free_port",
     "free_ports",
+    "isolated_url",
     "start_server",
 ]

@@ -156,6 +156,16 @@ def client_ssl_context(certs: Certificates) -> ssl.SSLContext:
     return context
 
 
+def _https_json(host: str, port: int, path: str, certs: Certificates) -> object:
+    """The JSON body of a loopback https GET trusting only our CA; None when the server does not answer (yet)."""
+    try:
+        with urllib.request.urlopen(f"https://{host}:{port}{path}", timeout=1.0,
+                                    context=client_ssl_context(certs)) as response:
+            return json.loads(response.read().decode())
+    except (OSError, ValueError):
+        return None
+
+
 # ------------------------------------------------------------------------------------------------ servers
 
 
@@ -267,13 +277,7 @@ def _etcd_spec(certs: Certificates) -> ServerSpec:
         ]
 
     def probe(host: str, port: int) -> bool:
-        try:
-            with urllib.request.urlopen(  # loopback https with our CA only
-                f"https://{host}:{port}/health", timeout=1.0, context=client_ssl_context(certs)
-            ) as response:
-                body = json.loads(response.read().decode())
-        except (OSError, ValueError):
-            return False
+        body = _https_json(host, port, "/health", certs)
         return isinstance(body, dict) and body.get("health") == "true"
 
     return ServerSpec(
@@ -334,13 +338,7 @@ def _consul_spec(certs: Certificates, master_token: str) -> ServerSpec:
         ]
 
     def probe(host: str, port: int) -> bool:
-        try:
-            with urllib.request.urlopen(  # loopback https with our CA only
-                f"https://{host}:{port}/v1/status/leader", timeout=1.0, context=client_ssl_context(certs)
-            ) as response:
-                body = json.loads(response.read().decode())
-        except (OSError, ValueError):
-            return False
+        body = _https_json(host, port, "/v1/status/leader", certs)
         return isinstance(body, str) and body != ""
 
     return ServerSpec(

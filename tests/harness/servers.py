@@ -85,6 +85,11 @@ def free_ports(names: tuple[str, ...], udp: frozenset[str] = frozenset(), host: 
     return ports
 
 
+def free_port(host: str = HOST) -> int:
+    """One port nobody listens on right now (a test's own server, or a dead address to fail against)."""
+    return free_ports(("port",), host=host)["port"]
+
+
 def port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.5)
@@ -162,7 +167,7 @@ class ProcessRunner:
         if ex is None or ex.process is None:
             return None
         proc = ex.process
-        ex._timeout = timeout  # mirakuru waits this long before SIGKILL
+        ex._timeout = timeout  # noqa: SLF001 - mirakuru's only knob for how long stop() waits before SIGKILL
         try:
             ex.stop()
         except ProcessFinishedWithError as err:

@@ -11,7 +11,6 @@ import pytest
 from discovery import AsyncRegistry, Instance
 from discovery.core.errors import AuthenticationError, DiscoveryTLSError, PermissionDeniedError
 from discovery.core.plugins import create_backend
-from discovery_consul import records
 from discovery_consul.backend import ConsulBackend
 from tests.harness.secure import CONSUL_OTHER_SERVICE_PREFIX, CONSUL_SERVICE_PREFIX, SecureServer
 
@@ -39,8 +38,10 @@ async def test_registration_over_https_with_acl_token(secure_consul: SecureServe
         async with r.watch(name) as watch:
             snapshot = await watch.until(lambda s: "o-1" in s.ids(), timeout=5)
         assert [i.address for i in snapshot.instances] == ["10.0.0.1"]
-        await r.backend.put_definition("service", "default", "web", b"{}")
-        assert await r.backend.get_definition("service", "default", "web") == b"{}"
+        definitions = r.backend.definitions
+        assert definitions is not None
+        await definitions.put("service", "default", "web", b"{}")
+        assert await definitions.get("service", "default", "web") == b"{}"
 
 
 async def test_other_token_cannot_touch_our_services(secure_consul: SecureServer) -> None:
@@ -52,13 +53,13 @@ async def test_other_token_cannot_touch_our_services(secure_consul: SecureServer
         assert isinstance(rogue, ConsulBackend)
         await rogue.start()
         try:
-            client = rogue._require_client()
             with pytest.raises(PermissionDeniedError, match="Consul refused"):
-                await client.deregister_service(records.consul_service_id(instance, path))
+                await rogue.register(instance, 2.0, lambda *_: None)  # taking our id over: the agent refuses
+            await rogue.deregister(instance)  # not the rogue's registration: it removes nothing (ownership rule)
             with pytest.raises(PermissionDeniedError):
                 await rogue.register(Instance(name, "rogue", "6.6.6.6", 1), 2.0, lambda *_: None)
             with pytest.raises(PermissionDeniedError):
-                await rogue.put_definition("service", "default", "web", b"{}")
+                await rogue.definitions.put("service", "default", "web", b"{}")
         finally:
             await rogue.close()
         assert [i.address for i in await r.instances(name)] == ["10.0.0.1"]

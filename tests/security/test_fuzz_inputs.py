@@ -16,7 +16,7 @@ from discovery.core.errors import DiscoveryError
 from discovery.core.plugins import create_backend
 from discovery.core.urls import parse_url
 from discovery.memory import memory_store
-from discovery_consul import records
+from discovery_consul import layout
 from discovery_etcd.layout import KeyLayout
 from discovery_zookeeper.layout import Layout
 
@@ -65,7 +65,7 @@ def test_instances_are_valid_or_a_typed_error(
     key = etcd.instance_key(instance.namespace, instance.service, instance.id)
     assert key.startswith(etcd.service_prefix(instance.namespace, instance.service))
     assert etcd.parse(key) == (instance.namespace, instance.service, instance.id)
-    assert records.consul_service_id(instance, "scope").split(":") == [
+    assert layout.consul_service_id(instance, "scope").split(":") == [
         "scope", instance.namespace, instance.service, instance.id,
     ]
 

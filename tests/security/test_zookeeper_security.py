@@ -80,7 +80,9 @@ async def test_registration_over_tls_is_protected(secure_zookeeper: SecureServer
 async def test_definitions_get_the_acl_too(secure_zookeeper: SecureServer, outsider: KazooClient) -> None:
     root = new_root()
     async with await AsyncRegistry.connect(secure_url(secure_zookeeper, root)) as registry:
-        await registry.backend.put_definition("service", "default", "web", b"{}")
+        definitions = registry.backend.definitions
+        assert definitions is not None
+        await definitions.put("service", "default", "web", b"{}")
         acls, _ = await asyncio.to_thread(outsider.get_acls, f"/{root}/_definitions/service/default/web")
         expected = {("digest", Permissions.ALL), ("world", Permissions.READ)}
         assert {(acl.id.scheme, acl.perms) for acl in acls} == expected

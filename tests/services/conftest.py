@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import socket
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 
 from discovery import AsyncRegistry
-from discovery.services import AllocationRanges, ServiceStore
-from tests.harness.specs import ZK_TICK_MS
+from discovery.services import AllocationRanges, Service, ServiceCatalog, ServiceStore
+from tests.harness import free_port, isolated_url
 
 BACKENDS = ["memory", "zookeeper", "etcd", "consul"]
-
-
-def isolated_url(kind: str, request: pytest.FixtureRequest) -> str:
-    """A URL whose root/prefix/scope no other test uses (the conformance suite's pattern)."""
-    tag = f"svc-{uuid.uuid4().hex[:12]}"
-    if kind == "memory":
-        return f"memory:///{tag}?ttl=1"
-    if kind == "zookeeper":
-        server = request.getfixturevalue("zookeeper_server")
-        return f"{server.url}/{tag}?session_timeout=2&tick={ZK_TICK_MS / 1000}"
-    if kind == "etcd":
-        return f"{request.getfixturevalue('etcd_server').url}/{tag}?ttl=2"
-    return f"{request.getfixturevalue('consul_server').url}/{tag}?ttl=2"
 
 
 @pytest.fixture(params=BACKENDS)
@@ -33,20 +20,14 @@ def backend_url(request: pytest.FixtureRequest) -> str:
     """One isolated URL per backend kind."""
     if request.param != "memory":
         request.applymarker(pytest.mark.servers)
-    return isolated_url(str(request.param), request)
+    tag = f"svc-{uuid.uuid4().hex[:12]}"
+    return isolated_url(str(request.param), request, tag, ttl=2, memory_ttl=1, consul_ttl=2)
 
 
 @pytest.fixture
 def memory_url() -> str:
     """A private in-memory store."""
     return f"memory:///svc-{uuid.uuid4().hex[:12]}?ttl=1"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now (bind to 0, read it, close)."""
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
 
 
 def private_ranges() -> AllocationRanges:
@@ -68,3 +49,23 @@ async def registry(backend_url: str) -> AsyncIterator[AsyncRegistry]:
 def store(registry: AsyncRegistry) -> ServiceStore:
     """A ServiceStore on the registry's backend with test ranges."""
     return ServiceStore(registry.backend, private_ranges())
+
+
+@contextlib.asynccontextmanager
+async def running_catalog(url: str) -> AsyncIterator[tuple[AsyncRegistry, ServiceStore, ServiceCatalog]]:
+    """A registry on ``url``, a ServiceStore with private ranges and a started ServiceCatalog over them."""
+    async with AsyncRegistry.connect(url) as registry:
+        store = ServiceStore(registry.backend, private_ranges())
+        catalog = ServiceCatalog(registry, store, rescan_interval=0.1)
+        await catalog.start()
+        try:
+            yield registry, store, catalog
+        finally:
+            await catalog.close()
+
+
+async def apply_and_wait(store: ServiceStore, catalog: ServiceCatalog, service: Service) -> Service:
+    """Apply ``service`` and wait until the catalog holds it as stored; returns it as stored."""
+    applied = (await store.apply(service)).service
+    await catalog.wait_until(lambda c: c.service(*applied.key) == applied, 10)
+    return applied

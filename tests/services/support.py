@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
-
-T = TypeVar("T")
 
 
 class NamedServer:
@@ -80,15 +75,3 @@ async def greeting_of(host: str, port: int) -> str:
     client = await Client.connect(host, port)
     client.close()
     return client.greeting
-
-
-async def eventually(probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], timeout: float) -> T:
-    """Poll ``probe`` until ``accept`` holds; AssertionError with the last value on time-out."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if accept(value):
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"condition not met within {timeout:.1f} s; last value: {value!r}")
-        await asyncio.sleep(0.05)

@@ -22,8 +22,7 @@ import pytest
 
 from discovery import Instance, Registry
 from discovery.cli import main
-from tests.harness import ServerHandle
-from tests.services.conftest import free_port
+from tests.harness import ServerHandle, free_port
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "manifests"
 EXTERNAL_IPS = str(EXAMPLES / "hello-node-svc-externalips.yaml")

@@ -15,8 +15,8 @@ import pytest
 from discovery import AsyncRegistry, Instance
 from discovery.services import HEADLESS, Service, ServiceCatalog, ServicePort, ServiceStore, ServiceType
 from discovery.services.dns import DnsServer
-from tests.services.conftest import private_ranges
-from tests.services.support import eventually
+from discovery.testing import eventually
+from tests.services.conftest import apply_and_wait, running_catalog
 
 
 @dataclass
@@ -39,24 +39,18 @@ class Dns:
         return await eventually(lambda: self.answers(name, rdtype), accept, 10)
 
     async def apply(self, service: Service) -> Service:
-        applied = (await self.store.apply(service)).service
-        await self.catalog.wait_until(lambda c: c.service(*applied.key) == applied, 10)
-        return applied
+        return await apply_and_wait(self.store, self.catalog, service)
 
 
 @pytest.fixture
 async def cluster_dns(memory_url: str) -> AsyncIterator[Dns]:
-    async with AsyncRegistry.connect(memory_url) as registry:
-        store = ServiceStore(registry.backend, private_ranges())
-        catalog = ServiceCatalog(registry, store, rescan_interval=0.1)
-        await catalog.start()
+    async with running_catalog(memory_url) as (registry, store, catalog):
         server = DnsServer(catalog, port=0)
         await server.start()
         try:
             yield Dns(registry, store, catalog, server)
         finally:
             await server.close()
-            await catalog.close()
 
 
 def web(**changes: object) -> Service:

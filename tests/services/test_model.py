@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from discovery import ValidationError
-from discovery.core.backend import UnsupportedOperationError
+from discovery.core.errors import UnsupportedOperationError
 from discovery.memory import MemoryBackend, memory_store
 from discovery.services import (
     HEADLESS,
@@ -80,8 +80,8 @@ def test_invalid_services_name_the_field(changes: dict[str, object], field: str)
 async def test_backend_without_definitions_is_a_clear_error() -> None:
     class Forgetful(MemoryBackend):
         @property
-        def supports_definitions(self) -> bool:
-            return False
+        def definitions(self) -> None:  # type: ignore[override]
+            return None
 
     store = ServiceStore(Forgetful(memory_store("svc-forgetful")))
     with pytest.raises(UnsupportedOperationError, match="cannot store Service definitions"):

@@ -14,8 +14,10 @@ import pytest
 from discovery import AsyncRegistry, Instance, Status
 from discovery.services import Service, ServiceCatalog, ServicePort, ServiceStore, ServiceType
 from discovery.services.proxy import ListenerKind, ServiceProxy
-from tests.services.conftest import free_port, private_ranges
-from tests.services.support import Client, NamedServer, eventually, greeting_of
+from discovery.testing import eventually
+from tests.harness import free_port
+from tests.services.conftest import apply_and_wait, running_catalog
+from tests.services.support import Client, NamedServer, greeting_of
 
 
 @dataclass
@@ -26,8 +28,7 @@ class World:
     proxy: ServiceProxy
 
     async def apply(self, service: Service) -> Service:
-        applied = (await self.store.apply(service)).service
-        await self.catalog.wait_until(lambda c: c.service(*applied.key) == applied, 10)
+        applied = await apply_and_wait(self.store, self.catalog, service)
         await self.proxy.settled()
         return applied
 
@@ -37,17 +38,13 @@ class World:
 
 @pytest.fixture
 async def world(memory_url: str) -> AsyncIterator[World]:
-    async with AsyncRegistry.connect(memory_url) as registry:
-        store = ServiceStore(registry.backend, private_ranges())
-        catalog = ServiceCatalog(registry, store, rescan_interval=0.1)
-        await catalog.start()
+    async with running_catalog(memory_url) as (registry, store, catalog):
         proxy = ServiceProxy(catalog)
         await proxy.start()
         try:
             yield World(registry, store, catalog, proxy)
         finally:
             await proxy.close()
-            await catalog.close()
 
 
 @pytest.fixture

@@ -20,8 +20,10 @@ from discovery.services import (
 )
 from discovery.services.dns import DnsServer
 from discovery.services.proxy import ServiceProxy
-from tests.services.conftest import free_port, private_ranges
-from tests.services.support import NamedServer, eventually, greeting_of
+from discovery.testing import eventually
+from tests.harness import free_port
+from tests.services.conftest import private_ranges
+from tests.services.support import NamedServer, greeting_of
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "examples" / "manifests"
 

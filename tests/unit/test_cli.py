@@ -1,13 +1,19 @@
-"""The ``discovery`` command: the demo (the README's main job) and the small subcommands."""
+"""The ``discovery`` command: the demo (the README's main job), the small subcommands, ``--help`` of every
+subcommand (found by walking the click group), ``--version``, and the registration of subcommand modules."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
+import pkgutil
 import subprocess
 import sys
 
 import pytest
 
+import discovery.cli
 from discovery.cli import main
+from discovery.cli.app import COMMAND_MODULES, cli, command_paths
 
 
 def test_demo_runs_on_the_embedded_backend() -> None:
@@ -33,3 +39,27 @@ def test_list_and_services_on_empty_store(capsys: pytest.CaptureFixture[str]) ->
     assert "ID" in capsys.readouterr().out
     assert main(["--url", "memory:///cli-empty", "list", "Bad"]) == 2
     assert "ValidationError" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", command_paths(), ids=" ".join)
+def test_every_subcommand_answers_help(path: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*path, "--help"]) == 0
+    assert f"Usage: discovery {' '.join(path)} " in capsys.readouterr().out
+
+
+def test_version_is_the_distribution_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"discovery {importlib.metadata.version('service-discovery')}"
+
+
+def test_every_module_with_commands_is_registered() -> None:
+    """A subcommand module joins the command line by one line in COMMAND_MODULES; forgetting it fails here."""
+    with_commands = {
+        f"discovery.cli.{module.name}"
+        for module in pkgutil.iter_modules(discovery.cli.__path__)
+        if module.name != "__main__" and hasattr(importlib.import_module(f"discovery.cli.{module.name}"), "COMMANDS")
+    }
+    assert with_commands == set(COMMAND_MODULES)
+    registered = {command.name for command in cli.commands.values()}
+    listed = {command.name for name in COMMAND_MODULES for command in importlib.import_module(name).COMMANDS}
+    assert registered == listed

@@ -50,7 +50,7 @@ def test_watched_lookup_is_answered_in_the_callers_thread(registry: Registry) ->
             loop_thread_blocked.set()
             release.wait(5)
 
-        registry._loop.call_soon(block_loop)
+        registry.loop.call_soon_threadsafe(block_loop)
         assert loop_thread_blocked.wait(5)
         try:
             assert [i.id for i in registry.instances("web")] == ["w1"]
