@@ -8,12 +8,13 @@ import asyncio
 import logging
 import secrets
 from collections.abc import AsyncIterator
+from typing import Any
 
 from discovery.core.backend import Backend, Capabilities, StateListener
-from discovery.core.errors import ClosedError, DiscoveryError, NotRegisteredError
+from discovery.core.errors import ClosedError, DiscoveryError, NotRegisteredError, ValidationError
 from discovery.core.models import Instance, Snapshot
 from discovery.core.urls import BackendURL
-from discovery_consul import layout
+from discovery_consul import layout, records
 from discovery_consul.connection import ConsulClient
 from discovery_consul.definitions import ConsulDefinitions
 from discovery_consul.keepalive import Registration
@@ -45,6 +46,7 @@ class ConsulBackend(Backend):
         # or a write whose answer was lost): their first registration must set the checks' statuses explicitly.
         self._maybe_at_agent: set[str] = set()
         self._watch_tasks: set[asyncio.Task[None]] = set()
+        self._health_watches: dict[tuple[str, str], set[HealthWatch]] = {}
         #: This registrant's owner mark (docs/decisions/session-ownership.md); random, not a secret.
         self._owner = secrets.token_hex(6)
         self._closed = False
@@ -168,6 +170,7 @@ class ConsulBackend(Backend):
             await overtaken.stop()
         self._registrations[instance.key] = registration
         registration.start()
+        await self._until_in_catalog(instance, service_id, instance)
 
     async def update(self, instance: Instance) -> None:
         """Rewrite the registered instance's fields, status and maintenance mode; its heartbeat goes on.
@@ -180,6 +183,7 @@ class ConsulBackend(Backend):
             raise NotRegisteredError(f"{'/'.join(instance.key)} is not registered by this backend")
         registration.instance = instance
         await registration.update()
+        await self._until_in_catalog(instance, registration.service_id, instance)
 
     async def deregister(self, instance: Instance) -> None:
         """Stop the heartbeat and remove the service from the agent, if it is still ours (a missing one is not
@@ -194,6 +198,46 @@ class ConsulBackend(Backend):
         self._maybe_at_agent.add(service_id)
         await self._deregister_if_ours(client, registration)
         self._maybe_at_agent.discard(service_id)
+        await self._until_in_catalog(instance, service_id, None)
+
+    async def _until_in_catalog(self, instance: Instance, service_id: str, expected: Instance | None) -> None:
+        """Read-your-writes: the agent syncs a write to the catalog (which every read and watch queries) on its own
+        schedule, a few milliseconds later; wait until the catalog shows ours (``expected``, or no record of ours
+        for ``None``), at most the URL's ``timeout``. This process's watches of the service query again at once.
+        """
+        for health_watch in self._health_watches.get((instance.namespace, instance.service), ()):
+            health_watch.expect_change()
+        client = self._require_client()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.timeout
+        index = 0
+        while True:
+            remaining = deadline - loop.time()
+            new_index, entries = await client.health_service(
+                instance.service, instance.namespace, index=index, wait=max(0.05, remaining)
+            )
+            if self._catalog_shows(entries, service_id, expected):
+                return
+            if loop.time() >= deadline:
+                log.warning("the Consul catalog did not show the write of %s within %g s", service_id,
+                            self._settings.timeout)
+                return
+            index = 0 if new_index < index else max(new_index, 1)
+
+    def _catalog_shows(self, entries: list[dict[str, Any]], service_id: str, expected: Instance | None) -> bool:
+        for entry in entries:
+            service = entry.get("Service") or {}
+            if service.get("ID") != service_id:
+                continue
+            if records.owner_of(service) != self._owner:
+                return expected is None  # another registrant's now: ours is gone either way
+            if expected is None:
+                return False
+            try:
+                return records.instance_from_health_entry(entry) == expected
+            except ValidationError:
+                return False
+        return expected is None
 
     async def list(self, namespace: str, service: str) -> tuple[Instance, ...]:
         """The live instances of a service in a namespace (every status; dead registrants excluded)."""
@@ -215,10 +259,15 @@ class ConsulBackend(Backend):
         task = asyncio.create_task(health_watch.run(), name=watch_task_name(namespace, service))
         self._watch_tasks.add(task)
         task.add_done_callback(self._watch_tasks.discard)
+        watching = self._health_watches.setdefault((namespace, service), set())
+        watching.add(health_watch)
         try:
             async for snapshot in health_watch.snapshots(task):
                 yield snapshot
         finally:
+            watching.discard(health_watch)
+            if not watching and self._health_watches.get((namespace, service)) is watching:
+                del self._health_watches[(namespace, service)]
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 

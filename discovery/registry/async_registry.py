@@ -10,7 +10,7 @@ from collections.abc import Callable, Collection, Generator, Mapping
 from types import TracebackType
 from typing import Any
 
-from discovery.core.backend import Backend, Capabilities, RegistrationState
+from discovery.core.backend import Backend, Capabilities, LostReason, RegistrationState
 from discovery.core.errors import BackendUnavailableError, ClosedError, DiscoveryError, ValidationError
 from discovery.core.models import DEFAULT_NAMESPACE, Instance, Snapshot, Status
 from discovery.core.plugins import create_backend
@@ -27,6 +27,8 @@ StatusFilter = Collection[Status | str] | None
 DEFAULT_STATUSES: tuple[Status, ...] = (Status.UP,)
 #: How long ``connect`` waits for the backend by default (seconds).
 DEFAULT_CONNECT_TIMEOUT = 30.0
+#: How long a write waits, at most, for the watch of its service to show it (read-your-writes), in seconds.
+SETTLE_TIMEOUT = 5.0
 
 
 def parse_statuses(statuses: StatusFilter) -> frozenset[Status] | None:
@@ -65,7 +67,15 @@ def filter_instances(
 class AsyncRegistry:
     """Register, look up and watch instances through one backend. Use ``await AsyncRegistry.connect(url)``
     or ``async with AsyncRegistry.connect(url) as registry``.
+
+    Session guarantees (docs/decisions/session-read-your-writes.md): once ``register``, ``update`` or
+    ``deregister`` returns, every read of this registry reflects it — ``instances``, ``snapshot``, a watch's next
+    snapshot, a subscription, a ``ServiceCache`` — watched or not (a watched service's write returns once its watch
+    shows it, or the watch is stale); and no read is handed a snapshot older than one already handed out.
     """
+
+    #: The longest a write waits for the watch of its service to show it (then it returns anyway, and says so).
+    settle_timeout: float = SETTLE_TIMEOUT
 
     def __init__(self, backend: Backend, *, url: BackendURL | None = None) -> None:
         self._backend = backend
@@ -169,20 +179,43 @@ class AsyncRegistry:
             previous[1].enter(RegistrationState.DEREGISTERED)  # replaced: the key is the new one's now
         self._registrations[instance.key] = (registration, states)
         states.enter(RegistrationState.REGISTERED)
+        await self._settle(instance, lambda snapshot: snapshot.get(instance.id) == instance, registration)
         return registration
 
     async def _update(self, registration: AsyncRegistration, instance: Instance) -> None:
         self._check_open()
         await self._backend.update(instance)
+        await self._settle(instance, lambda snapshot: snapshot.get(instance.id) == instance, registration)
 
     async def _deregister(self, registration: AsyncRegistration, states: RegistrationStates) -> None:
         key = registration.instance.key
         current = self._registrations.get(key)
+        removed = registration.instance
         if current is not None and current[0] is registration:
             del self._registrations[key]
             if not self._closed:
-                await self._backend.deregister(registration.instance)
+                await self._backend.deregister(removed)
+                # Gone, or another registrant's now: either way no longer what this registration wrote.
+                await self._settle(removed, lambda snapshot: snapshot.get(removed.id) != removed, None)
         states.enter(RegistrationState.DEREGISTERED)
+
+    async def _settle(
+        self, written: Instance, shows: Callable[[Snapshot], bool], registration: AsyncRegistration | None
+    ) -> None:
+        """Read-your-writes for a watched service: wait (at most :attr:`settle_timeout`) until its watch shows the
+        write just made, so the cache, every subscriber and every watch reflect it before the call returns.
+        A registration taken over meanwhile ends the wait: its write is no longer the newest.
+        """
+
+        def settled(snapshot: Snapshot) -> bool:
+            taken = registration is not None and registration.lost_reason is LostReason.TAKEN_OVER
+            return taken or shows(snapshot)
+
+        if not await self._hub.settle(written.namespace, written.service, settled, self.settle_timeout):
+            log.warning(
+                "the watch of %s/%s did not show this registry's write of %s within %g s; reads may lag behind it",
+                written.namespace, written.service, written.id, self.settle_timeout,
+            )
 
     @property
     def registrations(self) -> tuple[AsyncRegistration, ...]:
@@ -197,11 +230,24 @@ class AsyncRegistry:
         cached = self._hub.cached(namespace, service)
         if cached is not None:
             return cached
-        return Snapshot(service, namespace, await self._backend.list(namespace, service))
+        instances = await self._backend.list(namespace, service)
+        return Snapshot(service, namespace, instances, self._hub.next_revision())
 
     def cached_snapshot(self, service: str, namespace: str = DEFAULT_NAMESPACE) -> Snapshot | None:
         """The cached snapshot of a watched service, or ``None``; never does I/O (safe from any thread)."""
         return self._hub.cached(namespace, service)
+
+    def handed_out_revision(self, service: str, namespace: str = DEFAULT_NAMESPACE) -> int:
+        """The newest revision of a watched service this registry has handed to any reader (0 if unwatched);
+        a watch iterator skips snapshots older than this (monotonic reads). Safe from any thread.
+        """
+        return self._hub.handed_out(namespace, service)
+
+    def note_handed_out(self, snapshot: Snapshot) -> None:
+        """Note that a snapshot of a watched service is being handed to a reader (by a watch iterator of the
+        blocking facade). Safe from any thread.
+        """
+        self._hub.hand_out(snapshot.namespace, snapshot.service, snapshot)
 
     async def instances(
         self,
@@ -330,11 +376,16 @@ class AsyncWatch:
         self._subscribe()
         if self._closed and self._queue.empty():
             raise StopAsyncIteration
-        item = await self._queue.get()
-        if isinstance(item, _Ended):
-            self._queue.put_nowait(item)  # every later call ends as well
-            raise StopAsyncIteration
-        return item
+        while True:
+            item = await self._queue.get()
+            if isinstance(item, _Ended):
+                self._queue.put_nowait(item)  # every later call ends as well
+                raise StopAsyncIteration
+            # Monotonic reads: a snapshot older than one this registry already handed out (to a cache read, another
+            # watch, a settled write) is skipped; a newer one is queued behind it. Bursts may be coalesced anyway.
+            if item.revision >= self._hub.handed_out(self._namespace, self._service):
+                self._hub.hand_out(self._namespace, self._service, item)
+                return item
 
     async def next(self, timeout: float | None = None) -> Snapshot:
         """The next snapshot, waiting at most ``timeout`` seconds (``TimeoutError`` after);

@@ -146,14 +146,22 @@ class Watch:
         return self._take(None)
 
     def _take(self, timeout: float | None) -> Snapshot:
-        try:
-            item = self._queue.get(timeout=timeout)
-        except queue.Empty:
-            raise TimeoutError(f"no snapshot of {self._namespace}/{self._service} within {timeout} s") from None
-        if isinstance(item, _Ended):
-            self._queue.put(item)  # every later call ends as well
-            raise StopIteration
-        return item
+        deadline = None if timeout is None else time.monotonic() + timeout
+        core = self._registry.async_registry
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                item = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                raise TimeoutError(f"no snapshot of {self._namespace}/{self._service} within {timeout} s") from None
+            if isinstance(item, _Ended):
+                self._queue.put(item)  # every later call ends as well
+                raise StopIteration
+            # Monotonic reads: skip a snapshot older than one the registry already handed out (a newer one is
+            # queued behind it), as AsyncWatch does.
+            if item.revision >= core.handed_out_revision(self._service, self._namespace):
+                core.note_handed_out(item)
+                return item
 
     def next(self, timeout: float | None = None) -> Snapshot:
         """The next snapshot, waiting at most ``timeout`` seconds (``TimeoutError`` after);

@@ -6,13 +6,20 @@ consistent set without a lock or a hop onto the event loop.
 A subscriber may give an ``on_end`` callback: it is called once when its subscription ends without it having
 asked (the registry closed, or the backend's watch ended for good), so that a loop iterating the subscription
 ends instead of waiting forever.
+
+Session guarantees (docs/decisions/session-read-your-writes.md): revisions come from one counter per hub, so they
+increase across every service and every restart of a watch; :meth:`WatchHub.settle` lets the registry wait until
+the watch shows its own write; and each watch remembers the newest revision it has handed out (a cache read, a
+delivery, a settled write) so that no reader of the registry is handed an older one afterwards.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +33,7 @@ log = logging.getLogger("discovery.registry.watch_hub")
 
 SnapshotCallback = Callable[[Snapshot], None]
 EndCallback = Callable[[], None]
+SnapshotTest = Callable[[Snapshot], bool]
 ServiceKey = tuple[str, str]
 
 _retry_wait = wait_exponential_jitter(multiplier=0.1, max=5.0, jitter=0.5)
@@ -35,22 +43,67 @@ _retry_wait = wait_exponential_jitter(multiplier=0.1, max=5.0, jitter=0.5)
 class _Subscriber:
     callback: SnapshotCallback
     on_end: EndCallback | None
+    #: The revision last delivered: a subscriber never gets an older snapshot, nor one twice.
+    delivered: int = 0
 
 
 class SharedWatch:
     """The single backend watch of one service, its latest snapshot and its subscribers."""
 
     def __init__(
-        self, backend: Backend, namespace: str, service: str, on_finished: Callable[[SharedWatch], None]
+        self,
+        backend: Backend,
+        namespace: str,
+        service: str,
+        on_finished: Callable[[SharedWatch], None],
+        next_revision: Callable[[], int],
     ) -> None:
         self.namespace = namespace
         self.service = service
         self.latest: Snapshot | None = None
         self._backend = backend
         self._subscribers: list[_Subscriber] = []
-        self._revision = 0
+        self._next_revision = next_revision
         self._on_finished = on_finished
+        self._settling: list[tuple[SnapshotTest, asyncio.Future[bool]]] = []
+        # Written from the loop and from readers' threads (the blocking facade reads the cache in the caller's
+        # thread); the lock is taken only when the value grows, once per snapshot, not per read.
+        self._handed_out = 0
+        self._handed_out_lock = threading.Lock()
         self._task = asyncio.create_task(self._run(), name=f"discovery-watch-{namespace}/{service}")
+
+    @property
+    def handed_out(self) -> int:
+        """The newest revision any reader of the registry has been given from this watch."""
+        return self._handed_out
+
+    def hand_out(self, snapshot: Snapshot) -> Snapshot:
+        """Note that ``snapshot`` is being given to a reader (any thread); returns it."""
+        if snapshot.revision > self._handed_out:
+            with self._handed_out_lock:
+                self._handed_out = max(self._handed_out, snapshot.revision)
+        return snapshot
+
+    async def settle(self, shows: SnapshotTest, timeout: float) -> bool:
+        """Wait until the latest snapshot ``shows`` what is expected (or is stale: the backend is away, and a stale
+        snapshot says so), at most ``timeout`` seconds; the snapshot that settles it counts as handed out.
+        False if the time ran out or the watch ended first.
+        """
+        latest = self.latest
+        if latest is not None and (latest.stale or shows(latest)):
+            self.hand_out(latest)
+            return True
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        waiter = (shows, future)
+        self._settling.append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            return False
+        finally:
+            with contextlib.suppress(ValueError):
+                self._settling.remove(waiter)
 
     @property
     def subscriber_count(self) -> int:
@@ -62,8 +115,12 @@ class SharedWatch:
         subscriber = _Subscriber(callback, on_end)
         self._subscribers.append(subscriber)
         if self.latest is not None:
-            latest = self.latest
-            asyncio.get_running_loop().call_soon(self._deliver_one, subscriber, latest)
+            asyncio.get_running_loop().call_soon(self._deliver_latest, subscriber)
+
+    def _deliver_latest(self, subscriber: _Subscriber) -> None:
+        # The latest at delivery time, not at subscription: a newer one may have been published in between.
+        if self.latest is not None:
+            self._deliver_one(subscriber, self.latest)
 
     def remove(self, callback: SnapshotCallback) -> None:
         """Remove a subscriber (no-op if absent); its ``on_end`` is not called: it asked to leave."""
@@ -73,7 +130,8 @@ class SharedWatch:
                 return
 
     def end_subscriptions(self) -> None:
-        """Remove every subscriber, calling each one's ``on_end``."""
+        """Remove every subscriber, calling each one's ``on_end``; release whoever waits in :meth:`settle`."""
+        self._release_settling(False)
         subscribers, self._subscribers = self._subscribers, []
         for subscriber in subscribers:
             if subscriber.on_end is None:
@@ -83,15 +141,23 @@ class SharedWatch:
             except Exception:
                 log.exception("end callback of a %s/%s subscriber failed", self.namespace, self.service)
 
+    def _release_settling(self, outcome: bool) -> None:
+        waiters, self._settling = self._settling, []
+        for _, future in waiters:
+            if not future.done():
+                future.set_result(outcome)
+
     async def stop(self) -> None:
         """Cancel the backend watch."""
+        self._release_settling(False)
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
 
     def _deliver_one(self, subscriber: _Subscriber, snapshot: Snapshot) -> None:
-        if subscriber not in self._subscribers:
+        if subscriber not in self._subscribers or snapshot.revision <= subscriber.delivered:
             return
+        subscriber.delivered = snapshot.revision
         try:
             subscriber.callback(snapshot)
         except Exception:
@@ -101,11 +167,15 @@ class SharedWatch:
         previous = self.latest
         if previous is not None and previous.stale == snapshot.stale and previous.same_members(snapshot):
             return
-        self._revision += 1
-        stamped = snapshot.with_revision(self._revision)
+        stamped = snapshot.with_revision(self._next_revision())
         self.latest = stamped
         for subscriber in list(self._subscribers):
             self._deliver_one(subscriber, stamped)
+        if self._settling:
+            for shows, future in list(self._settling):
+                if not future.done() and (stamped.stale or shows(stamped)):
+                    self.hand_out(stamped)
+                    future.set_result(True)
 
     async def _run(self) -> None:
         failures = 0
@@ -144,6 +214,9 @@ class WatchHub:
         self._backend = backend
         self._watches: dict[ServiceKey, SharedWatch] = {}
         self._closed = False
+        # One counter for every snapshot this registry stamps: revisions grow across services and across a watch
+        # stopped and started again, so "newer" is always "larger".
+        self._revisions = itertools.count(1)
 
     @property
     def closed(self) -> bool:
@@ -163,7 +236,9 @@ class WatchHub:
         key = (namespace, service)
         watch = self._watches.get(key)
         if watch is None:
-            watch = self._watches[key] = SharedWatch(self._backend, namespace, service, self._finished)
+            watch = self._watches[key] = SharedWatch(
+                self._backend, namespace, service, self._finished, self.next_revision
+            )
         watch.add(callback, on_end)
 
     def _finished(self, watch: SharedWatch) -> None:
@@ -182,10 +257,37 @@ class WatchHub:
             del self._watches[key]
             await watch.stop()
 
+    def next_revision(self) -> int:
+        """A revision larger than every one stamped so far (for a snapshot read fresh from the backend, too)."""
+        return next(self._revisions)
+
     def cached(self, namespace: str, service: str) -> Snapshot | None:
-        """The latest snapshot of a watched service, or None. Safe from any thread."""
+        """The latest snapshot of a watched service (noted as handed out), or None. Safe from any thread."""
         watch = self._watches.get((namespace, service))
-        return None if watch is None else watch.latest
+        if watch is None:
+            return None
+        latest = watch.latest
+        return None if latest is None else watch.hand_out(latest)
+
+    def handed_out(self, namespace: str, service: str) -> int:
+        """The newest revision of a watched service given to any reader (0 if unwatched). Safe from any thread."""
+        watch = self._watches.get((namespace, service))
+        return 0 if watch is None else watch.handed_out
+
+    def hand_out(self, namespace: str, service: str, snapshot: Snapshot) -> None:
+        """Note that a watch iterator gives ``snapshot`` to its reader. Safe from any thread."""
+        watch = self._watches.get((namespace, service))
+        if watch is not None:
+            watch.hand_out(snapshot)
+
+    async def settle(self, namespace: str, service: str, shows: SnapshotTest, timeout: float) -> bool:
+        """Wait until a watched service's latest snapshot ``shows`` a write (see :meth:`SharedWatch.settle`);
+        True at once for a service nobody watches: its reads go to the backend.
+        """
+        watch = self._watches.get((namespace, service))
+        if watch is None:
+            return True
+        return await watch.settle(shows, timeout)
 
     async def close(self) -> None:
         """End every subscription (each one's ``on_end`` first, so loops over them end at once), then stop

@@ -18,6 +18,7 @@ dialect declares): on a backend without it they are skipped, and the skip names 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import signal
@@ -895,3 +896,78 @@ class ConformanceSuite:
             RegistrationState.REGISTERED, RegistrationState.LOST, RegistrationState.RESTORED
         )
         assert await registry.backend.list("default", "operator") == (instance,)
+
+    # -- session guarantees: read-your-writes, monotonic reads --------------------------------------------------
+
+    async def test_every_read_reflects_the_registrys_own_writes(self, registry: AsyncRegistry) -> None:
+        from discovery.client.cache import ServiceCache
+
+        received: list[Snapshot] = []
+        unsubscribe = registry.subscribe("ryw", received.append)
+        cache = await ServiceCache.open_async(registry, "ryw", ready_timeout=CONVERGENCE_TIMEOUT)
+        watch = registry.watch("ryw")
+        await watch.next(CONVERGENCE_TIMEOUT)
+        try:
+            for n in range(10):
+                instance = make_instance("ryw", n)
+                registration = await registry.register(instance)
+                # No waiting of any kind: the write has returned, so every read must show it.
+                assert instance in await registry.instances("ryw"), f"register {n}: lookup missed it"
+                assert instance in registry.cached_snapshot("ryw")  # type: ignore[operator]
+                assert instance in received[-1], f"register {n}: the subscription's last snapshot missed it"
+                assert instance in cache.instances(), f"register {n}: the ServiceCache missed it"
+                assert instance in await watch.next(1), f"register {n}: the watch's next snapshot missed it"
+                updated = await registration.update(weight=5)
+                assert updated in await registry.instances("ryw"), f"update {n}: lookup has the old value"
+                assert updated in received[-1] and updated in cache.instances()
+                assert updated in await watch.next(1)
+                if n % 2:
+                    await registration.deregister()
+                    assert instance.id not in {i.id for i in await registry.instances("ryw", statuses=None)}
+                    assert instance.id not in received[-1].ids() and updated not in cache.instances()
+                    assert instance.id not in (await watch.next(1)).ids()
+            # A service nobody watches is read from the backend: the same guarantee.
+            plain = await registry.register(make_instance("ryw-plain", 1))
+            assert await registry.instances("ryw-plain") == (plain.instance,)
+            assert "ryw-plain" in await registry.services()
+            await plain.deregister()
+            assert await registry.instances("ryw-plain", statuses=None) == ()
+            assert "ryw-plain" not in await registry.services()
+        finally:
+            await watch.aclose()
+            await cache.aclose()
+            await unsubscribe()
+
+    async def test_reads_never_go_back_to_an_older_snapshot(
+        self, registry: AsyncRegistry, open_registry: Callable[[], Awaitable[AsyncRegistry]]
+    ) -> None:
+        writer = await open_registry()
+        handed_out: list[tuple[str, int]] = []
+        watch = registry.watch("mono")
+        slow = registry.watch("mono")  # never read during the churn: its backlog is older than everything after
+        await watch.next(CONVERGENCE_TIMEOUT)
+        await slow.next(CONVERGENCE_TIMEOUT)
+        registrations = []
+        try:
+            for n in range(12):
+                registrations.append(await writer.register(make_instance("mono", n)))
+                if n % 3 == 2:
+                    await registrations[n - 1].deregister()
+                handed_out.append(("lookup", (await registry.snapshot("mono")).revision))
+                with contextlib.suppress(TimeoutError):
+                    handed_out.append(("watch", (await watch.next(0.05)).revision))
+            await eventually(
+                lambda: registry.snapshot("mono"), lambda s: len(s) == 8, CONVERGENCE_TIMEOUT
+            )
+            handed_out.append(("lookup", (await registry.snapshot("mono")).revision))
+            handed_out.append(("lagging watch", (await slow.next(CONVERGENCE_TIMEOUT)).revision))
+            own = await registry.register(make_instance("mono", 99))
+            handed_out.append(("lookup after own write", (await registry.snapshot("mono")).revision))
+            handed_out.append(("lagging watch", (await slow.next(CONVERGENCE_TIMEOUT)).revision))
+            await own.deregister()
+        finally:
+            await watch.aclose()
+            await slow.aclose()
+        revisions = [revision for _, revision in handed_out]
+        went_back = [(i, handed_out[i]) for i in range(1, len(revisions)) if revisions[i] < max(revisions[:i])]
+        assert not went_back, f"older snapshots handed out after newer ones: {went_back} in {handed_out}"
