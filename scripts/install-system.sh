@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Idempotent install of the system packages the tests and the demo need on Debian 12 (run as root).
 # ZooKeeper, etcd and the Curator jars come from bookworm; Consul 1.8.7 only exists in bullseye, so a
-# bullseye suite entry is added just long enough to install it, then removed again.
+# bullseye suite entry is added just long enough to install it, then removed again. The second server
+# versions (trixie's ZooKeeper 3.9.3 and etcd 3.5.16) are fetched by scripts/fetch-servers.sh, without
+# touching the machine's apt sources.
 set -euo pipefail
 
 need=()
+# golang-go + golang-etcd-server-dev: the Go etcd naming peer of tests/interop (built offline, GOPATH mode).
 for pkg in zookeeper etcd-server etcd-client docker.io docker-compose libcurator-discovery-java \
-           libcurator-framework-java libslf4j-java libnetty-java default-jdk-headless openssl; do
+           libcurator-framework-java libslf4j-java libnetty-java default-jdk-headless openssl \
+           golang-go golang-etcd-server-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 have_consul=1; command -v consul >/dev/null 2>&1 || have_consul=0

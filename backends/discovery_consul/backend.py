@@ -7,19 +7,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from discovery.core.backend import Backend, Capabilities, StateListener
 from discovery.core.errors import ClosedError, DiscoveryError, NotRegisteredError, ValidationError
+from discovery.core.foreign import log_skipped
 from discovery.core.models import Instance, Snapshot
 from discovery.core.urls import BackendURL
+from discovery.core.validation import validate_service_name
 from discovery_consul import layout, records
 from discovery_consul.connection import ConsulClient
 from discovery_consul.definitions import ConsulDefinitions
 from discovery_consul.keepalive import Registration
 from discovery_consul.settings import MIN_TTL, ConsulSettings
-from discovery_consul.watch import HealthWatch, decode_entries, watch_task_name
+from discovery_consul.watch import CatalogFollower, HealthWatch, decode_entries, watch_task_name
 
 log = logging.getLogger("discovery.consul")
 
@@ -28,6 +31,8 @@ Key = tuple[str, str, str]
 # A dead registrant's check goes critical at most TTL after its last heartbeat; the agent then syncs the
 # change to the catalog and wakes the blocking queries at once. One second covers that and the rate limiter.
 DETECTION_SLACK = 1.0
+#: services() lists at most this many services at once.
+SERVICES_CONCURRENCY = 32
 
 
 class ConsulBackend(Backend):
@@ -47,6 +52,7 @@ class ConsulBackend(Backend):
         self._maybe_at_agent: set[str] = set()
         self._watch_tasks: set[asyncio.Task[None]] = set()
         self._health_watches: dict[tuple[str, str], set[HealthWatch]] = {}
+        self._catalog: dict[tuple[str, str], CatalogFollower] = {}
         #: This registrant's owner mark (docs/decisions/session-ownership.md); random, not a secret.
         self._owner = secrets.token_hex(6)
         self._closed = False
@@ -136,6 +142,9 @@ class ConsulBackend(Backend):
 
     async def _shutdown(self) -> None:
         self._closed = True
+        for follower in self._catalog.values():
+            await follower.stop()
+        self._catalog.clear()
         tasks = list(self._watch_tasks)
         for task in tasks:
             task.cancel()
@@ -155,6 +164,7 @@ class ConsulBackend(Backend):
             client, instance, ttl, on_state, self._settings.deregister_after, self._settings.scope,
             owner=self._owner, known_to_agent=previous is not None or service_id in self._maybe_at_agent,
         )
+        sent_at = time.monotonic()
         try:
             await registration.write(fresh=True)
         except BaseException:
@@ -170,7 +180,7 @@ class ConsulBackend(Backend):
             await overtaken.stop()
         self._registrations[instance.key] = registration
         registration.start()
-        await self._until_in_catalog(instance, service_id, instance)
+        await self._until_in_catalog(instance, service_id, instance, sent_at)
 
     async def update(self, instance: Instance) -> None:
         """Rewrite the registered instance's fields, status and maintenance mode; its heartbeat goes on.
@@ -182,8 +192,9 @@ class ConsulBackend(Backend):
         if registration is None or registration.given_up:
             raise NotRegisteredError(f"{'/'.join(instance.key)} is not registered by this backend")
         registration.instance = instance
+        sent_at = time.monotonic()
         await registration.update()
-        await self._until_in_catalog(instance, registration.service_id, instance)
+        await self._until_in_catalog(instance, registration.service_id, instance, sent_at)
 
     async def deregister(self, instance: Instance) -> None:
         """Stop the heartbeat and remove the service from the agent, if it is still ours (a missing one is not
@@ -196,33 +207,33 @@ class ConsulBackend(Backend):
         await registration.stop()
         service_id = registration.service_id
         self._maybe_at_agent.add(service_id)
+        sent_at = time.monotonic()
         await self._deregister_if_ours(client, registration)
         self._maybe_at_agent.discard(service_id)
-        await self._until_in_catalog(instance, service_id, None)
+        await self._until_in_catalog(instance, service_id, None, sent_at)
 
-    async def _until_in_catalog(self, instance: Instance, service_id: str, expected: Instance | None) -> None:
-        """Read-your-writes: the agent syncs a write to the catalog (which every read and watch queries) on its own
-        schedule, a few milliseconds later; wait until the catalog shows ours (``expected``, or no record of ours
-        for ``None``), at most the URL's ``timeout``. This process's watches of the service query again at once.
+    async def _until_in_catalog(
+        self, instance: Instance, service_id: str, expected: Instance | None, sent_at: float
+    ) -> None:
+        """Read-your-writes: wait until the servers' catalog shows this process's write (``expected``, or no record
+        of ours for ``None``), at most the URL's ``timeout``; this process's watches of the service query again at
+        once. See :class:`CatalogFollower`.
         """
-        for health_watch in self._health_watches.get((instance.namespace, instance.service), ()):
+        key = (instance.namespace, instance.service)
+        for health_watch in self._health_watches.get(key, ()):
             health_watch.expect_change()
-        client = self._require_client()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._settings.timeout
-        index = 0
-        while True:
-            remaining = deadline - loop.time()
-            new_index, entries = await client.health_service(
-                instance.service, instance.namespace, index=index, wait=max(0.05, remaining)
+        follower = self._catalog.get(key)
+        if follower is None:
+            follower = self._catalog[key] = CatalogFollower(
+                self._require_client, instance.service, instance.namespace, self._settings.timeout
             )
-            if self._catalog_shows(entries, service_id, expected):
-                return
-            if loop.time() >= deadline:
-                log.warning("the Consul catalog did not show the write of %s within %g s", service_id,
-                            self._settings.timeout)
-                return
-            index = 0 if new_index < index else max(new_index, 1)
+
+        def shows(entries: list[dict[str, Any]]) -> bool:
+            return self._catalog_shows(entries, service_id, expected)
+
+        if not await follower.until(shows, sent_at, self._settings.timeout):
+            log.warning("the Consul catalog did not show the write of %s within %g s", service_id,
+                        self._settings.timeout)
 
     def _catalog_shows(self, entries: list[dict[str, Any]], service_id: str, expected: Instance | None) -> bool:
         for entry in entries:
@@ -242,14 +253,26 @@ class ConsulBackend(Backend):
     async def list(self, namespace: str, service: str) -> tuple[Instance, ...]:
         """The live instances of a service in a namespace (every status; dead registrants excluded)."""
         client = self._require_client()
-        _, entries = await client.health_service(service, namespace)
+        _, entries = await client.health_service(service, records.query_tag(self._settings.scope, namespace))
         return decode_entries(self._settings.scope, namespace, service, entries)
 
     async def services(self, namespace: str) -> tuple[str, ...]:
-        """Services tagged with the namespace that have at least one live instance of it, sorted."""
+        """Services with at least one instance of the namespace, sorted: those tagged with it, and in an
+        unscoped ``default`` namespace every catalog service with a valid name (foreign ones included)."""
         client = self._require_client()
-        candidates = sorted(name for name, tags in (await client.catalog_services()).items() if namespace in tags)
-        found = await asyncio.gather(*(self.list(namespace, name) for name in candidates))
+        catalog = await client.catalog_services()
+        if records.sees_foreign(self._settings.scope, namespace):
+            candidates = sorted(name for name in catalog if is_service_name(name))
+        else:
+            candidates = sorted(name for name, tags in catalog.items() if namespace in tags)
+        # Bounded: each list is one HTTP connection, and an agent refuses a client's 201st by default.
+        limit = asyncio.Semaphore(SERVICES_CONCURRENCY)
+
+        async def listed(name: str) -> tuple[Instance, ...]:
+            async with limit:
+                return await self.list(namespace, name)
+
+        found = await asyncio.gather(*(listed(name) for name in candidates))
         return tuple(name for name, instances in zip(candidates, found, strict=True) if instances)
 
     async def watch(self, namespace: str, service: str) -> AsyncIterator[Snapshot]:
@@ -270,6 +293,16 @@ class ConsulBackend(Backend):
                 del self._health_watches[(namespace, service)]
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+def is_service_name(name: str) -> bool:
+    """Whether a Consul service name is a valid service name here (a DNS-1123 label); one DEBUG line if not."""
+    try:
+        validate_service_name(name)
+    except ValidationError as error:
+        log_skipped(log, f"Consul service name {name[:64]!r}", str(error))
+        return False
+    return True
 
 
 __all__ = ["ConsulBackend"]

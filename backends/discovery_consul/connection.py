@@ -193,9 +193,9 @@ class ConsulClient:
             raise UnknownToAgentError(f"Consul agent does not know the service {service_id!r}")
 
     async def health_service(
-        self, service: str, tag: str, index: int = 0, wait: float = 0.0
+        self, service: str, tag: str | None, index: int = 0, wait: float = 0.0
     ) -> tuple[int, list[dict[str, Any]]]:
-        """``GET /v1/health/service/<service>?tag=<tag>`` (every status); blocking when ``index`` > 0."""
+        """``GET /v1/health/service/<service>[?tag=<tag>]`` (every status); blocking when ``index`` > 0."""
         blocking = index > 0
         # Consul adds up to wait/16 of jitter to a blocking wait; leave room for it and for the answer.
         timeout = self._timeout + (wait * 17 / 16 if blocking else 0.0)

@@ -16,17 +16,26 @@ docs/decisions/consul-record-layout.md for both.
   ids (:mod:`discovery_consul.layout`). A newcomer registering the same id (the last registrant owns it, see
   docs/decisions/session-ownership.md) replaces the old owner's checks, so the old owner's next heartbeat fails
   instead of keeping the newcomer alive. Records written before owner marks have none.
+
+Every other catalog entry (Spring Cloud Consul, ``consul services register``, any agent service without our
+``Meta``) is a read-only *foreign* instance of the ``default`` namespace of an unscoped registry:
+:func:`instance_from_foreign_entry`, docs/decisions/consul-record-layout.md.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
+from discovery.core import validation
 from discovery.core.codec import SCHEMA_VERSION, instance_from_dict, instance_to_dict
 from discovery.core.errors import ValidationError
+from discovery.core.foreign import foreign_instance_id, labels_from_pairs, tag_pair
 from discovery.core.models import Instance, Status
 from discovery_consul.layout import liveness_check_id, maintenance_check_id, status_check_id
+
+log = logging.getLogger("discovery.consul")
 
 META_SCHEMA = "discovery-schema"
 META_SCOPE = "discovery-scope"
@@ -49,6 +58,12 @@ CONSUL_MAX_META_KEY_LENGTH = 128
 CONSUL_MAX_META_VALUE_LENGTH = 512
 
 STATUS_CHECK_NOTE_PREFIX = "discovery: "
+
+#: The namespace foreign catalog services (no ``discovery-schema`` in ``Meta``) appear in, unscoped only.
+FOREIGN_NAMESPACE = "default"
+#: The Meta key Spring Cloud Consul (``spring.cloud.consul.discovery.instance-zone``) and others use for a zone.
+FOREIGN_ZONE_KEY = "zone"
+NODE_MAINTENANCE_CHECK = "_node_maintenance"
 
 
 def escape_label_key(key: str) -> str:
@@ -192,3 +207,84 @@ def instance_from_health_entry(entry: Mapping[str, Any]) -> Instance | None:
     else:
         status = Status.UP
     return instance if status == instance.status else instance.with_changes(status=status)
+
+
+def is_ours(entry: Mapping[str, Any]) -> bool:
+    """Whether a health entry's service carries our ``Meta`` schema (else it is foreign)."""
+    meta = (entry.get("Service") or {}).get("Meta") or {}
+    return isinstance(meta, Mapping) and META_SCHEMA in meta
+
+
+def entry_service_id(entry: Mapping[str, Any]) -> str:
+    """The agent service ``ID`` of a health entry."""
+    return str((entry.get("Service") or {}).get("ID"))
+
+
+def sees_foreign(scope: str | None, namespace: str) -> bool:
+    """Whether reads of ``namespace`` include foreign services: only an unscoped registry's ``default``."""
+    return scope is None and namespace == FOREIGN_NAMESPACE
+
+
+def query_tag(scope: str | None, namespace: str) -> str | None:
+    """The ``?tag=`` of a health query: our namespace tag, or none where foreign entries (untagged) count too."""
+    return None if sees_foreign(scope, namespace) else namespace
+
+
+def foreign_status(service_id: str, checks: list[Mapping[str, Any]]) -> Status:
+    """A foreign entry's status: maintenance (service or node) → DRAINING, a critical check → DOWN, else UP.
+
+    ``warning`` counts as UP: Consul DNS and Spring Cloud Consul's default query still route to it.
+    """
+    check_ids = {check.get("CheckID") for check in checks}
+    if maintenance_check_id(service_id) in check_ids or NODE_MAINTENANCE_CHECK in check_ids:
+        return Status.DRAINING
+    if any(check.get("Status") == "critical" for check in checks):
+        return Status.DOWN
+    return Status.UP
+
+
+def foreign_id(service: Mapping[str, Any], node: str | None = None) -> str:
+    """The instance id of a foreign service: its ``ID`` (``<ID>@<node>`` when several nodes use that ``ID``),
+    escaped reversibly where it is not a valid id (:func:`discovery.core.foreign.foreign_instance_id`)."""
+    service_id = str(service.get("ID") or service.get("Service") or "")
+    return foreign_instance_id(service_id if node is None else f"{service_id}@{node}")
+
+
+def instance_from_foreign_entry(entry: Mapping[str, Any], *, qualify_with_node: bool = False) -> Instance:
+    """A read-only instance of a health entry discovery did not write, in :data:`FOREIGN_NAMESPACE`.
+
+    ``ID`` → id (see :func:`foreign_id`); ``Address`` (else the node's) and ``Port``; tags → labels (``k=v`` as
+    ``k: v``, a bare tag as ``tag: ""``) and ``Meta`` → labels, where valid (``Meta`` wins); ``Meta["zone"]`` →
+    zone; ``Weights.Passing`` → weight; the checks → status (:func:`foreign_status`). Raises
+    ``ValidationError`` when no valid instance can be made (no port, a service name that is no DNS label...).
+    """
+    service: Mapping[str, Any] = entry.get("Service") or {}
+    node: Mapping[str, Any] = entry.get("Node") or {}
+    checks: list[Mapping[str, Any]] = list(entry.get("Checks") or ())
+    name = str(service.get("Service"))
+    tags = [tag for tag in service.get("Tags") or () if isinstance(tag, str)]
+    meta: Mapping[str, Any] = service.get("Meta") or {}
+    labels = labels_from_pairs(
+        [*(tag_pair(tag) for tag in tags), *meta.items()], log, f"Consul service {str(service.get('ID'))[:64]!r}"
+    )
+    zone = meta.get(FOREIGN_ZONE_KEY)
+    try:
+        zone = validation.validate_zone(zone) if zone else None
+    except ValidationError:
+        zone = None
+    weights = service.get("Weights") or {}
+    weight = weights.get("Passing") if isinstance(weights, Mapping) else None
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= validation.MAX_WEIGHT:
+        weight = 1
+    node_name = str(node.get("Node")) if qualify_with_node else None
+    return Instance(
+        service=name,
+        id=foreign_id(service, node_name),
+        address=service.get("Address") or node.get("Address"),  # type: ignore[arg-type]  # validated by Instance
+        port=service.get("Port"),  # type: ignore[arg-type]  # validated by Instance
+        namespace=FOREIGN_NAMESPACE,
+        labels=labels,
+        status=foreign_status(str(service.get("ID")), checks),
+        weight=weight,
+        zone=zone,
+    )

@@ -1,7 +1,9 @@
 """The key layout: ``<prefix>/<namespace>/<service>/<id>``, the etcd naming ``<target>/<id>`` form.
 
 Every range read or watch uses a prefix that ends in ``/`` so that the service ``api`` never matches
-keys of ``api-v2`` and the namespace ``a`` never matches ``ab``.
+keys of ``api-v2`` and the namespace ``a`` never matches ``ab``. Other etcd naming clients may put anything
+after ``<target>/`` (``<target>/<host:port>``, even more ``/``-separated segments): :meth:`KeyLayout.parse`
+returns all of it as the key segment, and the records module derives a valid id from it.
 """
 
 from __future__ import annotations
@@ -46,7 +48,11 @@ class KeyLayout:
         return f"{self.target(namespace, service)}/{instance_id}".encode()
 
     def parse(self, key: bytes) -> tuple[str, str, str] | None:
-        """``(namespace, service, id)`` of a key under this prefix, or ``None`` when it does not fit the layout."""
+        """``(namespace, service, key segment)`` of a key under this prefix, or ``None`` when it does not fit.
+
+        The key segment is everything after ``<target>/`` (our instance id, or whatever another writer put
+        there, ``/`` included); it is never empty.
+        """
         try:
             text = key.decode()
         except UnicodeDecodeError:
@@ -54,7 +60,7 @@ class KeyLayout:
         head = f"{self.prefix}/"
         if not text.startswith(head):
             return None
-        parts = text[len(head) :].split("/")
+        parts = text[len(head) :].split("/", 2)
         if len(parts) != 3 or not all(parts):
             return None
         return parts[0], parts[1], parts[2]

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from discovery.core.codec import instance_from_dict, instance_to_dict
 from discovery.core.errors import ValidationError
+from discovery.core.foreign import foreign_instance_id, log_skipped
 from discovery.core.models import Instance
+
+log = logging.getLogger(__name__)
 
 OP_ADD = 0
 OP_DELETE = 1
@@ -60,37 +64,52 @@ def encode_endpoint(instance: Instance) -> bytes:
     return f'{{"Op":{OP_ADD},"Addr":{addr},"Metadata":{go_json(instance_to_dict(instance))}}}'.encode()
 
 
-def decode_endpoint(raw: bytes, namespace: str, service: str, instance_id: str) -> Instance | None:
-    """The instance stored under ``<namespace>/<service>/<id>``, or ``None`` when it cannot be decoded.
+def decode_endpoint(raw: bytes, namespace: str, service: str, key_segment: str) -> Instance | None:
+    """The instance stored under ``<namespace>/<service>/<key_segment>``, or ``None`` when it cannot be decoded.
 
-    A value whose ``Metadata`` is our canonical dict is read losslessly. A plain endpoint written by
-    another etcd naming client (``Metadata`` absent or foreign) becomes an ``UP`` instance built from the key
-    and ``Addr``. Deletion updates (``Op`` 1), garbage, and records whose embedded identity contradicts the
-    key are skipped.
+    A value whose ``Metadata`` is our canonical dict is read losslessly; its id must be the key segment. A
+    plain endpoint written by another etcd naming client (``Metadata`` null or foreign, e.g. a Go service's
+    ``<target>/<host:port>``) is a read-only ``UP`` instance at ``Addr`` whose id is the key segment, escaped
+    reversibly where it is not a valid id (:func:`discovery.core.foreign.foreign_instance_id`:
+    ``10.0.0.1:8080`` → ``10.0.0.1_x3a8080``). Deletion updates (``Op`` 1), non-JSON values, an ``Addr``
+    without a port, and records whose embedded identity contradicts the key are skipped, each with one DEBUG
+    line (the result is cached, so a re-list does not log it again).
     """
+    key = f"etcd key {namespace}/{service}/{key_segment[:160]!r}"
     try:
         update = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
+        log_skipped(log, key, "the value is not JSON")
         return None
-    if not isinstance(update, Mapping) or update.get("Op", OP_ADD) != OP_ADD:
+    if not isinstance(update, Mapping):
+        log_skipped(log, key, "the value is not a JSON object")
+        return None
+    if update.get("Op", OP_ADD) != OP_ADD:
+        log_skipped(log, key, f"Op is {str(update.get('Op'))[:20]!r}, not an add")
         return None
     metadata = update.get("Metadata")
     try:
         if isinstance(metadata, Mapping) and "schema" in metadata:
             instance = instance_from_dict(metadata)
-        else:
-            addr = update.get("Addr")
-            host_port = split_host_port(addr) if isinstance(addr, str) else None
-            if host_port is None:
+            if instance.key != (namespace, service, key_segment):
+                log_skipped(log, key, "its Metadata names another namespace, service or id")
                 return None
-            instance = Instance(
-                service=service, id=instance_id, address=host_port[0], port=host_port[1], namespace=namespace
-            )
-    except ValidationError:
+            return instance
+        addr = update.get("Addr")
+        host_port = split_host_port(addr) if isinstance(addr, str) else None
+        if host_port is None:
+            log_skipped(log, key, "Addr is not host:port")
+            return None
+        return Instance(
+            service=service,
+            id=foreign_instance_id(key_segment),
+            address=host_port[0],
+            port=host_port[1],
+            namespace=namespace,
+        )
+    except ValidationError as error:
+        log_skipped(log, key, str(error))
         return None
-    if instance.key != (namespace, service, instance_id):
-        return None
-    return instance
 
 
 #: ``decode_endpoint`` with its results shared. Decoding validates every field (addresses, labels); every

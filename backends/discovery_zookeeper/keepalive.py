@@ -185,9 +185,10 @@ class Registrations:
 
     async def _arm(self, entry: _Registration) -> None:
         """Set an ``exists`` watch on the entry's znode (kazoo keeps one per path and callback, so re-arming is
-        free) and check it at once: a change between our write and the watch would otherwise go unseen.
+        free) and check the owner once: a change between our write and the watch would otherwise go unseen. In a
+        task of its own: the write has returned, and the caller need not wait one more round trip for the watch.
         """
-        await self._verify(entry.instance.key)
+        self._node_changed(self._layout.instance_path(entry.instance))
 
     def _node_watch(self, event: WatchedEvent) -> None:
         if event.type == EventType.NONE or event.path is None:

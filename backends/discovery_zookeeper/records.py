@@ -9,7 +9,9 @@ Written (Curator's "compatible serialization mode", the default of ``JsonInstanc
 
 ``payload.metadata.instance_status`` is where Spring Cloud Zookeeper keeps the status; it is mapped to and from
 ours. Reading accepts any Curator writer: unknown keys are ignored, a foreign payload yields an instance built
-from the top-level fields plus whatever of Spring's ``metadata`` is valid as labels.
+from the top-level fields plus whatever of Spring's ``metadata`` is valid as labels. Reading also accepts the
+other widely deployed ZooKeeper convention, Finagle/Aurora ServerSet member JSON (:func:`decode_serverset`).
+Foreign records are read-only; their id is the znode name, escaped reversibly where it is not a valid id.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 from discovery.core import validation
 from discovery.core.codec import instance_from_dict, instance_to_dict
 from discovery.core.errors import ValidationError
+from discovery.core.foreign import foreign_instance_id
 from discovery.core.models import Instance, Status
 
 logger = logging.getLogger(__name__)
@@ -114,14 +117,64 @@ def decode_record(raw: bytes, *, namespace: str, service: str, node_name: str) -
         data["status"] = _reconcile_status(payload.get("status"), metadata.get(SPRING_STATUS_KEY))
         return instance_from_dict(data)
 
+    if "serviceEndpoint" in record:
+        return decode_serverset(record, namespace=namespace, service=service, node_name=node_name)
+
     return Instance(
         namespace=namespace,
         service=service,
-        id=node_name,
+        id=foreign_instance_id(node_name),
         address=address,  # type: ignore[arg-type]  # validated by Instance
         port=port,  # type: ignore[arg-type]
         labels=_labels_from_metadata(metadata),
         status=status_from_spring(metadata.get(SPRING_STATUS_KEY)),
+    )
+
+
+#: Finagle/Aurora ServerSet ``status`` (``com.twitter.thrift.Status``) as ours; WARNING still takes traffic.
+_FROM_SERVERSET = {
+    "ALIVE": Status.UP,
+    "WARNING": Status.UP,
+    "STARTING": Status.STARTING,
+    "STOPPING": Status.DRAINING,
+    "STOPPED": Status.DOWN,
+    "DEAD": Status.DOWN,
+}
+
+
+def decode_serverset(record: Mapping[str, Any], *, namespace: str, service: str, node_name: str) -> Instance:
+    """A Finagle/Aurora ServerSet member (``member_0000000042``) as a read-only instance.
+
+    ``{"serviceEndpoint": {"host", "port"}, "additionalEndpoints": {name: {"host", "port"}}, "status": "ALIVE",
+    "shard": 0}``: the service endpoint is the address and port; additional endpoints on the same host are named
+    ports where the name is a valid port name (``http``, ``admin``...); ``shard`` is the label ``shard``; status
+    ALIVE/WARNING → UP, STARTING → STARTING, STOPPING → DRAINING, STOPPED/DEAD (or unknown) → DOWN.
+    """
+    endpoint = record.get("serviceEndpoint")
+    if not isinstance(endpoint, Mapping):
+        raise ValidationError("instance", "ServerSet serviceEndpoint is not an object")
+    host = endpoint.get("host")
+    ports: dict[str, int] = {}
+    additional = record.get("additionalEndpoints")
+    for name, extra in (additional.items() if isinstance(additional, Mapping) else ()):
+        if not isinstance(extra, Mapping) or extra.get("host") != host or len(ports) >= validation.MAX_NAMED_PORTS:
+            continue
+        try:
+            ports.update(validation.validate_named_ports({name: extra.get("port")}))
+        except ValidationError:
+            logger.debug("skipping ServerSet endpoint %r of %s/%s/%s", str(name)[:64], namespace, service, node_name)
+    shard = record.get("shard")
+    labels = {"shard": str(shard)} if isinstance(shard, int) and not isinstance(shard, bool) else {}
+    status = record.get("status")
+    return Instance(
+        namespace=namespace,
+        service=service,
+        id=foreign_instance_id(node_name),
+        address=host,  # type: ignore[arg-type]  # validated by Instance
+        port=endpoint.get("port"),  # type: ignore[arg-type]
+        labels=labels,
+        ports=ports,
+        status=_FROM_SERVERSET.get(str(status).upper(), Status.DOWN) if status is not None else Status.UP,
     )
 
 

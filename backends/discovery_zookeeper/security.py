@@ -32,6 +32,8 @@ READ_MODES = ("world", "creator")
 _WRITE_PERMISSIONS = Permissions.WRITE | Permissions.CREATE | Permissions.DELETE | Permissions.ADMIN
 _HANDSHAKE_ANSWER_WAIT = 2.0
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True, slots=True)
 class ZooKeeperSecurity:
@@ -222,8 +224,17 @@ def check_root_acl(root: str, acls: list[ACL], security: ZooKeeperSecurity) -> N
 
 
 async def verify_root(session: Any, root: str, security: ZooKeeperSecurity) -> None:
-    """Create the root with our ACL if needed, then check its ACL (see :func:`check_root_acl`)."""
+    """Create the root with our ACL if needed, then check its ACL (see :func:`check_root_acl`).
+
+    Without credentials there is no ACL to check: log one warning naming the risk instead.
+    """
     if not security.authenticated:
+        logger.warning(
+            "ZooKeeper root %s: connected without username/password, so every znode we create carries ZooKeeper's "
+            "open ACL (world:anyone:cdrwa): anyone who can reach the server can rewrite, delete or add "
+            "registrations and Service definitions. Set username= and password_file= (docs/security.md)",
+            root,
+        )
         return
     client = session.client
     try:

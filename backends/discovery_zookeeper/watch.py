@@ -20,6 +20,7 @@ from kazoo.protocol.states import EventType, WatchedEvent
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
 from discovery.core.errors import BackendUnavailableError, ValidationError
+from discovery.core.foreign import log_skipped
 from discovery.core.models import Instance, Snapshot
 from discovery_zookeeper.bridge import call_in_loop
 from discovery_zookeeper.connection import SessionEvent, ZooKeeperSession
@@ -215,5 +216,5 @@ def decode_or_none(raw: Any, namespace: str, service: str, name: str) -> Instanc
     try:
         return decode_record(raw, namespace=namespace, service=service, node_name=name)
     except ValidationError as bad:
-        logger.debug("skipping %s/%s/%s: %s", namespace, service, name, bad)
+        log_skipped(logger, f"znode {namespace}/{service}/{name[:160]!r}", str(bad))  # once per node and reason
         return None

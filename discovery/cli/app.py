@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "discovery.cli.registry_commands",
     "discovery.cli.service_commands",
     "discovery.cli.server_commands",
+    "discovery.cli.xds_command",
 )
 
 

@@ -59,7 +59,7 @@ def apply(options: GlobalOptions, files: Sequence[str], namespace: str | None, c
         for item in loaded:
             for warning in item.warnings:
                 err().print(f"warning: {item.source}: {warning}")
-            result = await store.apply(item.service)
+        for result in await store.apply_all([item.service for item in loaded]):  # all checked, then written
             out().print(f"service/{result.service.name} {result.action.value}")
 
     options.run(work)

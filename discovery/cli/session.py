@@ -16,6 +16,7 @@ import click
 
 from discovery.cli.output import status
 from discovery.core.errors import BackendUnavailableError, DiscoveryError, UnsupportedOperationError
+from discovery.core.urls import redact_url
 from discovery.registry.async_registry import AsyncRegistry
 
 T = TypeVar("T")
@@ -52,7 +53,7 @@ class GlobalOptions:
         """Connect (with a spinner on a terminal unless ``quiet``), run ``work(registry)``, close."""
 
         async def session() -> T:
-            with status(f"connecting to {self.url or 'memory://'}", quiet):
+            with status(f"connecting to {redact_url(self.url)}", quiet):  # the URL may hold a password
                 registry = await AsyncRegistry.connect(self.url)
             try:
                 return await work(registry)

@@ -4,12 +4,20 @@
         with httpx.Client(transport=DiscoveryTransport(registry)) as client:
             client.get("http://orders/api/items")          # or http://orders.<namespace>/...
 
-A host that names a service (``orders`` in the transport's namespace, or ``orders.<namespace>``) is resolved
-by the service's :class:`~discovery.client.cache.ServiceCache` and balancer. A connect failure (nothing was sent)
-is retried on another instance, up to ``attempts`` in all (tenacity). Every transport error is reported to
-the failure feedback, every response as a success; a request counts as in flight until its response is
-closed. Other hosts (``localhost``, IP literals, names with more than two labels, names listed in
-``passthrough``) go straight to the wrapped transport.
+A host that names a service is resolved by the service's :class:`~discovery.client.cache.ServiceCache` and
+balancer: ``orders`` (a service in the transport's namespace), ``orders.<namespace>`` for the namespaces the
+transport is configured with (only its own by default), and ``orders.<namespace><suffix>`` for a configured
+suffix such as ``.svc`` or ``.svc.cluster.local``. Every other host (``example.com``, ``pypi.org``, IP
+literals, ``localhost`` and the ``passthrough`` names) goes straight to the wrapped transport, on the normal
+network path: a registrant can never capture a request for an ordinary domain name (the registry is not a
+place where anyone may claim ``example.com``).
+
+A connect failure (nothing was sent) is retried on another instance, up to ``attempts`` in all (tenacity).
+Every transport error is reported to the failure feedback, every response as a success; a request counts as
+in flight until its response is closed. A service without an instance to pick raises
+:class:`NoInstanceTransportError`, an ``httpx.TransportError`` (so ``except httpx.HTTPError`` catches it) that
+is also a :class:`~discovery.client.balancers.NoInstanceAvailableError`. At most ``max_caches`` services are
+followed at once (least recently used closed first).
 
 The ``Host`` header keeps the service name (as a Kubernetes Service's virtual host does); for ``https`` the
 TLS server name (SNI) is the service name as well.
@@ -20,13 +28,14 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import threading
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 import httpx
 from tenacity import AsyncRetrying, Retrying, retry_if_exception_type, stop_after_attempt
 
-from discovery.client.balancers import Balancer, RoundRobin
+from discovery.client.balancers import Balancer, NoInstanceAvailableError, RoundRobin
 from discovery.client.cache import ServiceCache
 from discovery.client.feedback import DownInstancePolicy, FailureTracker
 from discovery.core.errors import ValidationError
@@ -37,7 +46,14 @@ if TYPE_CHECKING:
     from discovery.registry.async_registry import AsyncRegistry
     from discovery.registry.blocking import Registry
 
-__all__ = ["AsyncDiscoveryTransport", "BalancerFactory", "DiscoveryTransport", "ServiceRouter"]
+__all__ = [
+    "DEFAULT_MAX_CACHES",
+    "AsyncDiscoveryTransport",
+    "BalancerFactory",
+    "DiscoveryTransport",
+    "NoInstanceTransportError",
+    "ServiceRouter",
+]
 
 #: Makes a fresh balancer for one service (a class such as ``RoundRobin`` is one).
 BalancerFactory = Callable[[], Balancer]
@@ -47,6 +63,21 @@ RETRYABLE_ERRORS: tuple[type[Exception], ...] = (httpx.ConnectError, httpx.Conne
 ServiceTarget = tuple[str, str]  # (namespace, service)
 #: Hosts whose resolution is remembered (the rule is pure, so this only bounds memory).
 _RESOLVED_HOSTS_KEPT = 1024
+#: Services a transport follows at once (each is a registry watch); the least recently used is closed first.
+DEFAULT_MAX_CACHES = 256
+
+
+class NoInstanceTransportError(httpx.TransportError, NoInstanceAvailableError):
+    """The host names a service that has no instance to pick: an httpx transport error (caught by
+    ``except httpx.HTTPError`` like a refused connection) and a :class:`NoInstanceAvailableError`."""
+
+
+def _suffix(text: str) -> str:
+    """``svc.cluster.local`` or ``.svc.cluster.local`` -> ``.svc.cluster.local`` (checked: DNS labels only)."""
+    labels = text.strip().strip(".").lower().split(".")
+    if not all(_is_dns_label(label) for label in labels):
+        raise ValidationError("suffixes", f"{text[:40]!r} is not a DNS suffix such as '.svc.cluster.local'")
+    return "." + ".".join(labels)
 
 
 def _is_dns_label(text: str) -> bool:
@@ -58,13 +89,19 @@ def _is_dns_label(text: str) -> bool:
 
 
 class ServiceRouter:
-    """Decides which hosts name a service, and which balancer and key each service uses."""
+    """Decides which hosts name a service, and which balancer and key each service uses.
+
+    ``namespaces`` are the namespaces a ``service.namespace`` host may name (default: only ``namespace``);
+    ``suffixes`` (e.g. ``(".svc", ".svc.cluster.local")``) make ``service.namespace<suffix>`` hosts resolve too,
+    in any namespace unless ``namespaces`` is given. Every other host is left to the network.
+    """
 
     def __init__(
         self,
         *,
         namespace: str = DEFAULT_NAMESPACE,
         namespaces: Collection[str] | None = None,
+        suffixes: Collection[str] = (),
         passthrough: Collection[str] = ("localhost",),
         balancer: BalancerFactory = RoundRobin,
         balancers: Mapping[str, BalancerFactory] | None = None,
@@ -72,7 +109,10 @@ class ServiceRouter:
         port_name: str | None = None,
     ) -> None:
         self.namespace = validate_namespace(namespace)
-        self.namespaces = None if namespaces is None else frozenset(validate_namespace(n) for n in namespaces)
+        self._namespaces_given = namespaces is not None
+        self.namespaces = frozenset(validate_namespace(n) for n in namespaces) if namespaces is not None else (
+            frozenset({self.namespace}))
+        self.suffixes = tuple(sorted({_suffix(s) for s in suffixes}, key=len, reverse=True))
         self.passthrough = frozenset(h.lower() for h in passthrough)
         self.balancer = balancer
         self.balancers = dict(balancers or {})
@@ -101,14 +141,18 @@ class ServiceRouter:
             return None
         except ValueError:
             pass
+        host = host.removesuffix(".")
+        for suffix in self.suffixes:
+            if host.endswith(suffix):
+                labels = host.removesuffix(suffix).split(".")
+                if (len(labels) == 2 and all(_is_dns_label(label) for label in labels)
+                        and (not self._namespaces_given or labels[1] in self.namespaces)):
+                    return (labels[1], labels[0])
+                return None
         labels = host.split(".")
         if len(labels) == 1 and _is_dns_label(labels[0]):
             return (self.namespace, labels[0])
-        if (
-            len(labels) == 2
-            and all(_is_dns_label(label) for label in labels)
-            and (self.namespaces is None or labels[1] in self.namespaces)
-        ):
+        if len(labels) == 2 and all(_is_dns_label(label) for label in labels) and labels[1] in self.namespaces:
             return (labels[1], labels[0])
         return None
 
@@ -174,6 +218,19 @@ class _TrackedAsyncStream(httpx.AsyncByteStream):
                 on_close()
 
 
+def _pick(cache: ServiceCache, tried: list[Instance], key: str | None, request: httpx.Request) -> Instance:
+    try:
+        return cache.pick_excluding(tried, key)
+    except NoInstanceAvailableError as error:
+        raise NoInstanceTransportError(str(error), request=request) from None
+
+
+def _check_max_caches(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValidationError("max_caches", f"must be an integer >= 1, got {value!r}")
+    return value
+
+
 def _check_attempts(attempts: int) -> int:
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
         raise ValidationError("attempts", f"must be an integer >= 1, got {attempts!r}")
@@ -196,14 +253,16 @@ class DiscoveryTransport(httpx.BaseTransport):
         attempts: int = 3,
         failures: DownInstancePolicy | None = None,
         router: ServiceRouter | None = None,
+        max_caches: int = DEFAULT_MAX_CACHES,
         **router_options: object,
     ) -> None:
         self.registry = registry
         self.router = router if router is not None else ServiceRouter(**router_options)  # type: ignore[arg-type]
         self.attempts = _check_attempts(attempts)
+        self.max_caches = _check_max_caches(max_caches)
         self.failures = FailureTracker(failures)
         self._inner = transport if transport is not None else httpx.HTTPTransport()
-        self._caches: dict[ServiceTarget, ServiceCache] = {}
+        self._caches: OrderedDict[ServiceTarget, ServiceCache] = OrderedDict()
         self._lock = threading.Lock()
         # One Retrying for all requests: tenacity keeps its per-call state thread-local, and a blocking client
         # runs one request at a time per thread.
@@ -212,21 +271,35 @@ class DiscoveryTransport(httpx.BaseTransport):
         )
 
     def cache(self, service: str, namespace: str | None = None) -> ServiceCache:
-        """The cache of a service (opened on first use)."""
+        """The cache of a service (opened on first use; the least recently used beyond ``max_caches`` is closed).
+
+        A request still using a closed cache finishes on the instances it last knew.
+        """
         target = (namespace or self.router.namespace, service)
-        cache = self._caches.get(target)
-        if cache is None:
-            with self._lock:
-                cache = self._caches.get(target)
-                if cache is None:
-                    cache = self._caches[target] = ServiceCache.open(
-                        self.registry,
-                        service,
-                        target[0],
-                        balancer=self.router.balancer_for(target),
-                        failures=self.failures,
-                    )
+        evicted: list[ServiceCache] = []
+        with self._lock:
+            cache = self._caches.get(target)
+            if cache is not None:
+                self._caches.move_to_end(target)
+                return cache
+            cache = self._caches[target] = ServiceCache.open(
+                self.registry,
+                service,
+                target[0],
+                balancer=self.router.balancer_for(target),
+                failures=self.failures,
+            )
+            while len(self._caches) > self.max_caches:
+                evicted.append(self._caches.popitem(last=False)[1])
+        for old in evicted:
+            old.close()
         return cache
+
+    @property
+    def cached_services(self) -> tuple[ServiceTarget, ...]:
+        """The ``(namespace, service)`` pairs followed now, least recently used first."""
+        with self._lock:
+            return tuple(self._caches)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request``, resolving its host through the registry when it names a service."""
@@ -238,7 +311,7 @@ class DiscoveryTransport(httpx.BaseTransport):
         tried: list[Instance] = []
         for attempt in self._retrying:
             with attempt:
-                instance = cache.pick_excluding(tried, key)
+                instance = _pick(cache, tried, key, request)
                 tried.append(instance)
                 return self._send(cache, instance, request)
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
@@ -259,7 +332,7 @@ class DiscoveryTransport(httpx.BaseTransport):
     def close(self) -> None:
         """Close the caches and the wrapped transport."""
         with self._lock:
-            caches, self._caches = list(self._caches.values()), {}
+            caches, self._caches = list(self._caches.values()), OrderedDict()
         for cache in caches:
             cache.close()
         self._inner.close()
@@ -278,21 +351,25 @@ class AsyncDiscoveryTransport(httpx.AsyncBaseTransport):
         attempts: int = 3,
         failures: DownInstancePolicy | None = None,
         router: ServiceRouter | None = None,
+        max_caches: int = DEFAULT_MAX_CACHES,
         **router_options: object,
     ) -> None:
         self.registry = registry
         self.router = router if router is not None else ServiceRouter(**router_options)  # type: ignore[arg-type]
         self.attempts = _check_attempts(attempts)
+        self.max_caches = _check_max_caches(max_caches)
         self.failures = FailureTracker(failures)
         self._inner = transport if transport is not None else httpx.AsyncHTTPTransport()
-        self._caches: dict[ServiceTarget, ServiceCache] = {}
+        self._caches: OrderedDict[ServiceTarget, ServiceCache] = OrderedDict()
         self._opening: dict[ServiceTarget, asyncio.Task[ServiceCache]] = {}
 
     async def cache(self, service: str, namespace: str | None = None) -> ServiceCache:
-        """The cache of a service (opened on first use; concurrent first requests share one opening)."""
+        """The cache of a service (opened on first use; concurrent first requests share one opening; the least
+        recently used beyond ``max_caches`` is closed)."""
         target = (namespace or self.router.namespace, service)
         cache = self._caches.get(target)
         if cache is not None:
+            self._caches.move_to_end(target)
             return cache
         opening = self._opening.get(target)
         if opening is None:
@@ -311,7 +388,15 @@ class AsyncDiscoveryTransport(httpx.AsyncBaseTransport):
             if opening.done():
                 self._opening.pop(target, None)
         self._caches[target] = cache
+        self._caches.move_to_end(target)
+        while len(self._caches) > self.max_caches:
+            await self._caches.popitem(last=False)[1].aclose()
         return cache
+
+    @property
+    def cached_services(self) -> tuple[ServiceTarget, ...]:
+        """The ``(namespace, service)`` pairs followed now, least recently used first."""
+        return tuple(self._caches)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request``, resolving its host through the registry when it names a service."""
@@ -326,7 +411,7 @@ class AsyncDiscoveryTransport(httpx.AsyncBaseTransport):
         )
         async for attempt in retrying:
             with attempt:
-                instance = cache.pick_excluding(tried, key)
+                instance = _pick(cache, tried, key, request)
                 tried.append(instance)
                 return await self._send(cache, instance, request)
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
@@ -346,7 +431,7 @@ class AsyncDiscoveryTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         """Close the caches and the wrapped transport."""
-        caches, self._caches = list(self._caches.values()), {}
+        caches, self._caches = list(self._caches.values()), OrderedDict()
         for cache in caches:
             await cache.aclose()
         await self._inner.aclose()

@@ -52,7 +52,8 @@ class DefinitionSnapshot:
 def validate_definition_kind(kind: object) -> str:
     """A definition kind is a short lowercase word (``services``): it becomes a path segment on every backend."""
     if not isinstance(kind, str) or not kind or len(kind) > 63 or not set(kind) <= _DEFINITION_KIND_CHARS:
-        raise ValidationError("kind", f"{kind!r} is not a definition kind (lowercase letters, digits and '-')")
+        shown = repr(kind[:20]) if isinstance(kind, str) else type(kind).__name__  # never echo a whole value
+        raise ValidationError("kind", f"{shown} is not a definition kind (lowercase letters, digits and '-')")
     return kind
 
 

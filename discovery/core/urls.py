@@ -2,7 +2,9 @@
 
 Multiple hosts are kept in order (they are failover endpoints); parameters are checked by the backend
 against the names it knows, and an unknown parameter is an error, never ignored. Secret parameters are
-redacted from ``str()`` and ``repr()``, and error messages never echo a raw URL.
+redacted from ``str()`` and ``repr()`` (:func:`redact_url` for raw text), and error messages never echo a raw URL.
+A secret sent without TLS to another machine, and a secret file others may read, are logged as warnings
+(logger ``discovery.security``, once per process and subject).
 
 Connection security uses the same parameter names on every backend (see docs/security.md): ``tls``, ``ca``,
 ``cert``, ``key`` (:meth:`BackendURL.tls`), and secrets read by :meth:`BackendURL.secret` from ``<name>=``,
@@ -11,7 +13,11 @@ Connection security uses the same parameter names on every backend (see docs/sec
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
+import stat
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -19,12 +25,23 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from discovery.core.errors import ConfigurationError
 
+security_log = logging.getLogger("discovery.security")
+
 DEFAULT_URL = "memory://"
 URL_ENVIRONMENT_VARIABLE = "DISCOVERY_URL"
 SECRET_PARAMETERS = frozenset({"password", "token", "secret"})
 #: The TLS parameters every backend understands (see :meth:`BackendURL.tls`).
 TLS_PARAMETERS = ("tls", "ca", "cert", "key")
 _TRUE = frozenset({"1", "true", "yes", "on"})
+#: What :func:`redact_url` shows for text that is not even a URL (it may still hold a secret).
+UNREADABLE_URL = "<malformed URL, not shown>"
+#: Permission bits that let someone other than the owner read a secret file.
+_READABLE_BY_OTHERS = stat.S_IRGRP | stat.S_IROTH
+# Each security warning once per process and subject: connect() runs settings parsing again on every reconnect
+# attempt of a CLI command or test, and one line says it all.
+_warned: set[tuple[str, ...]] = set()
+_warned_lock = threading.Lock()
+
 _FALSE = frozenset({"0", "false", "no", "off"})
 
 
@@ -99,7 +116,24 @@ class BackendURL:
             value = _read_secret_file(self.scheme, f"{name}_file", path)
         if value is None and env is not None:
             value = os.environ.get(env)
+        if value and not self._tls_requested() and not self._loopback_only():
+            _warn_once(
+                ("plaintext", self.scheme, name, *map(str, self.endpoints)),
+                "%s:// sends the %s to %s without TLS: anyone who can see that traffic can read it and act as "
+                "you (add tls=true, and ca= if the server's certificate is not signed by a system CA)",
+                self.scheme, name, ",".join(map(str, self.endpoints)),
+            )
         return value or None
+
+    def _tls_requested(self) -> bool:
+        try:
+            return self.get_bool("tls", any(self.params.get(n) for n in ("ca", "cert", "key")))
+        except ConfigurationError:
+            return True  # tls() will refuse the URL; no warning about a connection that will not be made
+
+    def _loopback_only(self) -> bool:
+        """Whether every endpoint is this machine (no endpoint: the backend's local default)."""
+        return all(_is_loopback(e.host) for e in self.endpoints)
 
     def tls(self) -> TLSOptions | None:
         """The TLS options, or ``None`` for a plain connection.
@@ -201,6 +235,15 @@ def parse_url(url: str | BackendURL | None = None) -> BackendURL:
         parts = urlsplit(f"x://{rest}")
     except ValueError:  # e.g. an unbalanced '[' in the host list
         raise ConfigurationError(f"malformed {scheme}:// URL (unbalanced [ ] around an IPv6 host?)") from None
+    query = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False)
+    if "@" in parts.path or parts.fragment or any("@" in key for key, _ in query):
+        # A password with an unescaped '/', '?' or '#' cuts the authority short: what follows '@' would be read
+        # as path, parameters or a dropped fragment, and the start of the password as host:port. Refuse, naming
+        # the cause but not the text.
+        raise ConfigurationError(
+            f"malformed {scheme}:// URL: '@' after the host part, or a '#' - a password with an unescaped '/', "
+            f"'?' or '#'? Escape them as %2F, %3F, %23 (and '@' in a path as %40)"
+        )
     userinfo, at, hosts = parts.netloc.rpartition("@")
     username = password = None
     if at:
@@ -209,7 +252,7 @@ def parse_url(url: str | BackendURL | None = None) -> BackendURL:
         password = unquote(secret) if colon else None
     endpoints = tuple(_parse_endpoint(h.strip(), scheme) for h in hosts.split(",") if h.strip())
     params: dict[str, str] = {}
-    for key, value in parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False):
+    for key, value in query:
         if key in params:
             raise ConfigurationError(f"parameter {key!r} given twice")
         params[key] = value
@@ -223,10 +266,50 @@ def parse_url(url: str | BackendURL | None = None) -> BackendURL:
     )
 
 
+def redact_url(url: str | BackendURL | None) -> str:
+    """A URL as it may be shown anywhere (terminal, log, error): passwords and tokens replaced by ``***``.
+
+    ``None`` is the default URL as :func:`parse_url` reads it. Text that does not parse is not shown at all:
+    a mistyped URL may hold a secret in any position.
+    """
+    try:
+        return str(parse_url(url))
+    except ConfigurationError:
+        return UNREADABLE_URL
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _warn_once(subject: tuple[str, ...], message: str, *args: object) -> None:
+    with _warned_lock:
+        if subject in _warned:
+            return
+        _warned.add(subject)
+    security_log.warning(message, *args)
+
+
 def _read_secret_file(scheme: str, parameter: str, path: str) -> str:
     try:
         with open(path, encoding="utf-8") as file:
-            return file.read().strip()
+            mode = os.fstat(file.fileno()).st_mode
+            content = file.read().strip()
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else type(error).__name__
         raise ConfigurationError(f"{scheme}:// parameter {parameter}: cannot read {path!r} ({reason})") from None
+    if mode & _READABLE_BY_OTHERS:
+        _warn_once(
+            ("file-mode", path, oct(mode)),
+            "%s:// parameter %s: the secret file %r is readable by %s (mode %s); chmod 600 it",
+            scheme, parameter, path,
+            "group and others" if mode & _READABLE_BY_OTHERS == _READABLE_BY_OTHERS
+            else ("others" if mode & stat.S_IROTH else "its group"),
+            oct(stat.S_IMODE(mode)),
+        )
+    return content

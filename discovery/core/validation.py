@@ -32,6 +32,9 @@ _LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _PORT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _HOST_LABEL = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?")
+# An IPv6 zone: an interface name (Linux: at most 15 characters) or index. ``ipaddress`` accepts any text after
+# '%', including control characters and escape sequences, which would reach DNS answers and terminals.
+_SCOPE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
 
 
 def _require_str(field: str, value: object) -> str:
@@ -85,9 +88,13 @@ def validate_address(value: object) -> str:
         raise ValidationError("address", "must not be empty")
     try:
         ipaddress.ip_address(text)
-        return text
     except ValueError:
         pass
+    else:
+        if "%" in text and not _SCOPE_ID.fullmatch(text.partition("%")[2]):
+            raise ValidationError("address", "an IPv6 scope id must be an interface name: 1-15 letters, digits, "
+                                  "'_', '.' or '-'")
+        return text
     host = text[:-1] if text.endswith(".") else text
     if len(host) > MAX_HOSTNAME_LENGTH or not host:
         raise ValidationError("address", f"hostname is longer than {MAX_HOSTNAME_LENGTH} characters")

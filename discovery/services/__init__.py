@@ -3,7 +3,7 @@
 * :class:`Service` / :class:`ServicePort` / :class:`ServiceType` - the model (validated, manifest field names in
   errors); :func:`parse_manifests` reads ``apiVersion: v1, kind: Service`` YAML.
 * :class:`ServiceStore` - apply/get/list/delete/watch definitions in a backend; allocates ClusterIPs and node ports
-  from :class:`AllocationRanges`.
+  from :class:`AllocationRanges`; refuses addresses another Service owns (:class:`ServiceConflictError`).
 * :func:`resolve_endpoints` / :class:`Endpoints` - UP instances matching the selector, target ports resolved.
 * :class:`ServiceCatalog` - every Service and its endpoints, followed live (what the proxy and DNS serve).
 """
@@ -24,7 +24,7 @@ from discovery.services.manifest import (
     service_to_manifest,
 )
 from discovery.services.model import CLUSTER_DOMAIN, HEADLESS, Service, ServicePort, ServiceType
-from discovery.services.store import ApplyAction, ApplyResult, ServiceSet, ServiceStore
+from discovery.services.store import ApplyAction, ApplyResult, ServiceConflictError, ServiceSet, ServiceStore
 
 __all__ = [
     "CLUSTER_DOMAIN",
@@ -40,6 +40,7 @@ __all__ = [
     "PortEndpoints",
     "Service",
     "ServiceCatalog",
+    "ServiceConflictError",
     "ServicePort",
     "ServiceSet",
     "ServiceStore",

@@ -76,6 +76,17 @@ class AllocationRanges:
                 where, f"{port} is outside the node port range {self.node_ports.start}-{self.node_ports.stop - 1}"
             )
 
+    def check_cluster_ip(self, where: str, address: str) -> None:
+        """A requested ClusterIP must be an allocatable address of the range (never 127.0.0.1, the network or
+        broadcast address)."""
+        network = self.cluster_ips
+        parsed = ipaddress.ip_address(address)
+        if parsed not in network:
+            raise ValidationError(where, f"{address} is outside the cluster IP range {network}")
+        if address in _RESERVED or (network.num_addresses > 2 and parsed in (network.network_address,
+                                                                              network.broadcast_address)):
+            raise ValidationError(where, f"{address} is reserved in the cluster IP range {network}")
+
     def allocate_cluster_ip(self, seed: str, used: Collection[str]) -> str:
         """A free address of the range (not the network or broadcast address, not 127.0.0.1)."""
         network = self.cluster_ips

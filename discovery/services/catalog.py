@@ -5,6 +5,10 @@ service of that namespace through the registry's shared watches (a selector may 
 service name, as a Kubernetes selector picks any pod). Registry services have no "new service" event on all
 backends, so the list of service names of a namespace is re-read every ``rescan_interval`` seconds; the
 instances of a known service change live. Readers get immutable values and never wait on I/O.
+
+Following never stops for bad data: a stored definition that does not decode is skipped with a warning, and
+if the definitions watch itself fails after the first read, the last set is kept (marked stale) and the watch
+is opened again with a growing delay.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from collections.abc import Awaitable, Callable
 from discovery.core.errors import DiscoveryError
 from discovery.core.models import Instance, Snapshot
 from discovery.registry.async_registry import AsyncRegistry
+from discovery.services.allocation import AllocationRanges
 from discovery.services.endpoints import Endpoints, resolve_endpoints
-from discovery.services.model import Service
+from discovery.services.model import Service, clipped
 from discovery.services.store import ServiceSet, ServiceStore
 
 log = logging.getLogger("discovery.services")
@@ -26,6 +31,9 @@ log = logging.getLogger("discovery.services")
 Listener = Callable[[], None]
 ServiceKey = tuple[str, str]
 DEFAULT_RESCAN_INTERVAL = 2.0
+#: Delays before opening the definitions watch again after it failed (doubling up to the maximum).
+RETRY_FIRST_DELAY = 0.5
+RETRY_MAX_DELAY = 30.0
 
 
 class _NamespaceInstances:
@@ -122,6 +130,11 @@ class ServiceCatalog:
         """Whether the Service definitions could not be re-read lately (the last set is kept)."""
         return self._stale
 
+    @property
+    def ranges(self) -> AllocationRanges:
+        """The ClusterIP and node port ranges of the store the Services come from."""
+        return self._store.ranges
+
     def service(self, namespace: str, name: str) -> Service | None:
         """One Service, if defined."""
         return self._services.get((namespace, name))
@@ -173,17 +186,30 @@ class ServiceCatalog:
                 await self._changed.wait()
 
     async def _follow_definitions(self) -> None:
-        try:
-            async for service_set in self._store.watch(self._namespace):
-                await self._set_services(service_set)
-                self._first.set()
-        except asyncio.CancelledError:
-            raise
-        except BaseException as error:
-            self._failure = error
-            self._first.set()
-            log.exception("following Service definitions failed")
-            raise
+        delay = RETRY_FIRST_DELAY
+        while True:
+            try:
+                async for service_set in self._store.watch(self._namespace):
+                    await self._set_services(service_set)
+                    self._first.set()
+                    delay = RETRY_FIRST_DELAY
+                return  # the watch ended: the backend is closing
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                if not self._first.is_set():  # start() reports it
+                    self._failure = error
+                    self._first.set()
+                    log.error("following Service definitions failed: %s: %s", type(error).__name__,
+                              clipped(str(error)))
+                    return
+                # Keep serving the last set (stale) rather than freezing silently; try again.
+                log.warning("following Service definitions failed (%s: %s); keeping the last set, retrying in "
+                            "%.1f s", type(error).__name__, clipped(str(error)), delay)
+                self._stale = True
+                self._recompute(force=True)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_DELAY)
 
     async def _set_services(self, service_set: ServiceSet) -> None:
         self._services = {s.key: s for s in service_set.services}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -23,6 +24,25 @@ HEADLESS = "None"
 TCP = "TCP"
 CLUSTER_DOMAIN = "cluster.local"
 _SOME_PORT = "spec.ports[?]"
+#: Bounds that keep one definition (and the listeners it asks the proxy for) small.
+MAX_PORTS = 64
+MAX_EXTERNAL_IPS = 64
+MAX_ANNOTATIONS_SIZE = 256 * 1024  # Kubernetes' limit for all annotations of an object together
+_MAX_PORT_NAME = 15
+
+_clipped_repr = reprlib.Repr()
+_clipped_repr.maxstring = 60
+_clipped_repr.maxother = 60
+_clipped_repr.maxlevel = 2
+_clipped_repr.maxdict = _clipped_repr.maxlist = _clipped_repr.maxtuple = _clipped_repr.maxset = 4
+
+
+def clipped(value: object) -> str:
+    """A short ``repr`` for error messages: at most about 80 characters, never the whole of a large value."""
+    try:
+        return _clipped_repr.repr(value)
+    except (ValueError, RecursionError):  # e.g. an int too long to print
+        return f"<{type(value).__name__}>"
 
 
 class ServiceType(enum.StrEnum):
@@ -50,7 +70,43 @@ def validate_ip(field_name: str, value: object) -> str:
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:
-        raise ValidationError(field_name, f"{value!r} is not an IP address") from None
+        raise ValidationError(field_name, f"{clipped(value)} is not an IP address") from None
+
+
+def validate_service_ip(field_name: str, value: object) -> str:
+    """An address a Service may listen on: a unicast IP literal of one host.
+
+    Refused: the unspecified address (``0.0.0.0``, ``::``: the proxy would bind every interface), multicast,
+    broadcast and reserved (``240.0.0.0/4``), link-local (``169.254.0.0/16``, ``fe80::/10``), IPv6 scope ids, and
+    IPv4-mapped IPv6 (``::ffff:a.b.c.d``, another spelling of an IPv4 address that ownership checks would miss).
+    """
+    text = validate_ip(field_name, value)
+    if "%" in text:  # not echoed: a scope id may be any text
+        raise ValidationError(field_name, "an address with a scope id (%...) cannot be a Service address")
+    address = ipaddress.ip_address(text)
+    reason = None
+    if address.is_unspecified:
+        reason = "is the unspecified address (it would listen on every interface)"
+    elif address.is_multicast:
+        reason = "is a multicast address"
+    elif address.is_link_local:
+        reason = "is a link-local address"
+    elif isinstance(address, ipaddress.IPv4Address) and address.is_reserved:
+        reason = "is a broadcast or reserved address"
+    elif isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        reason = f"is an IPv4-mapped address; write {address.ipv4_mapped}"
+    if reason is not None:
+        raise ValidationError(field_name, f"{text} {reason}")
+    return text
+
+
+def _check_port_name(field_name: str, value: str) -> None:
+    if len(value) > _MAX_PORT_NAME:  # checked here so that the message never echoes a long value
+        raise ValidationError(field_name, f"a port name has at most {_MAX_PORT_NAME} characters, got {len(value)}")
+    try:
+        validation.validate_named_ports({value: 1})
+    except ValidationError as bad:
+        raise _reraise(field_name, bad) from None
 
 
 def _validate_hostname(field_name: str, value: object) -> str:
@@ -96,19 +152,16 @@ class ServicePort:
         if self.target_port is None:
             object.__setattr__(self, "target_port", self.port)
         elif isinstance(self.target_port, str):
-            try:
-                validation.validate_named_ports({self.target_port: 1})
-            except ValidationError as bad:
-                raise _reraise(f"{where}.targetPort", bad) from None
+            _check_port_name(f"{where}.targetPort", self.target_port)
         else:
             validation.validate_port(f"{where}.targetPort", self.target_port)
         if self.name is not None:
-            try:
-                validation.validate_named_ports({self.name: 1})
-            except ValidationError as bad:
-                raise _reraise(f"{where}.name", bad) from None
+            if not isinstance(self.name, str):
+                raise ValidationError(f"{where}.name", f"must be a string, got {type(self.name).__name__}")
+            _check_port_name(f"{where}.name", self.name)
         if self.protocol != TCP:
-            raise ValidationError(f"{where}.protocol", f"{self.protocol!r} is not supported; only TCP is proxied")
+            raise ValidationError(f"{where}.protocol", f"{clipped(self.protocol)} is not supported; only TCP is "
+                                  "proxied")
         if self.node_port is not None:
             validation.validate_port(f"{where}.nodePort", self.node_port)
 
@@ -147,14 +200,20 @@ class Service:
         self._set("selector", _checked_labels("spec.selector", self.selector))
         try:
             self._set("type", ServiceType(self.type))
-        except ValueError:
+        except (ValueError, TypeError):
             raise ValidationError(
-                "spec.type", f"{self.type!r} is not one of {', '.join(t.value for t in ServiceType)}"
+                "spec.type", f"{clipped(self.type)} is not one of {', '.join(t.value for t in ServiceType)}"
             ) from None
         self._set("ports", tuple(self.ports))
+        if len(self.ports) > MAX_PORTS:
+            raise ValidationError("spec.ports", f"has {len(self.ports)} entries; at most {MAX_PORTS} are allowed")
         self._check_ports()
-        self._set("external_ips", tuple(validate_ip(f"spec.externalIPs[{n}]", ip)
-                                        for n, ip in enumerate(self.external_ips)))
+        external_ips = tuple(self.external_ips)
+        if len(external_ips) > MAX_EXTERNAL_IPS:
+            raise ValidationError("spec.externalIPs", f"has {len(external_ips)} entries; at most {MAX_EXTERNAL_IPS} "
+                                  "are allowed")
+        self._set("external_ips", tuple(validate_service_ip(f"spec.externalIPs[{n}]", ip)
+                                        for n, ip in enumerate(external_ips)))
         self._check_type_fields()
 
     def _set(self, name: str, value: Any) -> None:
@@ -193,14 +252,14 @@ class Service:
             if not self.ports:
                 raise ValidationError("spec.ports", f"a {self.type.value} Service needs at least one port")
         if self.cluster_ip is not None and self.cluster_ip != HEADLESS:
-            self._set("cluster_ip", validate_ip("spec.clusterIP", self.cluster_ip))
+            self._set("cluster_ip", validate_service_ip("spec.clusterIP", self.cluster_ip))
         if self.cluster_ip == HEADLESS and self.type.has_node_ports:
             raise ValidationError("spec.clusterIP", f"a {self.type.value} Service cannot be headless (None)")
         if self.load_balancer_ip is not None:
             if self.type is not ServiceType.LOAD_BALANCER:
                 raise ValidationError("spec.loadBalancerIP", f"is only allowed for type LoadBalancer, "
                                       f"not {self.type.value}")
-            self._set("load_balancer_ip", validate_ip("spec.loadBalancerIP", self.load_balancer_ip))
+            self._set("load_balancer_ip", validate_service_ip("spec.loadBalancerIP", self.load_balancer_ip))
 
     @property
     def key(self) -> tuple[str, str]:
@@ -249,6 +308,7 @@ def _checked_annotations(value: object) -> Mapping[str, str]:
     if not isinstance(value, Mapping):
         raise ValidationError("metadata.annotations", f"must be a mapping, got {type(value).__name__}")
     checked: dict[str, str] = {}
+    size = 0
     for key, text in value.items():
         try:
             validation.validate_label_key("metadata.annotations", key)
@@ -256,5 +316,8 @@ def _checked_annotations(value: object) -> Mapping[str, str]:
             raise _reraise("metadata.annotations", bad) from None
         if not isinstance(text, str):
             raise ValidationError(f"metadata.annotations.{key}", f"must be a string, got {type(text).__name__}")
+        size += len(key) + len(text)
+        if size > MAX_ANNOTATIONS_SIZE:
+            raise ValidationError("metadata.annotations", f"are larger than {MAX_ANNOTATIONS_SIZE // 1024} KiB in all")
         checked[key] = text
     return MappingProxyType(dict(sorted(checked.items())))

@@ -2,11 +2,19 @@
 
 ``apply`` works like ``kubectl apply`` for one object: it creates or replaces the Service, keeps what was
 allocated before (the ClusterIP is immutable; a node port stays unless the manifest names another) and
-allocates what is missing. Every check runs before anything is written.
+allocates what is missing. ``apply_all`` does the same for every document of a file, checking all of them
+before writing any. Every check runs before anything is written.
+
+Addresses and ports are owned (the Kubernetes CVE-2020-8554 pattern, where one tenant's ``externalIPs`` took
+another's traffic, is refused here): a ClusterIP belongs wholly to its Service, so no other Service may name it
+as a ClusterIP, ``externalIPs`` entry or ``loadBalancerIP``; an external or load-balancer ``address:port``
+belongs to the first Service that claimed it; a requested ClusterIP must lie in the configured range. A
+conflict is a :class:`ServiceConflictError` naming both Services.
 """
 
 from __future__ import annotations
 
+import builtins
 import enum
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -18,7 +26,7 @@ from discovery.core.errors import UnsupportedOperationError, ValidationError
 from discovery.core.models import DEFAULT_NAMESPACE
 from discovery.core.validation import validate_dns_label
 from discovery.services.allocation import AllocationRanges
-from discovery.services.manifest import decode_service, encode_service
+from discovery.services.manifest import ManifestError, decode_service, encode_service
 from discovery.services.model import HEADLESS, Service, ServicePort, ServiceType
 
 log = logging.getLogger("discovery.services")
@@ -32,6 +40,67 @@ class ApplyAction(enum.StrEnum):
     CREATED = "created"
     CONFIGURED = "configured"
     UNCHANGED = "unchanged"
+
+
+class ServiceConflictError(ValidationError):
+    """An address or port the Service asks for belongs to another Service; nothing was written.
+
+    ``service`` and ``owner`` are the ``namespace/name`` of the refused Service and of the one that owns it.
+    """
+
+    def __init__(self, field: str, value: str, message: str, service: str, owner: str) -> None:
+        # kubectl's wording: The Service "x" is invalid: <field>: Invalid value: "<value>": <why>
+        super().__init__(field, f'Invalid value: "{value}": {message} (Service "{service}" is invalid; nothing '
+                         "was written)")
+        self.service = service
+        self.owner = owner
+
+
+@dataclass(frozen=True, slots=True)
+class AddressClaim:
+    """One address (and port, for external and load-balancer addresses) a Service asks to be served on."""
+
+    address: str
+    port: int | None  # None: the whole address (a ClusterIP)
+    field: str
+    kind: str
+
+    def describe(self) -> str:
+        """``127.10.0.5`` or ``80.11.12.11:80``."""
+        return self.address if self.port is None else f"{self.address}:{self.port}"
+
+
+def address_claims(service: Service) -> list[AddressClaim]:
+    """What ``service`` asks to own: its ClusterIP (whole), and ``address:port`` per port for its
+    ``loadBalancerIP`` and each ``externalIPs`` entry."""
+    claims: list[AddressClaim] = []
+    if service.virtual_ip is not None:
+        claims.append(AddressClaim(service.virtual_ip, None, "spec.clusterIP", "clusterIP"))
+    for port in service.ports:
+        if service.load_balancer_ip is not None:
+            claims.append(AddressClaim(service.load_balancer_ip, port.port, "spec.loadBalancerIP", "loadBalancerIP"))
+        claims.extend(AddressClaim(ip, port.port, f"spec.externalIPs[{n}]", "externalIP")
+                      for n, ip in enumerate(service.external_ips))
+    return claims
+
+
+def _overlaps(mine: AddressClaim, theirs: AddressClaim) -> bool:
+    return mine.address == theirs.address and (mine.port is None or theirs.port is None or mine.port == theirs.port)
+
+
+def check_ownership(service: Service, others: Sequence[Service]) -> None:
+    """Raise :class:`ServiceConflictError` if ``service`` claims an address or ``address:port`` of another."""
+    claimed = [(claim, other) for other in others for claim in address_claims(other)]
+    for mine in address_claims(service):
+        for theirs, other in claimed:
+            if _overlaps(mine, theirs):
+                owner = f"{other.namespace}/{other.name}"
+                raise ServiceConflictError(
+                    mine.field, mine.address,
+                    f"{theirs.describe() if mine.port is None else mine.describe()} is already served by Service "
+                    f'"{owner}" (its {theirs.kind})',
+                    f"{service.namespace}/{service.name}", owner,
+                )
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +132,7 @@ def decode_stored(items: tuple[StoredDefinition, ...]) -> tuple[Service, ...]:
     for item in items:
         try:
             service = decode_service(item.data, f"stored Service {item.namespace}/{item.name}")
-        except ValidationError as bad:
+        except ValidationError as bad:  # decode_service raises nothing else, whatever the bytes
             log.warning("skipping stored Service %s/%s: %s", item.namespace, item.name, bad)
             continue
         if service.key != (item.namespace, item.name):
@@ -119,21 +188,49 @@ class ServiceStore:
     async def apply(self, service: Service) -> ApplyResult:
         """Create or replace ``service``, allocating its ClusterIP and node ports when absent.
 
-        Raises :class:`ValidationError` naming the field (immutable ClusterIP, a taken address or node port,
-        a node port outside the range); nothing is written then.
+        Raises :class:`ValidationError` naming the field (immutable ClusterIP, a ClusterIP outside the range, a
+        node port outside the range or taken) or :class:`ServiceConflictError` (an address another Service
+        owns); nothing is written then.
+        """
+        [result] = await self.apply_all([service])
+        return result
+
+    async def apply_all(self, services: Sequence[Service]) -> tuple[ApplyResult, ...]:
+        """Apply several Services as one change: every one is checked (against the stored Services and the
+        ones before it) before any is written. The same Service twice is a :class:`ValidationError`.
+
+        The writes themselves are one per Service: a backend failing in the middle of them leaves the earlier
+        ones written (no backend offers a transaction across our definition keys).
         """
         definitions = self._definitions()
-        existing = await self.get(service.name, service.namespace)
-        others = [s for s in await self.list(None) if s.key != service.key]
-        stored = replace(
-            service,
-            cluster_ip=self._cluster_ip(service, existing, others),
-            ports=self._node_ports(service, existing, others),
-        )
-        if existing == stored:
-            return ApplyResult(stored, ApplyAction.UNCHANGED)
-        await definitions.put(KIND, stored.namespace, stored.name, encode_service(stored))
-        return ApplyResult(stored, ApplyAction.CREATED if existing is None else ApplyAction.CONFIGURED)
+        seen: set[tuple[str, str]] = set()
+        for service in services:
+            if service.key in seen:
+                raise ManifestError("metadata.name", f"Service {service.namespace}/{service.name} is given twice; "
+                                    "nothing was applied")
+            seen.add(service.key)
+        stored_now = {s.key: s for s in await self.list(None)}
+        view = dict(stored_now)
+        planned: builtins.list[ApplyResult] = []
+        for service in services:
+            existing = stored_now.get(service.key)
+            others = [s for key, s in view.items() if key != service.key]
+            check_ownership(service, others)  # what the manifest names, before anything is allocated
+            stored = replace(
+                service,
+                cluster_ip=self._cluster_ip(service, existing, others),
+                ports=self._node_ports(service, existing, others),
+            )
+            check_ownership(stored, others)  # and the allocated ClusterIP
+            view[stored.key] = stored
+            action = (ApplyAction.UNCHANGED if existing == stored
+                      else ApplyAction.CREATED if existing is None else ApplyAction.CONFIGURED)
+            planned.append(ApplyResult(stored, action))
+        for result in planned:
+            if result.action is not ApplyAction.UNCHANGED:
+                stored = result.service
+                await definitions.put(KIND, stored.namespace, stored.name, encode_service(stored))
+        return tuple(planned)
 
     def _cluster_ip(self, service: Service, existing: Service | None, others: Sequence[Service]) -> str | None:
         if service.type is ServiceType.EXTERNAL_NAME:
@@ -147,13 +244,20 @@ class ServiceStore:
             )
         if requested is None and previous == HEADLESS:
             raise ValidationError("spec.clusterIP", "is immutable: the Service is headless (None); delete it first")
+        if requested not in (None, HEADLESS, previous):
+            self.ranges.check_cluster_ip("spec.clusterIP", requested)
         chosen = requested or previous
-        used = {s.virtual_ip for s in others if s.virtual_ip is not None}
+        # Every address another Service names is taken, not only ClusterIPs: an external IP inside the range
+        # must never be handed out as someone's ClusterIP.
+        used = {claim.address for s in others for claim in address_claims(s)}
         if chosen is not None:
             if chosen != HEADLESS and chosen in used:
-                owner = next(s for s in others if s.virtual_ip == chosen)
-                raise ValidationError("spec.clusterIP", f"{chosen} is already allocated to {owner.namespace}/"
-                                      f"{owner.name}")
+                owner = next(s for s in others if any(c.address == chosen for c in address_claims(s)))
+                raise ServiceConflictError(
+                    "spec.clusterIP", chosen, f"{chosen} is already allocated to Service "
+                    f'"{owner.namespace}/{owner.name}"', f"{service.namespace}/{service.name}",
+                    f"{owner.namespace}/{owner.name}",
+                )
             return chosen
         return self.ranges.allocate_cluster_ip(f"{service.namespace}/{service.name}", used)
 

@@ -208,10 +208,11 @@ async def test_maintenance_mode_is_draining_both_ways(
     assert relabelled and all(i.status is Status.DRAINING for i in relabelled)
 
 
-async def test_foreign_registrations_are_skipped(
+async def test_foreign_registrations_are_read_only_instances_of_an_unscoped_default_namespace(
     consul_server: ServerHandle, backends: Callable[..., asyncio.Future[Backend]]
 ) -> None:
     backend = await backends(consul_server.url)
+    scoped = await backends(f"{consul_server.url}/{unique('scope')}")
     service = unique("foreign")
     request_env = {**os.environ, "CONSUL_HTTP_ADDR": f"{consul_server.host}:{consul_server.port}"}
     subprocess.run(["consul", "services", "register", f"-name={service}", f"-id={service}-x", "-port=9",
@@ -219,7 +220,11 @@ async def test_foreign_registrations_are_skipped(
     try:
         ours = Instance(service, "ours", "127.0.0.1", 10)
         await backend.register(ours, SHORT_TTL, ignore_state)
-        assert await backend.list("default", service) == (ours,)
+        # The foreign one (tagged "default" by chance, no discovery Meta) is read beside ours, never as ours.
+        foreign = Instance(service, f"{service}-x", "127.0.0.1", 9, labels={"default": ""})
+        assert set(await backend.list("default", service)) == {ours, foreign}
+        assert await backend.list("other", service) == ()
+        assert await scoped.list("default", service) == ()
     finally:
         subprocess.run(["consul", "services", "deregister", f"-id={service}-x"], env=request_env, check=True,
                        capture_output=True, timeout=30)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from discovery.core.errors import ConfigurationError
+from discovery.core.foreign import foreign_key_of
 from discovery.core.models import Instance, Status
 from discovery.core.plugins import create_backend
 from discovery.core.urls import parse_url
@@ -59,6 +62,29 @@ def test_plain_endpoint_from_another_etcd_client_is_read_from_key_and_addr() -> 
     assert decode_endpoint(foreign, "default", "api", "node-7") == Instance("api", "node-7", "192.0.2.7", 50051)
 
 
+def test_go_naming_key_host_port_becomes_an_escaped_reversible_id() -> None:
+    # etcd's documentation: em.AddEndpoint(ctx, target+"/"+addr, endpoints.Endpoint{Addr: addr}).
+    foreign = b'{"Op":0,"Addr":"10.0.0.1:8080","Metadata":null}'
+    instance = decode_endpoint(foreign, "default", "api", "10.0.0.1:8080")
+    assert instance == Instance("api", "10.0.0.1_x3a8080", "10.0.0.1", 8080)
+    assert foreign_key_of(instance.id) == "10.0.0.1:8080"
+    ipv6 = decode_endpoint(b'{"Op":0,"Addr":"[::1]:443","Metadata":{"zone":"z"}}', "default", "api", "[::1]:443")
+    assert ipv6 is not None and (ipv6.address, ipv6.port) == ("::1", 443)
+    assert foreign_key_of(ipv6.id) == "[::1]:443"
+    deeper = decode_endpoint(foreign, "default", "api", "v1/host-1")
+    assert deeper is not None and foreign_key_of(deeper.id) == "v1/host-1"
+
+
+def test_an_undecodable_key_is_logged_once_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="discovery_etcd.records")
+    raw = b'{"Op":0,"Addr":"no-port-here"}'
+    for _ in range(3):
+        assert decode_endpoint(raw, "default", "api", "logged-once") is None
+    lines = [r for r in caplog.records if "logged-once" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.DEBUG
+    assert "Addr is not host:port" in lines[0].getMessage()
+
+
 @pytest.mark.parametrize(
     "raw",
     [
@@ -89,7 +115,10 @@ def test_key_layout_uses_trailing_slashes() -> None:
     assert not layout.instance_key("default", "api-v2", "x").startswith(layout.service_prefix("default", "api"))
     assert layout.namespace_prefix("a") == b"/discovery/a/"
     assert layout.parse(b"/discovery/default/api/a-1") == ("default", "api", "a-1")
-    for bad in (b"/discovery/default/api", b"/discovery/default/api/a/b", b"/other/default/api/a", b"/discovery//x/y"):
+    # Another etcd naming client may write anything after <target>/: all of it is the key segment.
+    assert layout.parse(b"/discovery/default/api/10.0.0.1:8080") == ("default", "api", "10.0.0.1:8080")
+    assert layout.parse(b"/discovery/default/api/v1/a") == ("default", "api", "v1/a")
+    for bad in (b"/discovery/default/api", b"/discovery/default/api/", b"/other/default/api/a", b"/discovery//x/y"):
         assert layout.parse(bad) is None
 
 

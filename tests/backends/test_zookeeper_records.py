@@ -113,3 +113,45 @@ def test_capabilities_follow_session_timeout() -> None:
     assert (caps.default_ttl, caps.min_ttl, caps.detection_slack, caps.ttl_per_registration) == (3.0, 3.0, 0.5, False)
     assert backend.effective_ttl(30) == 3.0
     assert backend.detection_bound(30) == 3.5
+
+
+SERVERSET_MEMBER = {  # what Finagle's / Aurora's ServerSet writes into member_0000000042
+    "serviceEndpoint": {"host": "10.1.2.3", "port": 31337},
+    "additionalEndpoints": {
+        "http": {"host": "10.1.2.3", "port": 31337},
+        "admin": {"host": "10.1.2.3", "port": 9990},
+        "aurora": {"host": "other-host", "port": 1},
+        "Not_A_Port_Name": {"host": "10.1.2.3", "port": 2},
+    },
+    "status": "ALIVE",
+    "shard": 3,
+}
+
+
+def test_serverset_member_is_an_instance() -> None:
+    instance = _decode(json.dumps(SERVERSET_MEMBER), node="member_0000000042")
+    assert instance == Instance(
+        "orders", "member_0000000042", "10.1.2.3", 31337, namespace="shop", labels={"shard": "3"},
+        ports={"http": 31337, "admin": 9990},
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "ours"),
+    [("ALIVE", Status.UP), ("WARNING", Status.UP), ("STARTING", Status.STARTING), ("STOPPING", Status.DRAINING),
+     ("STOPPED", Status.DOWN), ("DEAD", Status.DOWN), ("whatever", Status.DOWN), (None, Status.UP)],
+)
+def test_serverset_status(status: str | None, ours: Status) -> None:
+    member = {"serviceEndpoint": {"host": "h1", "port": 1}, "status": status}
+    assert _decode(json.dumps(member), node="member_1").status == ours
+
+
+def test_serverset_without_a_usable_endpoint_is_rejected() -> None:
+    for bad in ({"serviceEndpoint": "x"}, {"serviceEndpoint": {"host": "h"}}, {"serviceEndpoint": {"port": 1}}):
+        with pytest.raises(ValidationError):
+            _decode(json.dumps(bad), node="member_1")
+
+
+def test_foreign_node_names_that_are_no_valid_id_are_escaped() -> None:
+    raw = json.dumps({"name": "orders", "address": "10.0.0.1", "port": 80, "payload": None})
+    assert _decode(raw, node="10.0.0.1:80").id == "10.0.0.1_x3a80"

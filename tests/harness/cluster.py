@@ -33,7 +33,17 @@ from .servers import (
     free_ports,
     port_in_use,
 )
-from .specs import SPECS, ZK_TICK_MS, Launch, ServerSpec, _etcd_health, _zk_argv, zk_four_letter_word
+from .specs import (
+    SPECS,
+    ZK_TICK_MS,
+    Launch,
+    ServerSpec,
+    VersionError,
+    _etcd_health,
+    _zk_argv,
+    etcd_command,
+    zk_four_letter_word,
+)
 
 CLUSTER_HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 PORT_NAMES = {
@@ -89,7 +99,7 @@ def _member_specs(kind: str, plan: list[dict[str, int]], token: str) -> list[Ser
             def etcd_argv(launch: Launch, name: str = f"n{index + 1}", initial: str = initial) -> list[str]:
                 h, p = launch.listen_host, launch.ports
                 return [
-                    "etcd", f"--name={name}", f"--data-dir={launch.data_dir}",
+                    etcd_command(), f"--name={name}", f"--data-dir={launch.data_dir}",
                     f"--listen-client-urls=http://{h}:{p['client']}", f"--advertise-client-urls=http://{h}:{p['client']}",
                     f"--listen-peer-urls=http://{h}:{p['peer']}", f"--initial-advertise-peer-urls=http://{h}:{p['peer']}",
                     f"--initial-cluster={initial}", "--initial-cluster-state=new", f"--initial-cluster-token={token}",
@@ -173,6 +183,13 @@ def start_cluster(kind: str, provider: str, *, artifacts_dir: Path | None = None
     artifacts.mkdir(parents=True, exist_ok=True)
     plan = [free_ports(PORT_NAMES[kind], UDP_PORTS, host) for host in CLUSTER_HOSTS]
     token = f"discovery-faults-{uuid.uuid4().hex[:8]}"
+    try:
+        return _start_members(kind, provider, artifacts, plan, token)
+    except VersionError as error:
+        raise ServerError(str(error)) from error
+
+
+def _start_members(kind: str, provider: str, artifacts: Path, plan: list[dict[str, int]], token: str) -> Cluster:
     members: list[ServerHandle] = []
     for index, spec in enumerate(_member_specs(kind, plan, token)):
         host, ports = CLUSTER_HOSTS[index], plan[index]

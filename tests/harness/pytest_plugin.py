@@ -1,7 +1,9 @@
 """pytest plugin: real servers for tests (load with ``pytest_plugins = ["tests.harness.pytest_plugin"]``).
 
 Option ``--servers=container|process|external`` (default: env ``DISCOVERY_TEST_SERVERS``, else ``container``
-when the Docker daemon answers, else ``process``).
+when the Docker daemon answers, else ``process``). Options ``--zookeeper-version=3.8|3.9`` and
+``--etcd-version=3.4|3.5`` pick the server version (default: env ``DISCOVERY_TEST_<KIND>_VERSION``, else the
+first; the option sets that variable, so subprocesses see the same choice).
 
 Fixtures:
   * ``server_provider`` (session) - the provider in use.
@@ -26,7 +28,7 @@ from typing import NoReturn
 import pytest
 
 from .servers import DEFAULT_ARTIFACTS_DIR, PROVIDERS, ServerError, ServerHandle, start_server
-from .specs import KINDS
+from .specs import KINDS, VERSIONS, VersionError, server_version
 
 _POOL_KEY = pytest.StashKey["ServerPool"]()
 _PROVIDER_KEY = pytest.StashKey[str]()
@@ -44,12 +46,31 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+    for kind, versions in VERSIONS.items():
+        if len(versions) > 1:
+            group.addoption(
+                f"--{kind}-version",
+                choices=versions,
+                default=None,
+                help=f"{kind} version to run (default: $DISCOVERY_TEST_{kind.upper()}_VERSION, else {versions[0]})",
+            )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "servers: needs real servers from the harness")
+    for kind, versions in VERSIONS.items():
+        chosen = config.getoption(f"--{kind}-version", None) if len(versions) > 1 else None
+        if chosen:
+            os.environ[f"DISCOVERY_TEST_{kind.upper()}_VERSION"] = chosen
+        try:
+            server_version(kind)
+        except VersionError as error:
+            raise pytest.UsageError(str(error)) from None
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"real servers: {resolve_provider(config)} (logs: {artifacts_dir()})"
+    versions = ", ".join(f"{kind} {server_version(kind)}" for kind in KINDS)
+    return f"real servers: {resolve_provider(config)}, {versions} (logs: {artifacts_dir()})"
 
 
 def in_ci() -> bool:

@@ -46,7 +46,7 @@ from .servers import (
     free_ports,
     port_in_use,
 )
-from .specs import SPECS, ZK_TICK_MS, Launch, ServerSpec
+from .specs import ETCD_SERVING_SECURE, SPECS, ZK_TICK_MS, Launch, ServerSpec, VersionError, etcd_command
 
 ETCD_PREFIX = "/sec"
 ETCD_OTHER_PREFIX = "/other"
@@ -260,7 +260,7 @@ def _etcd_spec(certs: Certificates) -> ServerSpec:
     def argv(launch: Launch) -> list[str]:
         h, client, peer = launch.listen_host, launch.ports["client"], launch.ports["peer"]
         return [
-            "etcd",
+            etcd_command(),
             "--name=n1",
             f"--data-dir={launch.data_dir}",
             f"--listen-client-urls=https://{h}:{client}",
@@ -288,7 +288,7 @@ def _etcd_spec(certs: Certificates) -> ServerSpec:
         standard_ports={},
         files=base.files,
         argv=argv,
-        ready_log=(r"ready to serve client requests", r"serving client requests on \S*:{client}\b"),
+        ready_log=(r"ready to serve client requests", ETCD_SERVING_SECURE),
         probe=probe,
         default_image=base.default_image,
         keeps_data=True,
@@ -364,14 +364,18 @@ def _launch(spec: ServerSpec, provider: str, workdir: Path, artifacts: Path) -> 
     launch = Launch(HOST, ports, workdir)
     tag = f"{spec.kind}-secure-{provider}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     log_path = artifacts / f"{tag}.log"
+    try:
+        argv = spec.argv(launch)
+    except VersionError as error:
+        raise ServerError(str(error)) from error
     runner: _Runner
     if provider == "process":
         client_port = ports[spec.client_port]
-        runner = ProcessRunner(spec.argv(launch), log_path, workdir, busy=lambda: port_in_use(HOST, client_port))
+        runner = ProcessRunner(argv, log_path, workdir, busy=lambda: port_in_use(HOST, client_port))
     elif provider == "container":
         if _use_published_ports(spec.image):
             raise ServerError("secure test servers need the local images with host networking (build-images.sh)")
-        runner = ContainerRunner(spec.image, spec.argv(launch), f"discovery-test-{tag}", workdir, log_path, None)
+        runner = ContainerRunner(spec.image, argv, f"discovery-test-{tag}", workdir, log_path, None)
     else:
         raise ServerError(f"secure test servers cannot use --servers={provider} (TLS and ACLs are set up per run)")
     handle = ServerHandle(spec, provider, HOST, ports, runner=runner, launch=launch, workdir=workdir, log_path=log_path)

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from mirakuru import Executor
 from mirakuru.exceptions import AlreadyRunning, ExecutorError, ProcessFinishedWithError, TimeoutExpired
 
-from .specs import KINDS, SPECS, Launch, ServerSpec
+from .specs import KINDS, SPECS, Launch, ServerSpec, VersionError
 
 PROVIDERS = ("container", "process", "external")
 HOST = "127.0.0.1"
@@ -487,6 +487,26 @@ def start_server(kind: str, provider: str, *, artifacts_dir: Path | None = None)
     workdir = Path(tempfile.mkdtemp(prefix=f"discovery-{kind}-"))
     host_ports = free_ports(spec.port_names, spec.udp_ports)
 
+    try:
+        runner, launch = _runner(spec, provider, tag, workdir, host_ports, log_path)
+    except VersionError as exc:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise ServerError(str(exc)) from exc
+    handle = ServerHandle(
+        spec, provider, HOST, host_ports, runner=runner, launch=launch, workdir=workdir, log_path=log_path
+    )
+    try:
+        handle.start()
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
+def _runner(
+    spec: ServerSpec, provider: str, tag: str, workdir: Path, host_ports: dict[str, int], log_path: Path
+) -> tuple[_Runner, Launch]:
+    """The runner of one server (a process or a container) and where it listens."""
     runner: _Runner
     if provider == "process":
         launch = Launch(HOST, host_ports, workdir)
@@ -503,13 +523,4 @@ def start_server(kind: str, provider: str, *, artifacts_dir: Path | None = None)
             launch = Launch(HOST, host_ports, workdir)
             published = None
         runner = ContainerRunner(image, spec.argv(launch), f"discovery-test-{tag}", workdir, log_path, published)
-
-    handle = ServerHandle(
-        spec, provider, HOST, host_ports, runner=runner, launch=launch, workdir=workdir, log_path=log_path
-    )
-    try:
-        handle.start()
-    except BaseException:
-        handle.close()
-        raise
-    return handle
+    return runner, launch

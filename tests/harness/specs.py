@@ -18,6 +18,57 @@ from pathlib import Path
 
 KINDS = ("zookeeper", "etcd", "consul")
 
+#: The server versions the harness can run, default first. The second ZooKeeper and etcd are Debian trixie's
+#: (3.9.3, 3.5.16), unpacked by scripts/fetch-servers.sh into SERVERS_DIR and packed into images by
+#: scripts/build-images.sh; Consul 1.8.7 is the only Consul obtainable here. Choose with
+#: ``DISCOVERY_TEST_<KIND>_VERSION`` (or pytest's ``--zookeeper-version`` / ``--etcd-version``).
+VERSIONS: dict[str, tuple[str, ...]] = {"zookeeper": ("3.8", "3.9"), "etcd": ("3.4", "3.5"), "consul": ("1.8",)}
+SERVERS_DIR = Path(os.environ.get("DISCOVERY_SERVERS_DIR", "/opt/discovery-servers"))
+#: The jars ZooKeeper 3.9.3's server needs, from trixie's packages. zookeeper.jar comes last: its manifest
+#: Class-Path names /usr/share/java (bookworm's 3.8 jute and netty on this machine), and the JVM searches a
+#: jar's Class-Path entries right after the jar itself, before the rest of -cp.
+ZOOKEEPER_39_JARS = (
+    "slf4j-simple.jar", "slf4j-api.jar", "zookeeper-jute.jar", "netty-buffer.jar", "netty-common.jar",
+    "netty-handler.jar", "netty-transport.jar", "netty-codec.jar", "netty-resolver.jar",
+    "netty-transport-native-epoll.jar", "netty-transport-native-unix-common.jar", "commons-io.jar",
+    "commons-cli.jar", "metrics-core.jar", "snappy-java.jar", "zookeeper.jar",
+)
+
+
+class VersionError(RuntimeError):
+    """The selected server version is unknown or not installed (the message says how to install it)."""
+
+
+def server_version(kind: str) -> str:
+    """The version of ``kind`` this run uses: ``$DISCOVERY_TEST_<KIND>_VERSION``, else the default."""
+    known = VERSIONS[kind]
+    chosen = os.environ.get(f"DISCOVERY_TEST_{kind.upper()}_VERSION", "").strip() or known[0]
+    if chosen not in known:
+        raise VersionError(f"DISCOVERY_TEST_{kind.upper()}_VERSION={chosen!r}: expected one of {known}")
+    return chosen
+
+
+def _installed(path: Path) -> Path:
+    if not path.exists():
+        raise VersionError(f"{path} is missing: run scripts/fetch-servers.sh (Debian trixie's servers)")
+    return path
+
+
+def etcd_command() -> str:
+    """The etcd binary of the selected version (the same path in the local image as on the host)."""
+    if server_version("etcd") == "3.4":
+        return "etcd"
+    return str(_installed(SERVERS_DIR / "etcd-3.5" / "usr" / "bin" / "etcd"))
+
+
+def zookeeper_classpath() -> str:
+    """The server classpath of the selected ZooKeeper version (the same paths in the local image)."""
+    if server_version("zookeeper") == "3.8":
+        # zookeeper.jar's manifest Class-Path names its dependencies (jute, netty, jetty, slf4j-api, ...).
+        return "/usr/share/java/slf4j-simple.jar:/usr/share/java/zookeeper.jar"
+    jars = _installed(SERVERS_DIR / "zookeeper-3.9" / "usr" / "share" / "java")
+    return ":".join(str(jars / name) for name in ZOOKEEPER_39_JARS)
+
 
 @dataclass(frozen=True)
 class Launch:
@@ -49,7 +100,7 @@ class ServerSpec:
     argv: Callable[[Launch], list[str]]
     ready_log: tuple[str, ...]  # regexes (formatted with the listen host/ports) that must all appear
     probe: Callable[[str, int], bool]  # health probe against host/client port
-    default_image: str
+    default_image: str  # the image repository; the tag is the selected version
     keeps_data: bool  # does kill + start keep the data?
     stop_exit_codes: frozenset[int]  # exit codes of a graceful stop (SIGTERM)
     env_prefix: str = field(init=False)
@@ -58,8 +109,14 @@ class ServerSpec:
         object.__setattr__(self, "env_prefix", f"DISCOVERY_TEST_{self.kind.upper()}")
 
     @property
+    def version(self) -> str:
+        """The server version this run uses (see :func:`server_version`)."""
+        return server_version(self.kind)
+
+    @property
     def image(self) -> str:
-        return os.environ.get(f"{self.env_prefix}_IMAGE", self.default_image)
+        """``$DISCOVERY_TEST_<KIND>_IMAGE``, else the local image of the selected version."""
+        return os.environ.get(f"{self.env_prefix}_IMAGE") or f"{self.default_image}:{self.version}"
 
     @property
     def url_env(self) -> str:
@@ -139,7 +196,6 @@ def _zk_files(launch: Launch) -> dict[str, str]:
 def _zk_argv(launch: Launch) -> list[str]:
     if launch.official_image:  # the official image ships zkServer.sh; it reads <dir>/zoo.cfg
         return ["zkServer.sh", "--config", str(launch.workdir), "start-foreground"]
-    # zookeeper.jar's manifest Class-Path names its dependencies (jute, netty, jetty, slf4j-api, ...).
     return [
         "java",
         "-Xmx256m",
@@ -147,7 +203,7 @@ def _zk_argv(launch: Launch) -> list[str]:
         "-XX:TieredStopAtLevel=1",
         "-Dzookeeper.jmx.log4j.disable=true",
         "-cp",
-        "/usr/share/java/slf4j-simple.jar:/usr/share/java/zookeeper.jar",
+        zookeeper_classpath(),
         "org.apache.zookeeper.server.quorum.QuorumPeerMain",
         str(launch.workdir / "zoo.cfg"),
     ]
@@ -155,12 +211,21 @@ def _zk_argv(launch: Launch) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------ etcd
 
+# etcd 3.4 logs text ("serving insecure client requests on 127.0.0.1:2379"), 3.5 logs JSON
+# ({"msg":"serving client traffic insecurely; ...","address":"127.0.0.1:2379"}).
+ETCD_SERVING_INSECURE = (
+    r'serving (insecure client requests on \S*:{client}\b|client traffic insecurely[^\n]*"address":"\S*:{client}")'
+)
+ETCD_SERVING_SECURE = (
+    r'serving (client requests on \S*:{client}\b|client traffic securely[^\n]*"address":"\S*:{client}")'
+)
+
 
 def _etcd_argv(launch: Launch) -> list[str]:
     h, client, peer = launch.listen_host, launch.ports["client"], launch.ports["peer"]
     adv = "127.0.0.1"
     return [
-        "etcd",
+        etcd_command(),
         "--name=n1",
         f"--data-dir={launch.data_dir}",
         f"--listen-client-urls=http://{h}:{client}",
@@ -216,7 +281,7 @@ SPECS: dict[str, ServerSpec] = {
         argv=_zk_argv,
         ready_log=(r"binding to port \S*:{client}\b", r"PrepRequestProcessor \(sid:\d+\) started"),
         probe=_zk_ruok,
-        default_image="discovery-test/zookeeper:3.8",
+        default_image="discovery-test/zookeeper",
         keeps_data=True,
         stop_exit_codes=frozenset({0, 143, -15}),  # the JVM exits 128+SIGTERM
     ),
@@ -228,9 +293,9 @@ SPECS: dict[str, ServerSpec] = {
         standard_ports={"client": 2379, "peer": 2380},
         files=_no_files,
         argv=_etcd_argv,
-        ready_log=(r"ready to serve client requests", r"serving insecure client requests on \S*:{client}\b"),
+        ready_log=(r"ready to serve client requests", ETCD_SERVING_INSECURE),
         probe=_etcd_health,
-        default_image="discovery-test/etcd:3.4",
+        default_image="discovery-test/etcd",
         keeps_data=True,
         stop_exit_codes=frozenset({0, 143, -15}),  # etcd re-raises SIGTERM
     ),
@@ -244,7 +309,7 @@ SPECS: dict[str, ServerSpec] = {
         argv=_consul_argv,
         ready_log=(r"Started HTTP server: address=\S*:{http}\b", r"Synced node info"),
         probe=_consul_leader,
-        default_image="discovery-test/consul:1.8",
+        default_image="discovery-test/consul",
         keeps_data=False,
         stop_exit_codes=frozenset({0, 1, -15}),  # consul exits 1 on SIGTERM
     ),

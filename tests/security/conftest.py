@@ -1,7 +1,8 @@
-"""Session-wide TLS/auth-enabled servers (tests/harness/secure.py), following ``--servers``."""
+"""Session-wide TLS/auth-enabled servers (tests/harness/secure.py), following ``--servers``; a private memory URL."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -38,3 +39,9 @@ def secure_etcd(server_provider: str) -> Iterator[SecureServer]:
 def secure_consul(server_provider: str) -> Iterator[SecureServer]:
     """Consul: HTTPS with client certificates, ACLs default-deny (tokens for ``sec-*`` and ``other-*``)."""
     yield from _secure("consul", server_provider)
+
+
+@pytest.fixture
+def memory_url() -> str:
+    """A private in-memory store (the attacks on the Service layer, DNS, proxy and transport run there)."""
+    return f"memory:///sec-{uuid.uuid4().hex[:12]}?ttl=5"
