@@ -257,6 +257,11 @@ class ServiceWatch:
             async with asyncio.timeout(self._pool.timeout):
                 await call.write(rpc.WatchRequest(create_request=create))
                 created = await call.read()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and not task.cancelling():
+                raise _StreamLost("the watch call was cancelled under us (its channel closed)") from None
+            raise
         except Exception as error:
             if is_connection_error(error):
                 await self._pool.report_failure(client)
@@ -312,9 +317,15 @@ class ServiceWatch:
             raise
         except asyncio.CancelledError:
             task = asyncio.current_task()
-            if self._probe_failed and task is not None and not task.cancelling():
-                # The probe cancelled the call (grpc.aio reports that as CancelledError), not us.
-                raise _StreamLost(f"etcd did not answer a progress request within {self._pool.timeout:g} s") from None
+            if task is not None and not task.cancelling():
+                # The call was cancelled, not this task (grpc.aio reports that as CancelledError): by the probe, or
+                # by the pool closing the call's channel when another request on it failed over. Reconnect; the
+                # task ending here instead would leave every subscriber waiting, never told the stream is gone.
+                if self._probe_failed:
+                    raise _StreamLost(
+                        f"etcd did not answer a progress request within {self._pool.timeout:g} s"
+                    ) from None
+                raise _StreamLost("the watch call was cancelled under us (its channel closed)") from None
             raise
         except Exception as error:
             if is_connection_error(error):
