@@ -8,13 +8,13 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+import weakref
 from typing import Any
 
 from discovery.core.backend import Backend, Capabilities, StateListener
 from discovery.core.errors import ClosedError, DiscoveryError, NotRegisteredError, ValidationError
 from discovery.core.foreign import log_skipped
-from discovery.core.models import Instance, Snapshot
+from discovery.core.models import Instance
 from discovery.core.urls import BackendURL
 from discovery.core.validation import validate_service_name
 from discovery_consul import layout, records
@@ -22,9 +22,9 @@ from discovery_consul.connection import ConsulClient
 from discovery_consul.definitions import ConsulDefinitions
 from discovery_consul.keepalive import Registration
 from discovery_consul.settings import MIN_TTL, ConsulSettings
-from discovery_consul.watch import CatalogFollower, HealthWatch, decode_entries, watch_task_name
+from discovery_consul.watch import CatalogFollower, ServiceWatch, decode_entries
 
-log = logging.getLogger("discovery.consul")
+log = logging.getLogger("discovery.backends.consul.backend")
 
 Key = tuple[str, str, str]
 
@@ -36,7 +36,10 @@ SERVICES_CONCURRENCY = 32
 
 
 class ConsulBackend(Backend):
-    """``consul://host:8500[/scope]?dc=&token=&ttl=&timeout=&wait=&deregister_after=`` on ``consul.aio``."""
+    """``consul://host:8500[/scope]?dc=&token=&ttl=&timeout=&wait=&deregister_after=`` on ``consul.aio``.
+
+    Not thread-safe, like every backend: only its registry's event loop calls it.
+    """
 
     scheme = "consul"
 
@@ -50,8 +53,8 @@ class ConsulBackend(Backend):
         # Service ids the agent may hold checks of that this backend did not write (left by an earlier process,
         # or a write whose answer was lost): their first registration must set the checks' statuses explicitly.
         self._maybe_at_agent: set[str] = set()
-        self._watch_tasks: set[asyncio.Task[None]] = set()
-        self._health_watches: dict[tuple[str, str], set[HealthWatch]] = {}
+        # This process's watch streams and catalog followers per service: its own writes wake them (read-your-writes).
+        self._service_watches: dict[tuple[str, str], weakref.WeakSet[ServiceWatch]] = {}
         self._catalog: dict[tuple[str, str], CatalogFollower] = {}
         #: This registrant's owner mark (docs/decisions/session-ownership.md); random, not a secret.
         self._owner = secrets.token_hex(6)
@@ -72,14 +75,14 @@ class ConsulBackend(Backend):
         return self._capabilities
 
     @property
-    def owner_mark(self) -> str:
-        """This registrant's owner mark: written in each registration's ``Meta`` and check ids."""
-        return self._owner
-
-    @property
     def settings(self) -> ConsulSettings:
         """The parsed options."""
         return self._settings
+
+    @property
+    def owner_mark(self) -> str:
+        """This registrant's owner mark: written in each registration's ``Meta`` and check ids."""
+        return self._owner
 
     @property
     def definitions(self) -> ConsulDefinitions:
@@ -97,7 +100,8 @@ class ConsulBackend(Backend):
         """Open the connection pool and prove the agent answers (``BackendUnavailableError`` if not)."""
         settings = self._settings
         client = ConsulClient(
-            settings.host, settings.port, security=settings.security, dc=settings.dc, timeout=settings.timeout
+            settings.host, settings.port, security=settings.security, dc=settings.dc, timeout=settings.timeout,
+            monitor=self.connection,
         )
         try:
             await client.agent_self()
@@ -130,6 +134,7 @@ class ConsulBackend(Backend):
             return
         await client.deregister_service(registration.service_id)
 
+
     async def abort(self) -> None:
         """Stop heartbeats and disconnect without deregistering: the checks go critical at their TTL."""
         if self._closed:
@@ -145,10 +150,6 @@ class ConsulBackend(Backend):
         for follower in self._catalog.values():
             await follower.stop()
         self._catalog.clear()
-        tasks = list(self._watch_tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         client, self._client = self._client, None
         if client is not None:
             await client.close()
@@ -220,8 +221,8 @@ class ConsulBackend(Backend):
         once. See :class:`CatalogFollower`.
         """
         key = (instance.namespace, instance.service)
-        for health_watch in self._health_watches.get(key, ()):
-            health_watch.expect_change()
+        for stream in list(self._service_watches.get(key, ())):
+            stream.expect_change()
         follower = self._catalog.get(key)
         if follower is None:
             follower = self._catalog[key] = CatalogFollower(
@@ -275,24 +276,16 @@ class ConsulBackend(Backend):
         found = await asyncio.gather(*(listed(name) for name in candidates))
         return tuple(name for name, instances in zip(candidates, found, strict=True) if instances)
 
-    async def watch(self, namespace: str, service: str) -> AsyncIterator[Snapshot]:
-        """The current snapshot, then one per change; ``stale`` copies of the last set while Consul is away."""
+    def watch(self, namespace: str, service: str) -> ServiceWatch:
+        """A new stream: the current snapshot, then one per change; ``stale`` copies of the last set while Consul
+        is away. It ends once this backend is closed.
+        """
         client = self._require_client()
-        health_watch = HealthWatch(client, self._settings.scope, namespace, service, self._settings.wait)
-        task = asyncio.create_task(health_watch.run(), name=watch_task_name(namespace, service))
-        self._watch_tasks.add(task)
-        task.add_done_callback(self._watch_tasks.discard)
-        watching = self._health_watches.setdefault((namespace, service), set())
-        watching.add(health_watch)
-        try:
-            async for snapshot in health_watch.snapshots(task):
-                yield snapshot
-        finally:
-            watching.discard(health_watch)
-            if not watching and self._health_watches.get((namespace, service)) is watching:
-                del self._health_watches[(namespace, service)]
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        stream = ServiceWatch(
+            client, self._settings.scope, namespace, service, self._settings.wait, lambda: self._closed
+        )
+        self._service_watches.setdefault((namespace, service), weakref.WeakSet()).add(stream)
+        return stream
 
 
 def is_service_name(name: str) -> bool:

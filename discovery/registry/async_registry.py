@@ -11,13 +11,21 @@ from types import TracebackType
 from typing import Any
 
 from discovery.core.backend import Backend, Capabilities, LostReason, RegistrationState
+from discovery.core.connection import ConnectionListener, ConnectionStatus
 from discovery.core.errors import BackendUnavailableError, ClosedError, DiscoveryError, ValidationError
 from discovery.core.models import DEFAULT_NAMESPACE, Instance, Snapshot, Status
 from discovery.core.plugins import create_backend
 from discovery.core.selectors import Selector, parse_selector
 from discovery.core.urls import BackendURL, parse_url
-from discovery.core.validation import validate_namespace, validate_service_name, validate_ttl
-from discovery.registry.registration import AsyncRegistration, RegistrationStates
+from discovery.core.validation import (
+    validate_namespace,
+    validate_service_name,
+    validate_ttl,
+    validate_ttl_minimum,
+)
+from discovery.observability.metrics import METRICS
+from discovery.registry.health import RegistryHealth, registration_health, watch_health
+from discovery.registry.registration import UPDATABLE_FIELDS, AsyncRegistration, RegistrationStates
 from discovery.registry.watch_hub import EndCallback, SnapshotCallback, WatchHub
 
 log = logging.getLogger("discovery.registry")
@@ -68,6 +76,10 @@ class AsyncRegistry:
     """Register, look up and watch instances through one backend. Use ``await AsyncRegistry.connect(url)``
     or ``async with AsyncRegistry.connect(url) as registry``.
 
+    Not thread-safe: use it on the event loop it connected on; only :meth:`cached_snapshot` (and the
+    ``handed_out`` pair the blocking facade uses) may be called from other threads. For threads use the blocking
+    :class:`~discovery.Registry`.
+
     Session guarantees (docs/decisions/session-read-your-writes.md): once ``register``, ``update`` or
     ``deregister`` returns, every read of this registry reflects it — ``instances``, ``snapshot``, a watch's next
     snapshot, a subscription, a ``ServiceCache`` — watched or not (a watched service's write returns once its watch
@@ -98,6 +110,7 @@ class AsyncRegistry:
         """
         parsed = parse_url(url)
         return _Connecting(cls(create_backend(parsed), url=parsed), timeout)
+
 
     @property
     def backend(self) -> Backend:
@@ -133,6 +146,9 @@ class AsyncRegistry:
                 raise  # a typed refusal (credentials, TLS, configuration), or a cancellation / interrupt
             raise BackendUnavailableError(f"could not connect to {where}: {type(error).__name__}: {error}") from error
         self._started = True
+        monitor = self._backend.connection
+        monitor.add_listener(_report_connection_state)
+        monitor.connected(f"{self._backend.capabilities.name} backend started")
 
     async def _abandon_start(self) -> None:
         """A start that failed or was cancelled: free what the backend may have opened, and close."""
@@ -143,6 +159,31 @@ class AsyncRegistry:
             await asyncio.shield(self._backend.abort())
         except Exception as error:  # the original failure is what the caller needs to see
             log.debug("releasing a backend whose start failed: %r", error)
+        self._backend.connection.reset()  # no "lost" later from a timer the failed start left pending
+
+
+    @property
+    def connection(self) -> ConnectionStatus | None:
+        """The backend connection's current state (``None`` before :meth:`start`)."""
+        return self._backend.connection.status
+
+    def add_connection_listener(self, listener: ConnectionListener) -> Callable[[], None]:
+        """Call ``listener(status)`` on every connection state change (connected / suspended / lost /
+        reconnected), on this registry's event loop; it must not block. Returns a function that removes it.
+        """
+        return self._backend.connection.add_listener(listener)
+
+    def health(self) -> RegistryHealth:
+        """The structured status of the backend connection, every registration and every watch (no I/O);
+        ``health().ready`` is a readiness verdict. Call it on the registry's loop.
+        """
+        return RegistryHealth(
+            backend=self._backend.capabilities.name,
+            closed=self._closed,
+            connection=self._backend.connection.status,
+            registrations=registration_health(registration for registration, _ in self._registrations.values()),
+            watches=watch_health(self._hub.watches()),
+        )
 
     async def __aenter__(self) -> AsyncRegistry:
         await self.start()
@@ -156,14 +197,30 @@ class AsyncRegistry:
     async def register(self, instance: Instance, ttl: float | None = None) -> AsyncRegistration:
         """Write ``instance`` and keep it alive until deregistered or closed.
 
-        Raises :class:`ValidationError` for a bad instance or TTL (nothing is written).
+        Raises :class:`ValidationError` for a bad instance or TTL (nothing is written); a ``ttl`` below the
+        backend's minimum (``capabilities.min_ttl``) is an error, as it is in the URL.
+
+        Registering an id this registry already holds (a live registration of the same service, namespace and
+        id) returns that same handle with the instance rewritten, as :meth:`AsyncRegistration.update` would;
+        changing its TTL that way is a :class:`ValidationError` (deregister first).
         """
         self._check_open()
         if not isinstance(instance, Instance):
             raise ValidationError("instance", f"expected an Instance, got {type(instance).__name__}")
         instance = instance.with_changes()  # re-validates, even if the object was forged
         requested = validate_ttl(ttl)
+        capabilities = self._backend.capabilities
+        validate_ttl_minimum(
+            requested,
+            capabilities.min_ttl,
+            capabilities.name,
+            "" if capabilities.ttl_per_registration else " (its session timeout: set it in the URL)",
+        )
         effective = self._backend.effective_ttl(requested)
+        held = self._registrations.get(instance.key)
+        # A handle whose id another registrant took over holds nothing any more: registering takes the id back.
+        if held is not None and held[0].active and held[0].lost_reason is not LostReason.TAKEN_OVER:
+            return await self._register_again(held[0], instance, requested, effective)
         states = RegistrationStates()
         registration = AsyncRegistration(
             instance,
@@ -173,6 +230,7 @@ class AsyncRegistry:
             lambda deregistered: self._deregister(deregistered, states),
             states,
         )
+        registration.on_change(_report_registration_state)
         await self._backend.register(instance, effective, states.enter)
         previous = self._registrations.get(instance.key)
         if previous is not None:
@@ -181,6 +239,20 @@ class AsyncRegistry:
         states.enter(RegistrationState.REGISTERED)
         await self._settle(instance, lambda snapshot: snapshot.get(instance.id) == instance, registration)
         return registration
+
+    async def _register_again(
+        self, held: AsyncRegistration, instance: Instance, requested: float | None, effective: float
+    ) -> AsyncRegistration:
+        if requested is not None and effective != held.ttl:
+            from discovery.core.errors import ValidationError
+
+            raise ValidationError(
+                "ttl", f"{'/'.join(instance.key)} is already registered with a {held.ttl:g} s TTL; deregister it"
+                " first to register it with another"
+            )
+        log.info("%s is already registered by this registry: rewriting it in place", "/".join(instance.key))
+        await held.update(**{name: getattr(instance, name) for name in UPDATABLE_FIELDS})
+        return held
 
     async def _update(self, registration: AsyncRegistration, instance: Instance) -> None:
         self._check_open()
@@ -217,6 +289,7 @@ class AsyncRegistry:
                 written.namespace, written.service, written.id, self.settle_timeout,
             )
 
+
     @property
     def registrations(self) -> tuple[AsyncRegistration, ...]:
         """The live registrations made through this registry."""
@@ -248,6 +321,7 @@ class AsyncRegistry:
         blocking facade). Safe from any thread.
         """
         self._hub.hand_out(snapshot.namespace, snapshot.service, snapshot)
+
 
     async def instances(
         self,
@@ -288,6 +362,7 @@ class AsyncRegistry:
         self._check_open()
         self._hub.subscribe(namespace, service, callback, on_end)
 
+
         async def unsubscribe() -> None:
             await self._hub.unsubscribe(namespace, service, callback)
 
@@ -316,6 +391,10 @@ class AsyncRegistry:
         for _, states in list(self._registrations.values()):
             states.enter(RegistrationState.DEREGISTERED)
         self._registrations.clear()
+        last = self._backend.connection.status
+        if self._started and last is not None and METRICS.active:
+            METRICS.connection_closed(last)
+        self._backend.connection.reset()  # no "lost" after close from a timer still pending
 
     @property
     def closed(self) -> bool:
@@ -325,6 +404,21 @@ class AsyncRegistry:
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError("this registry is closed")
+
+
+def _report_registration_state(registration: AsyncRegistration, state: RegistrationState) -> None:
+    history = registration.history
+    previous = history[-2] if len(history) >= 2 else None
+    key = "/".join(registration.instance.key)
+    level = logging.WARNING if state is RegistrationState.LOST else logging.INFO
+    log.log(level, "registration %s %s", key, state.value)
+    if METRICS.active:
+        METRICS.registration_state(registration.instance, previous, state)
+
+
+def _report_connection_state(status: ConnectionStatus) -> None:
+    if METRICS.active:
+        METRICS.connection_state(status)
 
 
 class _Ended:
@@ -338,7 +432,8 @@ class AsyncWatch:
     """Async iterator (and async context manager) over a service's snapshots.
 
     Closing it (:meth:`aclose`) or its registry ends every ``async for`` over it (``StopAsyncIteration``);
-    :meth:`next` and :meth:`until` raise :class:`ClosedError` on an ended watch.
+    :meth:`next` and :meth:`until` raise :class:`ClosedError` on an ended watch. Not thread-safe: use it on the
+    event loop of its registry.
     """
 
     def __init__(self, hub: WatchHub, namespace: str, service: str) -> None:

@@ -88,6 +88,9 @@ class RegistrationStates:
 class AsyncRegistration:
     """A live registration. States: ``registered``, then ``lost``/``restored`` as the backend heals it,
     and ``deregistered`` at the end. Subscribe with :meth:`on_change` or wait with :meth:`wait_for`.
+
+    Not thread-safe: use it on the registry's event loop (the blocking :class:`~discovery.Registration` wraps it for
+    threads); ``state`` and ``instance`` may be read from any thread.
     """
 
     def __init__(

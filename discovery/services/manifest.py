@@ -76,7 +76,10 @@ class MissingExtraError(DiscoveryError, ImportError):
 
 @dataclass(frozen=True, slots=True)
 class LoadedService:
-    """A Service read from a manifest, with the warnings about fields that were ignored."""
+    """A Service read from a manifest, with the warnings about fields that were ignored.
+
+    Immutable: safe to share between threads.
+    """
 
     service: Service
     warnings: tuple[str, ...] = ()
