@@ -977,3 +977,20 @@ class ConformanceSuite:
         revisions = [revision for _, revision in handed_out]
         went_back = [(i, handed_out[i]) for i in range(1, len(revisions)) if revisions[i] < max(revisions[:i])]
         assert not went_back, f"older snapshots handed out after newer ones: {went_back} in {handed_out}"
+
+    async def test_a_registry_whose_id_was_taken_can_take_it_back(
+        self, open_registry: Callable[[], Awaitable[AsyncRegistry]]
+    ) -> None:
+        first, second = await open_registry(), await open_registry()
+        mine, theirs = make_instance("back", 1, labels={"gen": "a"}), make_instance("back", 1, labels={"gen": "b"})
+        evicted = await first.register(mine, ttl=self.short_ttl)
+        bound = evicted.detection_bound + SCHEDULING_ALLOWANCE
+        newcomer = await second.register(theirs, ttl=self.short_ttl)
+        await evicted.wait_for(RegistrationState.LOST, bound)
+        assert evicted.lost_reason is LostReason.TAKEN_OVER
+        again = await first.register(mine, ttl=self.short_ttl)  # the last registrant wins, whoever it is
+        assert again is not evicted and again.state is RegistrationState.REGISTERED
+        assert evicted.state is RegistrationState.DEREGISTERED
+        await newcomer.wait_for(RegistrationState.LOST, bound)
+        assert newcomer.lost_reason is LostReason.TAKEN_OVER
+        assert await second.backend.list("default", "back") == (mine,)
