@@ -128,8 +128,8 @@ def two_registrants(url: str, bound: float) -> tuple[str, str, str]:
     with Registry.connect(url) as first, Registry.connect(url) as second, Registry.connect(url) as reader:
         old = Instance("owned", "o1", "127.0.0.1", 1, labels={"gen": "a"})
         new = Instance("owned", "o1", "127.0.0.1", 2, labels={"gen": "b"})
-        a = first.register(old, ttl=2)
-        b = second.register(new, ttl=2)
+        a = first.register(old)
+        b = second.register(new)
         with contextlib.suppress(TimeoutError):
             a.wait_for(a.state.LOST, bound)
         with contextlib.suppress(DiscoveryError):

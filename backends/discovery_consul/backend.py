@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import time
 import weakref
 from typing import Any
 
@@ -22,7 +21,7 @@ from discovery_consul.connection import ConsulClient
 from discovery_consul.definitions import ConsulDefinitions
 from discovery_consul.keepalive import Registration
 from discovery_consul.settings import MIN_TTL, ConsulSettings
-from discovery_consul.watch import CatalogFollower, ServiceWatch, decode_entries
+from discovery_consul.watch import ServiceWatch, decode_entries
 
 log = logging.getLogger("discovery.backends.consul.backend")
 
@@ -53,9 +52,8 @@ class ConsulBackend(Backend):
         # Service ids the agent may hold checks of that this backend did not write (left by an earlier process,
         # or a write whose answer was lost): their first registration must set the checks' statuses explicitly.
         self._maybe_at_agent: set[str] = set()
-        # This process's watch streams and catalog followers per service: its own writes wake them (read-your-writes).
+        # This process's watch streams per service: its own writes wake them (read-your-writes).
         self._service_watches: dict[tuple[str, str], weakref.WeakSet[ServiceWatch]] = {}
-        self._catalog: dict[tuple[str, str], CatalogFollower] = {}
         #: This registrant's owner mark (docs/decisions/session-ownership.md); random, not a secret.
         self._owner = secrets.token_hex(6)
         self._closed = False
@@ -147,9 +145,6 @@ class ConsulBackend(Backend):
 
     async def _shutdown(self) -> None:
         self._closed = True
-        for follower in self._catalog.values():
-            await follower.stop()
-        self._catalog.clear()
         client, self._client = self._client, None
         if client is not None:
             await client.close()
@@ -165,7 +160,6 @@ class ConsulBackend(Backend):
             client, instance, ttl, on_state, self._settings.deregister_after, self._settings.scope,
             owner=self._owner, known_to_agent=previous is not None or service_id in self._maybe_at_agent,
         )
-        sent_at = time.monotonic()
         try:
             await registration.write(fresh=True)
         except BaseException:
@@ -181,7 +175,7 @@ class ConsulBackend(Backend):
             await overtaken.stop()
         self._registrations[instance.key] = registration
         registration.start()
-        await self._until_in_catalog(instance, service_id, instance, sent_at)
+        await self._until_in_catalog(instance, service_id, instance)
 
     async def update(self, instance: Instance) -> None:
         """Rewrite the registered instance's fields, status and maintenance mode; its heartbeat goes on.
@@ -193,9 +187,8 @@ class ConsulBackend(Backend):
         if registration is None or registration.given_up:
             raise NotRegisteredError(f"{'/'.join(instance.key)} is not registered by this backend")
         registration.instance = instance
-        sent_at = time.monotonic()
         await registration.update()
-        await self._until_in_catalog(instance, registration.service_id, instance, sent_at)
+        await self._until_in_catalog(instance, registration.service_id, instance)
 
     async def deregister(self, instance: Instance) -> None:
         """Stop the heartbeat and remove the service from the agent, if it is still ours (a missing one is not
@@ -208,33 +201,38 @@ class ConsulBackend(Backend):
         await registration.stop()
         service_id = registration.service_id
         self._maybe_at_agent.add(service_id)
-        sent_at = time.monotonic()
         await self._deregister_if_ours(client, registration)
         self._maybe_at_agent.discard(service_id)
-        await self._until_in_catalog(instance, service_id, None, sent_at)
+        await self._until_in_catalog(instance, service_id, None)
 
     async def _until_in_catalog(
-        self, instance: Instance, service_id: str, expected: Instance | None, sent_at: float
+        self, instance: Instance, service_id: str, expected: Instance | None
     ) -> None:
-        """Read-your-writes: wait until the servers' catalog shows this process's write (``expected``, or no record
-        of ours for ``None``), at most the URL's ``timeout``; this process's watches of the service query again at
-        once. See :class:`CatalogFollower`.
+        """Read-your-writes: the agent syncs a write to the servers' catalog (what every read and watch queries) on
+        its own schedule, a few milliseconds later; wait until the catalog shows this process's write
+        (``expected``, or no record of ours for ``None``), at most the URL's ``timeout``. The query is filtered to
+        this one service id (the answer stays small however large the service is), and blocking: it returns as
+        soon as the service changes. This process's watches of the service query again at once.
         """
-        key = (instance.namespace, instance.service)
-        for stream in list(self._service_watches.get(key, ())):
+        for stream in list(self._service_watches.get((instance.namespace, instance.service), ())):
             stream.expect_change()
-        follower = self._catalog.get(key)
-        if follower is None:
-            follower = self._catalog[key] = CatalogFollower(
-                self._require_client, instance.service, instance.namespace, self._settings.timeout
+        client = self._require_client()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.timeout
+        only_this = f'Service.ID == "{service_id}"'  # ids hold no quote or backslash (validated names and ids)
+        index = 0
+        while True:
+            new_index, entries = await client.health_service(
+                instance.service, instance.namespace, index=index, wait=max(0.05, deadline - loop.time()),
+                filter_expr=only_this,
             )
-
-        def shows(entries: list[dict[str, Any]]) -> bool:
-            return self._catalog_shows(entries, service_id, expected)
-
-        if not await follower.until(shows, sent_at, self._settings.timeout):
-            log.warning("the Consul catalog did not show the write of %s within %g s", service_id,
-                        self._settings.timeout)
+            if self._catalog_shows(entries, service_id, expected):
+                return
+            if loop.time() >= deadline:
+                log.warning("the Consul catalog did not show the write of %s within %g s", service_id,
+                            self._settings.timeout)
+                return
+            index = 0 if new_index < index else max(new_index, 1)
 
     def _catalog_shows(self, entries: list[dict[str, Any]], service_id: str, expected: Instance | None) -> bool:
         for entry in entries:

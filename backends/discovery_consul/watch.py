@@ -14,18 +14,16 @@ strategy); the first answer after that is a full re-list.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from typing import Any
 
 from tenacity import wait_random_exponential
 
 from discovery.core.backoff import retry_delay
-from discovery.core.errors import BackendUnavailableError, DiscoveryError, ValidationError
+from discovery.core.errors import BackendUnavailableError, ValidationError
 from discovery.core.foreign import log_skipped
 from discovery.core.models import Instance, Snapshot
 from discovery_consul import records
@@ -191,71 +189,3 @@ class ServiceWatch(AsyncIterator[Snapshot]):
             fresh = self._changed(decode_entries(self._scope, self._namespace, self._service, entries), stale=False)
             if fresh is not None:
                 yield fresh
-
-
-EntriesTest = Callable[[list[dict[str, Any]]], bool]
-
-
-class CatalogFollower:
-    """Read-your-writes on Consul: the agent syncs a write to the servers' catalog (what every read and watch
-    queries) on its own schedule, so a write waits until the catalog shows it. One blocking health query per
-    service at a time, shared by every write of the backend waiting on that service, runs while any waits.
-
-    A waiter is judged only on answers received after its write was sent: an older answer could predate it.
-    """
-
-    def __init__(self, client: Callable[[], ConsulClient], service: str, tag: str | None, wait: float) -> None:
-        self._client = client
-        self._service = service
-        self._tag = tag
-        self._wait = wait
-        self._index = 0
-        self._entries: list[dict[str, Any]] | None = None
-        self._received_at = 0.0
-        self._waiters: list[tuple[EntriesTest, float, asyncio.Future[bool]]] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def until(self, shows: EntriesTest, sent_at: float, timeout: float) -> bool:
-        """Wait until an answer received after ``sent_at`` (``time.monotonic()``) ``shows`` the write; False after
-        ``timeout`` seconds or if the agent stops answering.
-        """
-        if self._entries is not None and self._received_at > sent_at and shows(self._entries):
-            return True
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        waiter = (shows, sent_at, future)
-        self._waiters.append(waiter)
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._follow(), name=f"discovery-consul-catalog-{self._service}")
-        try:
-            async with asyncio.timeout(timeout):
-                return await future
-        except TimeoutError:
-            return False
-        finally:
-            with contextlib.suppress(ValueError):
-                self._waiters.remove(waiter)
-
-    async def stop(self) -> None:
-        """Stop the query loop (the backend is closing)."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-
-    async def _follow(self) -> None:
-        try:
-            while self._waiters:
-                new_index, entries = await self._client().health_service(
-                    self._service, self._tag, index=self._index, wait=self._wait
-                )
-                received = time.monotonic()
-                self._index = 0 if new_index < self._index else max(new_index, 1)
-                self._entries, self._received_at = entries, received
-                for shows, sent_at, future in list(self._waiters):
-                    if sent_at < received and not future.done() and shows(entries):
-                        future.set_result(True)
-        except DiscoveryError as error:
-            log.warning("following the Consul catalog of %s for this process's writes: %s", self._service, error)
-            for _, _, future in self._waiters:
-                if not future.done():
-                    future.set_result(False)
