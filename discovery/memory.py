@@ -16,11 +16,11 @@ import itertools
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from discovery.core.backend import Backend, Capabilities, RegistrationState, StateListener
+from discovery.core.backend import Backend, Capabilities, LostReason, RegistrationState, StateListener
 from discovery.core.definitions import DefinitionSnapshot, DefinitionStore, StoredDefinition
-from discovery.core.errors import ClosedError
+from discovery.core.errors import ClosedError, NotRegisteredError
 from discovery.core.models import Instance, Snapshot
 from discovery.core.urls import BackendURL
 
@@ -71,15 +71,38 @@ class MemoryStore:
         return None if entries is None else entries.get(key[2])
 
     def put(self, instance: Instance, owner: int, ttl: float) -> None:
-        """Insert or replace an instance, owned by ``owner``, alive for ``ttl`` seconds."""
+        """Insert or replace an instance, owned by ``owner`` from now on, alive for ``ttl`` seconds."""
         with self._lock:
-            entry = _Entry(instance, owner, ttl, time.monotonic() + ttl)
-            self._services.setdefault((instance.namespace, instance.service), {})[instance.id] = entry
-            earliest = self._deadlines[0][0] if self._deadlines else None
-            heapq.heappush(self._deadlines, (entry.deadline, next(self._sequence), entry))
-            self._changed(instance.namespace, instance.service)
-            if earliest is None or entry.deadline < earliest:
-                self._lock.notify_all()
+            self._put_locked(instance, owner, ttl)
+
+    def put_owned(self, instance: Instance, owner: int, ttl: float) -> str:
+        """Replace an instance only if ``owner`` owns it: ``"ok"``, ``"missing"`` or ``"taken"`` (nothing written)."""
+        with self._lock:
+            entry = self._entry(instance.key)
+            if entry is None:
+                return "missing"
+            if entry.owner != owner:
+                return "taken"
+            self._put_locked(instance, owner, ttl)
+            return "ok"
+
+    def put_if_absent(self, instance: Instance, owner: int, ttl: float) -> str:
+        """Write an instance back unless another owner holds its key: ``"ok"`` or ``"taken"`` (nothing written)."""
+        with self._lock:
+            entry = self._entry(instance.key)
+            if entry is not None and entry.owner != owner:
+                return "taken"
+            self._put_locked(instance, owner, ttl)
+            return "ok"
+
+    def _put_locked(self, instance: Instance, owner: int, ttl: float) -> None:
+        entry = _Entry(instance, owner, ttl, time.monotonic() + ttl)
+        self._services.setdefault((instance.namespace, instance.service), {})[instance.id] = entry
+        earliest = self._deadlines[0][0] if self._deadlines else None
+        heapq.heappush(self._deadlines, (entry.deadline, next(self._sequence), entry))
+        self._changed(instance.namespace, instance.service)
+        if earliest is None or entry.deadline < earliest:
+            self._lock.notify_all()
 
     def refresh(self, key: Key, owner: int) -> str:
         """Push an owned entry's deadline forward: ``"ok"``, ``"missing"``, or ``"taken"`` (another owner)."""
@@ -285,6 +308,7 @@ class _Owned:
     instance: Instance
     ttl: float
     on_state: StateListener
+    refreshed_at: float = field(default_factory=time.monotonic)
 
 
 class MemoryBackend(Backend):
@@ -364,11 +388,26 @@ class MemoryBackend(Backend):
             self._wakeup.set()
 
     async def update(self, instance: Instance) -> None:
-        """Replace the stored instance, keeping its TTL."""
+        """Replace the stored instance, keeping its TTL, if this backend still owns it.
+
+        Removed meanwhile (by someone who is not a registrant): written back, ``LOST`` → ``RESTORED``. Taken over
+        by another registrant: ``LOST`` (``TAKEN_OVER``) and :class:`NotRegisteredError`, nothing written.
+        """
         self._check_open()
-        owned = self._owned[instance.key]
-        owned.instance = instance
-        self._store.put(instance, self._owner, owned.ttl)
+        owned = self._owned.get(instance.key)
+        if owned is None:
+            raise NotRegisteredError(f"{'/'.join(instance.key)} is not registered by this backend")
+        outcome = self._store.put_owned(instance, self._owner, owned.ttl)
+        if outcome == "missing":
+            owned.instance = instance
+            self._write_back(instance.key, owned, LostReason.REMOVED)
+        elif outcome == "taken":
+            self._taken_over(instance.key, owned)
+        else:
+            owned.instance = instance
+            owned.refreshed_at = time.monotonic()
+        if self._owned.get(instance.key) is not owned:
+            raise NotRegisteredError(f"{'/'.join(instance.key)} was taken over by another registrant")
 
     async def deregister(self, instance: Instance) -> None:
         """Remove the instance."""
@@ -414,12 +453,27 @@ class MemoryBackend(Backend):
                 if self._owned.get(key) is not owned:
                     continue
                 outcome = self._store.refresh(key, self._owner)
+                now = time.monotonic()
                 if outcome == "missing":
-                    # Expired while we were still alive (e.g. the loop was blocked past the TTL): write it back.
-                    owned.on_state(RegistrationState.LOST)
-                    self._store.put(owned.instance, self._owner, owned.ttl)
-                    owned.on_state(RegistrationState.RESTORED)
+                    # Expired while we were still alive (the loop was blocked past the TTL), or removed by someone
+                    # who is not a registrant: write it back.
+                    late = now - owned.refreshed_at > owned.ttl
+                    self._write_back(key, owned, LostReason.EXPIRED if late else LostReason.REMOVED)
                 elif outcome == "taken":
-                    # Another registrant registered the same id since: it owns the entry now.
-                    del self._owned[key]
-                    owned.on_state(RegistrationState.LOST)
+                    self._taken_over(key, owned)
+                else:
+                    owned.refreshed_at = now
+
+    def _write_back(self, key: Key, owned: _Owned, reason: LostReason) -> None:
+        owned.on_state(RegistrationState.LOST, reason)
+        if self._store.put_if_absent(owned.instance, self._owner, owned.ttl) == "taken":
+            self._taken_over(key, owned)  # another registrant wrote the id in between: it owns it now
+            return
+        owned.refreshed_at = time.monotonic()
+        owned.on_state(RegistrationState.RESTORED)
+
+    def _taken_over(self, key: Key, owned: _Owned) -> None:
+        """Another registrant registered the same id since: it owns the entry now; never touch it again."""
+        if self._owned.get(key) is owned:
+            del self._owned[key]
+        owned.on_state(RegistrationState.LOST, LostReason.TAKEN_OVER)

@@ -49,15 +49,29 @@ class TokenBucket:
         self._jitter = jitter
         self._tokens = burst
         self._stamp = time.monotonic()
+        self._granted = asyncio.Event()
+
+    def grant(self) -> None:
+        """Allow one query now, whatever the rate (wakes a :meth:`take` that is waiting)."""
+        self._granted.set()
 
     async def take(self) -> None:
-        """Wait until a token is available and take it."""
+        """Wait until a token is available (or one is granted) and take it."""
+        if self._granted.is_set():
+            self._granted.clear()
+            return
         now = time.monotonic()
         self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
         self._stamp = now
         if self._tokens < 1.0:
             delay = (1.0 - self._tokens) / self._rate + random.uniform(0, self._jitter)
-            await asyncio.sleep(delay)
+            try:
+                async with asyncio.timeout(delay):
+                    await self._granted.wait()
+                self._granted.clear()
+                return  # a granted query does not use up the rate
+            except TimeoutError:
+                pass
             self._tokens = 1.0
             self._stamp = time.monotonic()
         self._tokens -= 1.0
@@ -114,7 +128,14 @@ class ServiceWatch(AsyncIterator[Snapshot]):
         self._is_closed = is_closed
         self._latest: Snapshot | None = None
         self._revision = 0
+        self._bucket = TokenBucket(QUERY_RATE, QUERY_BURST, QUERY_JITTER)
         self._snapshots = self._stream()
+
+    def expect_change(self) -> None:
+        """This process just wrote the service: query again at once, whatever the rate limit (the limit is for
+        changes made by others; our own writes are paced by their callers, who wait to read them back).
+        """
+        self._bucket.grant()
 
     async def __anext__(self) -> Snapshot:
         return await anext(self._snapshots)
@@ -140,12 +161,11 @@ class ServiceWatch(AsyncIterator[Snapshot]):
         return self._changed(latest.instances if latest is not None else (), stale=True)
 
     async def _stream(self) -> AsyncGenerator[Snapshot, None]:
-        bucket = TokenBucket(QUERY_RATE, QUERY_BURST, QUERY_JITTER)
         index = 0
         failures = 0
         while True:
             if not failures:  # retries after an error wait by backoff, not by the bucket
-                await bucket.take()
+                await self._bucket.take()
             # After a failure, re-list without blocking: the index we held may predate what we missed.
             query_index = 0 if failures else index
             try:

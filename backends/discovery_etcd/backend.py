@@ -135,7 +135,7 @@ class EtcdBackend(Backend):
         leased = group.leased(key) if group is not None else None
         if group is None or leased is None:
             raise NotRegisteredError(f"{instance.namespace}/{instance.service}/{instance.id} is not registered here")
-        await group.put(LeasedKey(key, encode_endpoint(instance), leased.on_state))
+        await group.update(LeasedKey(key, encode_endpoint(instance), leased.on_state))
 
     async def deregister(self, instance: Instance) -> None:
         """Delete the key; the lease is revoked once no key uses it."""

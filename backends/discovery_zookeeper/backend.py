@@ -10,7 +10,7 @@ from kazoo.exceptions import NoNodeError
 
 from discovery.core import validation
 from discovery.core.backend import Backend, Capabilities, StateListener
-from discovery.core.errors import ClosedError, DiscoveryError, NotRegisteredError, ValidationError
+from discovery.core.errors import ClosedError, DiscoveryError, ValidationError
 from discovery.core.models import Instance
 from discovery.core.urls import BackendURL
 from discovery_zookeeper.connection import SessionEvent, ZooKeeperSession
@@ -144,11 +144,8 @@ class ZooKeeperBackend(Backend):
         await self._live_registrations().register(instance, on_state)
 
     async def update(self, instance: Instance) -> None:
-        """Rewrite the data of a registered instance."""
-        try:
-            await self._live_registrations().update(instance)
-        except KeyError:
-            raise NotRegisteredError(f"{'/'.join(instance.key)} is not registered by this backend") from None
+        """Rewrite the data of a registered instance (``NotRegisteredError`` if it is not, or no longer, ours)."""
+        await self._live_registrations().update(instance)
 
     async def deregister(self, instance: Instance) -> None:
         """Delete the instance's znode (if this session owns it)."""

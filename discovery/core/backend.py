@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from discovery.core.connection import ConnectionMonitor
 from discovery.core.definitions import DefinitionStore
@@ -33,8 +33,30 @@ class RegistrationState(enum.StrEnum):
     DEREGISTERED = "deregistered"
 
 
-StateListener = Callable[[RegistrationState], None]
-"""Called by a backend, on the registry's event loop, when a registration is lost or restored."""
+class LostReason(enum.StrEnum):
+    """Why a registration is ``LOST``.
+
+    The ownership rule (docs/decisions/session-ownership.md): an instance id has one owner, the registrant whose
+    ``register()`` wrote it last. A registration whose id was taken over is told ``TAKEN_OVER`` and stays lost:
+    it never writes or deletes that id again. One that expired or was removed by someone who is not a registrant
+    is written back by its backend (``LOST`` → ``RESTORED``) within the detection bound.
+    """
+
+    #: Our liveness lapsed: session expired, lease gone, or no heartbeat reached the server for a whole TTL.
+    EXPIRED = "expired"
+    #: The record vanished while we were alive: an operator deleted it, or the server lost its state.
+    REMOVED = "removed"
+    #: Another registrant registered the same instance id: it owns the id now.
+    TAKEN_OVER = "taken-over"
+
+
+class StateListener(Protocol):
+    """Called by a backend, on the registry's event loop, when a registration is lost or restored.
+
+    A backend passes a :class:`LostReason` with every ``LOST``.
+    """
+
+    def __call__(self, state: RegistrationState, reason: LostReason | None = None) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +86,13 @@ class Backend(abc.ABC):
 
     Rules every implementation keeps (the conformance kit checks them):
 
-    * ``register`` writes the instance and keeps it alive until ``deregister``/``close``; if the server
-      forgets it (session expiry, lease loss, agent restart), the backend writes it again by itself and
-      calls ``on_state(LOST)`` then ``on_state(RESTORED)``.
+    * ``register`` writes the instance, replacing whatever holds its key (the last registrant owns an id), and
+      keeps it alive until ``deregister``/``close``; if the server forgets it (session expiry, lease loss, agent
+      restart) or someone who is not a registrant removes it, the backend writes it again by itself within the
+      detection bound and calls ``on_state(LOST, reason)`` then ``on_state(RESTORED)``.
+    * A registration whose key another registrant took over gets ``on_state(LOST, LostReason.TAKEN_OVER)`` and
+      is forgotten: its backend never writes, heals or deletes that key again (``update`` raises
+      ``NotRegisteredError``, ``deregister`` removes nothing). Every write and delete checks ownership.
     * ``watch`` yields the current :class:`Snapshot` first, then a new full snapshot after every change
       (bursts may be coalesced), forever. While the server is unreachable it yields the last set with
       ``stale=True`` and, once back, re-lists so that no change is missed. ``revision`` may be the

@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import traceback
 from collections.abc import Callable, Collection, Generator, Mapping
 from types import TracebackType
 from typing import Any
 
-from discovery.core.backend import Backend, Capabilities, RegistrationState
+from discovery.core.backend import Backend, Capabilities, LostReason, RegistrationState
 from discovery.core.connection import ConnectionListener, ConnectionStatus
-from discovery.core.errors import ClosedError, ValidationError
+from discovery.core.errors import BackendUnavailableError, ClosedError, DiscoveryError, ValidationError
 from discovery.core.models import DEFAULT_NAMESPACE, Instance, Snapshot, Status
 from discovery.core.plugins import create_backend
 from discovery.core.selectors import Selector, parse_selector
-from discovery.core.urls import BackendURL
+from discovery.core.urls import BackendURL, parse_url
 from discovery.core.validation import (
     validate_namespace,
     validate_service_name,
@@ -25,13 +26,17 @@ from discovery.core.validation import (
 from discovery.observability.metrics import METRICS
 from discovery.registry.health import RegistryHealth, registration_health, watch_health
 from discovery.registry.registration import UPDATABLE_FIELDS, AsyncRegistration, RegistrationStates
-from discovery.registry.watch_hub import SnapshotCallback, WatchHub
+from discovery.registry.watch_hub import EndCallback, SnapshotCallback, WatchHub
 
 log = logging.getLogger("discovery.registry")
 
 SelectorLike = str | Mapping[str, str] | Selector | None
 StatusFilter = Collection[Status | str] | None
 DEFAULT_STATUSES: tuple[Status, ...] = (Status.UP,)
+#: How long ``connect`` waits for the backend by default (seconds).
+DEFAULT_CONNECT_TIMEOUT = 30.0
+#: How long a write waits, at most, for the watch of its service to show it (read-your-writes), in seconds.
+SETTLE_TIMEOUT = 5.0
 
 
 def parse_statuses(statuses: StatusFilter) -> frozenset[Status] | None:
@@ -42,6 +47,20 @@ def parse_statuses(statuses: StatusFilter) -> frozenset[Status] | None:
         return frozenset(Status(s) for s in statuses)
     except ValueError as bad:
         raise ValidationError("statuses", str(bad)) from None
+
+
+def _release_frames(error: BaseException) -> None:
+    """Drop the local variables held by the tracebacks of ``error`` and its causes (their text stays).
+
+    A failed connect's error otherwise keeps the half-made client's calls alive through its frames, and with
+    them gRPC's poller thread, until the garbage collector happens to run.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)
+        current = current.__cause__ or current.__context__
 
 
 def filter_instances(
@@ -57,12 +76,22 @@ class AsyncRegistry:
     """Register, look up and watch instances through one backend. Use ``await AsyncRegistry.connect(url)``
     or ``async with AsyncRegistry.connect(url) as registry``.
 
-    Not thread-safe: use it on the event loop it connected on; only :meth:`cached_snapshot` may be called from other
-    threads. For threads use the blocking :class:`~discovery.Registry`.
+    Not thread-safe: use it on the event loop it connected on; only :meth:`cached_snapshot` (and the
+    ``handed_out`` pair the blocking facade uses) may be called from other threads. For threads use the blocking
+    :class:`~discovery.Registry`.
+
+    Session guarantees (docs/decisions/session-read-your-writes.md): once ``register``, ``update`` or
+    ``deregister`` returns, every read of this registry reflects it — ``instances``, ``snapshot``, a watch's next
+    snapshot, a subscription, a ``ServiceCache`` — watched or not (a watched service's write returns once its watch
+    shows it, or the watch is stale); and no read is handed a snapshot older than one already handed out.
     """
 
-    def __init__(self, backend: Backend) -> None:
+    #: The longest a write waits for the watch of its service to show it (then it returns anyway, and says so).
+    settle_timeout: float = SETTLE_TIMEOUT
+
+    def __init__(self, backend: Backend, *, url: BackendURL | None = None) -> None:
         self._backend = backend
+        self._url = url
         self._hub = WatchHub(backend)
         # Each live registration with the state record only this registry (and its backend) writes.
         self._registrations: dict[tuple[str, str, str], tuple[AsyncRegistration, RegistrationStates]] = {}
@@ -70,9 +99,18 @@ class AsyncRegistry:
         self._started = False
 
     @classmethod
-    def connect(cls, url: str | BackendURL | None = None) -> _Connecting:
-        """Connect to the backend named by ``url`` (``None`` = ``$DISCOVERY_URL``, else ``memory://``)."""
-        return _Connecting(cls(create_backend(url)))
+    def connect(
+        cls, url: str | BackendURL | None = None, *, timeout: float | None = DEFAULT_CONNECT_TIMEOUT
+    ) -> _Connecting:
+        """Connect to the backend named by ``url`` (``None`` = ``$DISCOVERY_URL``, else ``memory://``).
+
+        A backend that cannot be reached, or does not answer within ``timeout`` seconds (``None``: no limit),
+        raises :class:`BackendUnavailableError` naming the URL (secrets redacted); whatever the attempt opened
+        (connections, threads, tasks) is closed first.
+        """
+        parsed = parse_url(url)
+        return _Connecting(cls(create_backend(parsed), url=parsed), timeout)
+
 
     @property
     def backend(self) -> Backend:
@@ -88,14 +126,41 @@ class AsyncRegistry:
         """Worst-case seconds for a dead registrant's instance to disappear, for a requested TTL."""
         return self._backend.detection_bound(ttl)
 
-    async def start(self) -> None:
-        """Connect the backend (done by ``connect``)."""
-        if not self._started:
-            await self._backend.start()
-            self._started = True
-            monitor = self._backend.connection
-            monitor.add_listener(_report_connection_state)
-            monitor.connected(f"{self._backend.capabilities.name} backend started")
+    async def start(self, timeout: float | None = None) -> None:
+        """Connect the backend (done by ``connect``); see :meth:`connect` for ``timeout`` and the errors."""
+        self._check_open()
+        if self._started:
+            return
+        where = str(self._url) if self._url is not None else f"the {self._backend.scheme} backend"
+        try:
+            async with asyncio.timeout(timeout):
+                await self._backend.start()
+        except BaseException as error:
+            await self._abandon_start()
+            _release_frames(error)
+            if isinstance(error, TimeoutError) and timeout is not None:
+                raise BackendUnavailableError(f"could not connect to {where} within {timeout:g} s") from None
+            if isinstance(error, BackendUnavailableError):
+                raise BackendUnavailableError(f"could not connect to {where}: {error}") from error
+            if isinstance(error, DiscoveryError) or not isinstance(error, Exception):
+                raise  # a typed refusal (credentials, TLS, configuration), or a cancellation / interrupt
+            raise BackendUnavailableError(f"could not connect to {where}: {type(error).__name__}: {error}") from error
+        self._started = True
+        monitor = self._backend.connection
+        monitor.add_listener(_report_connection_state)
+        monitor.connected(f"{self._backend.capabilities.name} backend started")
+
+    async def _abandon_start(self) -> None:
+        """A start that failed or was cancelled: free what the backend may have opened, and close."""
+        self._closed = True
+        await self._hub.close()
+        try:
+            # Shielded: a start cancelled by a caller's own timeout must still release its connections.
+            await asyncio.shield(self._backend.abort())
+        except Exception as error:  # the original failure is what the caller needs to see
+            log.debug("releasing a backend whose start failed: %r", error)
+        self._backend.connection.reset()  # no "lost" later from a timer the failed start left pending
+
 
     @property
     def connection(self) -> ConnectionStatus | None:
@@ -153,7 +218,8 @@ class AsyncRegistry:
         )
         effective = self._backend.effective_ttl(requested)
         held = self._registrations.get(instance.key)
-        if held is not None and held[0].active:
+        # A handle whose id another registrant took over holds nothing any more: registering takes the id back.
+        if held is not None and held[0].active and held[0].lost_reason is not LostReason.TAKEN_OVER:
             return await self._register_again(held[0], instance, requested, effective)
         states = RegistrationStates()
         registration = AsyncRegistration(
@@ -171,6 +237,7 @@ class AsyncRegistry:
             previous[1].enter(RegistrationState.DEREGISTERED)  # replaced: the key is the new one's now
         self._registrations[instance.key] = (registration, states)
         states.enter(RegistrationState.REGISTERED)
+        await self._settle(instance, lambda snapshot: snapshot.get(instance.id) == instance, registration)
         return registration
 
     async def _register_again(
@@ -190,15 +257,38 @@ class AsyncRegistry:
     async def _update(self, registration: AsyncRegistration, instance: Instance) -> None:
         self._check_open()
         await self._backend.update(instance)
+        await self._settle(instance, lambda snapshot: snapshot.get(instance.id) == instance, registration)
 
     async def _deregister(self, registration: AsyncRegistration, states: RegistrationStates) -> None:
         key = registration.instance.key
         current = self._registrations.get(key)
+        removed = registration.instance
         if current is not None and current[0] is registration:
             del self._registrations[key]
             if not self._closed:
-                await self._backend.deregister(registration.instance)
+                await self._backend.deregister(removed)
+                # Gone, or another registrant's now: either way no longer what this registration wrote.
+                await self._settle(removed, lambda snapshot: snapshot.get(removed.id) != removed, None)
         states.enter(RegistrationState.DEREGISTERED)
+
+    async def _settle(
+        self, written: Instance, shows: Callable[[Snapshot], bool], registration: AsyncRegistration | None
+    ) -> None:
+        """Read-your-writes for a watched service: wait (at most :attr:`settle_timeout`) until its watch shows the
+        write just made, so the cache, every subscriber and every watch reflect it before the call returns.
+        A registration taken over meanwhile ends the wait: its write is no longer the newest.
+        """
+
+        def settled(snapshot: Snapshot) -> bool:
+            taken = registration is not None and registration.lost_reason is LostReason.TAKEN_OVER
+            return taken or shows(snapshot)
+
+        if not await self._hub.settle(written.namespace, written.service, settled, self.settle_timeout):
+            log.warning(
+                "the watch of %s/%s did not show this registry's write of %s within %g s; reads may lag behind it",
+                written.namespace, written.service, written.id, self.settle_timeout,
+            )
+
 
     @property
     def registrations(self) -> tuple[AsyncRegistration, ...]:
@@ -213,11 +303,25 @@ class AsyncRegistry:
         cached = self._hub.cached(namespace, service)
         if cached is not None:
             return cached
-        return Snapshot(service, namespace, await self._backend.list(namespace, service))
+        instances = await self._backend.list(namespace, service)
+        return Snapshot(service, namespace, instances, self._hub.next_revision())
 
     def cached_snapshot(self, service: str, namespace: str = DEFAULT_NAMESPACE) -> Snapshot | None:
         """The cached snapshot of a watched service, or ``None``; never does I/O (safe from any thread)."""
         return self._hub.cached(namespace, service)
+
+    def handed_out_revision(self, service: str, namespace: str = DEFAULT_NAMESPACE) -> int:
+        """The newest revision of a watched service this registry has handed to any reader (0 if unwatched);
+        a watch iterator skips snapshots older than this (monotonic reads). Safe from any thread.
+        """
+        return self._hub.handed_out(namespace, service)
+
+    def note_handed_out(self, snapshot: Snapshot) -> None:
+        """Note that a snapshot of a watched service is being handed to a reader (by a watch iterator of the
+        blocking facade). Safe from any thread.
+        """
+        self._hub.hand_out(snapshot.namespace, snapshot.service, snapshot)
+
 
     async def instances(
         self,
@@ -241,16 +345,23 @@ class AsyncRegistry:
         return await self._backend.services(namespace)
 
     def subscribe(
-        self, service: str, callback: SnapshotCallback, namespace: str = DEFAULT_NAMESPACE
+        self,
+        service: str,
+        callback: SnapshotCallback,
+        namespace: str = DEFAULT_NAMESPACE,
+        *,
+        on_end: EndCallback | None = None,
     ) -> Callable[[], Any]:
         """Call ``callback(snapshot)`` with the current snapshot and after every change, on the event loop.
 
-        Returns an async function that unsubscribes. The callback must not block.
+        Returns an async function that unsubscribes. The callback must not block. ``on_end()``, if given, is
+        called once if the subscription ends without being unsubscribed (the registry closed).
         """
         validate_service_name(service)
         validate_namespace(namespace)
         self._check_open()
-        self._hub.subscribe(namespace, service, callback)
+        self._hub.subscribe(namespace, service, callback, on_end)
+
 
         async def unsubscribe() -> None:
             await self._hub.unsubscribe(namespace, service, callback)
@@ -271,7 +382,7 @@ class AsyncRegistry:
         if self._closed:
             return
         self._closed = True
-        await self._hub.close()
+        await self._hub.close()  # first: every loop over a watch of this registry ends now
         if self._started:
             if deregister:
                 await self._backend.close()
@@ -310,54 +421,93 @@ def _report_connection_state(status: ConnectionStatus) -> None:
         METRICS.connection_state(status)
 
 
+class _Ended:
+    """Queued after the last snapshot of a watch that ended."""
+
+
+_ENDED = _Ended()
+
+
 class AsyncWatch:
     """Async iterator (and async context manager) over a service's snapshots.
 
-    Not thread-safe: use it on the event loop of its registry.
+    Closing it (:meth:`aclose`) or its registry ends every ``async for`` over it (``StopAsyncIteration``);
+    :meth:`next` and :meth:`until` raise :class:`ClosedError` on an ended watch. Not thread-safe: use it on the
+    event loop of its registry.
     """
 
     def __init__(self, hub: WatchHub, namespace: str, service: str) -> None:
         self._hub = hub
         self._namespace = namespace
         self._service = service
-        self._queue: asyncio.Queue[Snapshot] = asyncio.Queue()
+        self._queue: asyncio.Queue[Snapshot | _Ended] = asyncio.Queue()
         self._subscribed = False
         self._closed = False
 
+    @property
+    def closed(self) -> bool:
+        """Whether the watch has ended (closed, or its registry closed)."""
+        return self._closed
+
     def _subscribe(self) -> None:
-        if not self._subscribed and not self._closed:
-            self._hub.subscribe(self._namespace, self._service, self._queue.put_nowait)
-            self._subscribed = True
+        if self._subscribed or self._closed:
+            return
+        if self._hub.closed:
+            self._end()
+            return
+        self._hub.subscribe(self._namespace, self._service, self._queue.put_nowait, self._end)
+        self._subscribed = True
+
+    def _end(self) -> None:
+        """The subscription ended (the registry closed): wake whoever waits for a snapshot."""
+        self._closed = True
+        self._queue.put_nowait(_ENDED)
 
     def __aiter__(self) -> AsyncWatch:
         self._subscribe()
         return self
 
     async def __anext__(self) -> Snapshot:
-        if self._closed:
-            raise StopAsyncIteration
         self._subscribe()
-        return await self._queue.get()
+        if self._closed and self._queue.empty():
+            raise StopAsyncIteration
+        while True:
+            item = await self._queue.get()
+            if isinstance(item, _Ended):
+                self._queue.put_nowait(item)  # every later call ends as well
+                raise StopAsyncIteration
+            # Monotonic reads: a snapshot older than one this registry already handed out (to a cache read, another
+            # watch, a settled write) is skipped; a newer one is queued behind it. Bursts may be coalesced anyway.
+            if item.revision >= self._hub.handed_out(self._namespace, self._service):
+                self._hub.hand_out(self._namespace, self._service, item)
+                return item
 
     async def next(self, timeout: float | None = None) -> Snapshot:
-        """The next snapshot, waiting at most ``timeout`` seconds (``TimeoutError`` after)."""
+        """The next snapshot, waiting at most ``timeout`` seconds (``TimeoutError`` after);
+        :class:`ClosedError` once the watch has ended.
+        """
         async with asyncio.timeout(timeout):
-            return await self.__anext__()
+            try:
+                return await self.__anext__()
+            except StopAsyncIteration:
+                raise ClosedError(f"the watch of {self._namespace}/{self._service} is closed") from None
 
     async def until(self, predicate: Callable[[Snapshot], bool], timeout: float | None = None) -> Snapshot:
-        """Consume snapshots until one satisfies ``predicate`` and return it (``TimeoutError`` after)."""
+        """Consume snapshots until one satisfies ``predicate`` and return it (``TimeoutError`` after
+        ``timeout`` seconds; :class:`ClosedError` if the watch ends first).
+        """
         async with asyncio.timeout(timeout):
             async for snapshot in self:
                 if predicate(snapshot):
                     return snapshot
-        raise StopAsyncIteration
+        raise ClosedError(f"the watch of {self._namespace}/{self._service} ended before the condition held")
 
     async def aclose(self) -> None:
-        """Stop watching."""
+        """Stop watching; a loop iterating this watch ends."""
         if self._closed:
             return
-        self._closed = True
-        if self._subscribed:
+        self._end()
+        if self._subscribed and not self._hub.closed:
             await self._hub.unsubscribe(self._namespace, self._service, self._queue.put_nowait)
 
     async def __aenter__(self) -> AsyncWatch:
@@ -371,14 +521,15 @@ class AsyncWatch:
 class _Connecting:
     """What ``AsyncRegistry.connect`` returns: await it, or use it with ``async with``."""
 
-    def __init__(self, registry: AsyncRegistry) -> None:
+    def __init__(self, registry: AsyncRegistry, timeout: float | None) -> None:
         self._registry = registry
+        self._timeout = timeout
 
     def __await__(self) -> Generator[Any, None, AsyncRegistry]:
         return self._connect().__await__()
 
     async def _connect(self) -> AsyncRegistry:
-        await self._registry.start()
+        await self._registry.start(self._timeout)
         return self._registry
 
     async def __aenter__(self) -> AsyncRegistry:

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from discovery.core.backend import RegistrationState
+from discovery.core.backend import LostReason, RegistrationState
 from discovery.core.errors import NotRegisteredError, ValidationError
 from discovery.core.models import Instance
 
@@ -31,6 +31,7 @@ class RegistrationStates:
 
     def __init__(self) -> None:
         self._state = RegistrationState.PENDING
+        self._lost_reason: LostReason | None = None
         self._history: list[RegistrationState] = []
         self._listeners: list[Callable[[RegistrationState], None]] = []
         self._changed = asyncio.Event()
@@ -45,10 +46,19 @@ class RegistrationStates:
         """Every state entered so far, in order."""
         return tuple(self._history)
 
-    def enter(self, state: RegistrationState) -> None:
-        """Move to ``state`` and tell every listener (a listener's failure is logged, never raised)."""
+    @property
+    def lost_reason(self) -> LostReason | None:
+        """Why the registration was last ``LOST`` (``None`` if it never was)."""
+        return self._lost_reason
+
+    def enter(self, state: RegistrationState, reason: LostReason | None = None) -> None:
+        """Move to ``state`` (``LOST`` with its ``reason``) and tell every listener (a listener's failure is
+        logged, never raised).
+        """
         if self._state is RegistrationState.DEREGISTERED:
             return
+        if state is RegistrationState.LOST:
+            self._lost_reason = reason
         self._state = state
         self._history.append(state)
         self._changed.set()
@@ -122,6 +132,13 @@ class AsyncRegistration:
     def state(self) -> RegistrationState:
         """The current state."""
         return self._states.state
+
+    @property
+    def lost_reason(self) -> LostReason | None:
+        """Why the registration was last ``LOST`` (``None`` if it never was). ``TAKEN_OVER`` is final: another
+        registrant owns the instance id, and this registration never writes it again.
+        """
+        return self._states.lost_reason
 
     @property
     def history(self) -> tuple[RegistrationState, ...]:
