@@ -14,8 +14,9 @@ from discovery.core.models import DEFAULT_NAMESPACE, Instance, Snapshot, Status
 from discovery.core.plugins import create_backend
 from discovery.core.selectors import Selector, parse_selector
 from discovery.core.urls import BackendURL
-from discovery.core.validation import validate_namespace, validate_service_name, validate_ttl
-from discovery.registry.registration import AsyncRegistration, RegistrationStates
+from discovery.core.validation import validate_instance_id, validate_namespace, validate_service_name, validate_ttl
+from discovery.registry.follow import RecordFollower
+from discovery.registry.registration import AsyncRegistration, RegistrationRecord, RegistrationStates
 from discovery.registry.watch_hub import SnapshotCallback, WatchHub
 
 SelectorLike = str | Mapping[str, str] | Selector | None
@@ -47,18 +48,26 @@ class AsyncRegistry:
     or ``async with AsyncRegistry.connect(url) as registry``.
     """
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, *, follow_records: bool = True) -> None:
         self._backend = backend
         self._hub = WatchHub(backend)
         # Each live registration with the state record only this registry (and its backend) writes.
         self._registrations: dict[tuple[str, str, str], tuple[AsyncRegistration, RegistrationStates]] = {}
+        self._records: dict[tuple[str, str, str], RegistrationRecord] = {}
+        self._follower = RecordFollower(backend) if follow_records else None
         self._closed = False
         self._started = False
 
     @classmethod
-    def connect(cls, url: str | BackendURL | None = None) -> _Connecting:
-        """Connect to the backend named by ``url`` (``None`` = ``$DISCOVERY_URL``, else ``memory://``)."""
-        return _Connecting(cls(create_backend(url)))
+    def connect(cls, url: str | BackendURL | None = None, *, follow_records: bool = True) -> _Connecting:
+        """Connect to the backend named by ``url`` (``None`` = ``$DISCOVERY_URL``, else ``memory://``).
+
+        ``follow_records``: watch the records of this registry's registrations and adopt what someone else changes
+        in them (an operator's ``discovery drain``; see :mod:`discovery.registry.follow`). It costs one backend
+        watch per service this registry has registrations of; ``False`` saves it, and then an operator's change
+        is written back over at the owner's next ``update()`` or heal.
+        """
+        return _Connecting(cls(create_backend(url), follow_records=follow_records))
 
     @property
     def backend(self) -> Backend:
@@ -101,6 +110,7 @@ class AsyncRegistry:
         requested = validate_ttl(ttl)
         effective = self._backend.effective_ttl(requested)
         states = RegistrationStates()
+        record = RegistrationRecord(instance)
         registration = AsyncRegistration(
             instance,
             effective,
@@ -108,12 +118,21 @@ class AsyncRegistry:
             self._update,
             lambda deregistered: self._deregister(deregistered, states),
             states,
+            record,
         )
-        await self._backend.register(instance, effective, states.enter)
+        record.writing += 1
+        try:
+            await self._backend.register(instance, effective, states.enter)
+        finally:
+            record.writing -= 1
+        record.written(instance)
         previous = self._registrations.get(instance.key)
         if previous is not None:
             previous[1].enter(RegistrationState.DEREGISTERED)  # replaced: the key is the new one's now
         self._registrations[instance.key] = (registration, states)
+        self._records[instance.key] = record
+        if self._follower is not None:
+            self._follower.track(record)
         states.enter(RegistrationState.REGISTERED)
         return registration
 
@@ -126,9 +145,38 @@ class AsyncRegistry:
         current = self._registrations.get(key)
         if current is not None and current[0] is registration:
             del self._registrations[key]
+            record = self._records.pop(key, None)
+            if record is not None and self._follower is not None:
+                await self._follower.untrack(record)
             if not self._closed:
                 await self._backend.deregister(registration.instance)
         states.enter(RegistrationState.DEREGISTERED)
+
+    async def set_status(
+        self, service: str, instance_id: str, status: Status | str, namespace: str = DEFAULT_NAMESPACE
+    ) -> Instance:
+        """Set the status of an instance whichever process registered it: what ``discovery drain`` and
+        ``discovery set-status`` do. Returns the instance as now stored.
+
+        A registration of this registry is updated through its handle. Another process's goes through the backend's
+        own mechanism (Consul: maintenance mode for DRAINING and the status check otherwise; etcd: the key rewritten
+        on its owner's lease; ZooKeeper: the znode rewritten, its ephemeral owner kept); that owner adopts the change
+        (see :mod:`discovery.registry.follow`). Raises :class:`ValidationError` for a bad name or status,
+        :class:`NotRegisteredError` when no such instance is registered, :class:`UnsupportedOperationError` for a
+        read-only (foreign) registration or a backend that cannot do it.
+        """
+        validate_service_name(service)
+        validate_namespace(namespace)
+        validate_instance_id(instance_id)
+        try:
+            wanted = Status(status)
+        except ValueError:
+            raise ValidationError("status", f"{status!r} is not one of {', '.join(s.value for s in Status)}") from None
+        self._check_open()
+        own = self._registrations.get((namespace, service, instance_id))
+        if own is not None and own[0].active:
+            return await own[0].update(status=wanted)
+        return await self._backend.set_status(namespace, service, instance_id, wanted)
 
     @property
     def registrations(self) -> tuple[AsyncRegistration, ...]:
@@ -202,6 +250,8 @@ class AsyncRegistry:
             return
         self._closed = True
         await self._hub.close()
+        if self._follower is not None:
+            await self._follower.close()
         if self._started:
             if deregister:
                 await self._backend.close()
@@ -210,6 +260,7 @@ class AsyncRegistry:
         for _, states in list(self._registrations.values()):
             states.enter(RegistrationState.DEREGISTERED)
         self._registrations.clear()
+        self._records.clear()
 
     @property
     def closed(self) -> bool:

@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Any
 
 from discovery.core.backend import Capabilities, RegistrationState
-from discovery.core.models import DEFAULT_NAMESPACE, Instance, Snapshot
+from discovery.core.models import DEFAULT_NAMESPACE, Instance, Snapshot, Status
 from discovery.core.plugins import create_backend
 from discovery.core.selectors import parse_selector
 from discovery.core.urls import BackendURL
@@ -76,6 +76,11 @@ class Registration:
     def on_change(self, callback: Callable[[Registration, RegistrationState], None]) -> Callable[[], None]:
         """Call ``callback(registration, state)`` on each change (in the loop thread; must not block)."""
         return self._inner.on_change(lambda _inner, state: callback(self, state))
+
+    def on_instance_change(self, callback: Callable[[Registration, Instance], None]) -> Callable[[], None]:
+        """Call ``callback(registration, instance)`` when someone else changed this registration's record and it
+        adopted the change (see :meth:`AsyncRegistration.on_instance_change`; in the loop thread, must not block)."""
+        return self._inner.on_instance_change(lambda _inner, instance: callback(self, instance))
 
     def wait_for(self, state: RegistrationState, timeout: float | None = None) -> None:
         """Block until the registration has been in ``state`` (``TimeoutError`` after ``timeout``)."""
@@ -144,12 +149,16 @@ class Registry:
         self._lookups: dict[tuple[object, ...], tuple[Snapshot, tuple[Instance, ...]]] = {}
 
     @classmethod
-    def connect(cls, url: str | BackendURL | None = None, *, timeout: float | None = 30.0) -> Registry:
-        """Connect (``None`` = ``$DISCOVERY_URL``, else ``memory://``) on a new background loop thread."""
+    def connect(cls, url: str | BackendURL | None = None, *, timeout: float | None = 30.0,
+                follow_records: bool = True) -> Registry:
+        """Connect (``None`` = ``$DISCOVERY_URL``, else ``memory://``) on a new background loop thread.
+
+        ``follow_records``: see :meth:`AsyncRegistry.connect`.
+        """
         backend = create_backend(url)
         loop = LoopThread()
         try:
-            core = loop.run(_make_core(backend), timeout)
+            core = loop.run(_make_core(backend, follow_records), timeout)
         except BaseException:
             loop.stop()
             raise
@@ -187,6 +196,12 @@ class Registry:
     def register(self, instance: Instance, ttl: float | None = None) -> Registration:
         """Write ``instance`` and keep it alive; see :meth:`AsyncRegistry.register`."""
         return Registration(self._loop.run(self._core.register(instance, ttl)), self._loop)
+
+    def set_status(
+        self, service: str, instance_id: str, status: Status | str, namespace: str = DEFAULT_NAMESPACE
+    ) -> Instance:
+        """Set the status of an instance whichever process registered it; see :meth:`AsyncRegistry.set_status`."""
+        return self._loop.run(self._core.set_status(service, instance_id, status, namespace))
 
     def instances(
         self,
@@ -264,7 +279,7 @@ class Registry:
             self._loop.stop()
 
 
-async def _make_core(backend: Any) -> AsyncRegistry:
-    core = AsyncRegistry(backend)
+async def _make_core(backend: Any, follow_records: bool = True) -> AsyncRegistry:
+    core = AsyncRegistry(backend, follow_records=follow_records)
     await core.start()
     return core
