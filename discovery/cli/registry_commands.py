@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 import click
 from rich.live import Live
@@ -22,7 +23,7 @@ from discovery.cli.output import (
     print_yaml_document,
     snapshot_table,
 )
-from discovery.cli.session import GlobalOptions, finish, namespace_option, wait_for_stop
+from discovery.cli.session import GlobalOptions, finish, namespace_option, stop_signals
 from discovery.core.codec import snapshot_to_dict
 from discovery.core.models import Instance, Snapshot, Status
 from discovery.core.selectors import parse_selector
@@ -107,7 +108,7 @@ def watch(options: GlobalOptions, service: str, namespace: str, selector: str | 
         return Snapshot(snapshot.service, snapshot.namespace, matching, snapshot.revision, snapshot.stale)
 
     async def work(registry: AsyncRegistry) -> None:
-        stop = asyncio.ensure_future(wait_for_stop())
+        stop = stop_signals()
         printed: Snapshot | None = None
         live = Live(console=out(), auto_refresh=False) if output in ("table", "wide") and out().is_terminal else None
         try:
@@ -116,7 +117,8 @@ def watch(options: GlobalOptions, service: str, namespace: str, selector: str | 
             async with registry.watch(service, namespace) as snapshots:
                 while not stop.done():
                     step = asyncio.ensure_future(snapshots.__anext__())
-                    await asyncio.wait({step, stop}, return_when=asyncio.FIRST_COMPLETED)
+                    waiting: list[asyncio.Future[Any]] = [step, stop]
+                    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                     if not step.done():
                         step.cancel()
                         break
@@ -180,7 +182,7 @@ def register(options: GlobalOptions, service: str, instance_id: str, address: st
                         labels=_pairs("--label", labels), ports=ports)
 
     async def work(registry: AsyncRegistry) -> None:
-        stop = asyncio.ensure_future(wait_for_stop())  # signals handled from here on: Ctrl-C deregisters too
+        stop = stop_signals()  # signals handled from here on: Ctrl-C deregisters too
         registration = await registry.register(instance, ttl=ttl)
         registration.on_instance_change(_print_adopted)
         out().print(f"registered {namespace}/{service}/{instance_id} at {address}:{port} "

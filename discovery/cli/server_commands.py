@@ -6,14 +6,13 @@ Both read the Services and their endpoints through one :class:`~discovery.servic
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
 import click
 
 from discovery.cli.output import new_table, out, status
-from discovery.cli.session import GlobalOptions, finish, wait_for_stop
+from discovery.cli.session import GlobalOptions, finish, stop_signals
 from discovery.registry.async_registry import AsyncRegistry
 from discovery.services import ServiceCatalog, ServiceStore
 
@@ -25,7 +24,7 @@ def serve_until_stopped(options: GlobalOptions, namespace: str | None, rescan: f
     """Run a catalog and a server on it until Ctrl-C (exit 130) or SIGTERM (exit 0)."""
 
     async def work(registry: AsyncRegistry) -> None:
-        stop = asyncio.ensure_future(wait_for_stop())
+        stop = stop_signals()
         catalog = ServiceCatalog(registry, ServiceStore(registry.backend), namespace=namespace,
                                  rescan_interval=rescan)
         with status("reading Service definitions"):

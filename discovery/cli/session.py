@@ -128,11 +128,12 @@ class GlobalOptions:
         return asyncio.run(session())
 
 
-async def wait_for_stop() -> int:
-    """Wait for SIGINT or SIGTERM (handled on the running loop); the exit code the signal calls for.
+def stop_signals() -> asyncio.Future[int]:
+    """Handle SIGINT and SIGTERM on the running loop from now on; the future gets the exit code the first one calls
+    for: SIGINT (Ctrl-C) → :data:`EXIT_INTERRUPTED`, SIGTERM (a supervisor stopping the process) → :data:`EXIT_OK`.
 
-    SIGINT (Ctrl-C) → :data:`EXIT_INTERRUPTED`; SIGTERM (a supervisor stopping the process) → :data:`EXIT_OK`.
-    Either lets the caller clean up (deregister, close listeners) before it exits.
+    Installed at once (not when a task first runs), so a signal that comes while the command is still starting also
+    lets it clean up (deregister, close listeners) before it exits. Closing the loop removes the handlers.
     """
     loop = asyncio.get_running_loop()
     stopped: asyncio.Future[int] = loop.create_future()
@@ -143,11 +144,7 @@ async def wait_for_stop() -> int:
 
     loop.add_signal_handler(signal.SIGINT, stop, EXIT_INTERRUPTED)
     loop.add_signal_handler(signal.SIGTERM, stop, EXIT_OK)
-    try:
-        return await stopped
-    finally:
-        loop.remove_signal_handler(signal.SIGINT)
-        loop.remove_signal_handler(signal.SIGTERM)
+    return stopped
 
 
 def finish(code: int) -> None:

@@ -6,13 +6,12 @@ Listed in :data:`discovery.cli.app.COMMAND_MODULES`.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 import click
 
 from discovery.cli.output import err, out
-from discovery.cli.session import EXIT_BAD_INPUT, GlobalOptions, finish, wait_for_stop
+from discovery.cli.session import EXIT_BAD_INPUT, GlobalOptions, finish, stop_signals
 from discovery.registry.async_registry import AsyncRegistry
 
 
@@ -61,7 +60,7 @@ def xds_command(settings: GlobalOptions, listen: str, port: int, cert: str | Non
     token = read_token(token_file) if token_file is not None else None
 
     async def work(registry: AsyncRegistry) -> None:
-        stop = asyncio.ensure_future(wait_for_stop())
+        stop = stop_signals()
         server = XdsServer(registry, host=listen, port=port, tls=tls, token=token, lb_policy=lb_policy,
                            cluster_domain=cluster_domain, rescan_interval=rescan_interval)
         await server.start()

@@ -258,8 +258,9 @@ def _read_document(
         ports.append(port)
         problems.errors.extend(port_errors)
     external_ips = problems.check("spec.externalIPs", _list_of("spec.externalIPs"), spec.get("externalIPs") or [], [])
-    fields["external_ips"] = tuple(problems.check(f"spec.externalIPs[{n}]", _ip(f"spec.externalIPs[{n}]"), ip)
-                                   for n, ip in enumerate(external_ips or ()))
+    checked_ips = [problems.check(f"spec.externalIPs[{n}]", _ip(f"spec.externalIPs[{n}]"), ip)
+                   for n, ip in enumerate(external_ips or ())]
+    fields["external_ips"] = tuple(ip for ip in checked_ips if ip is not None)  # the valid ones, for the checks below
     cluster_ip = spec.get("clusterIP")
     if cluster_ip == "":
         cluster_ip = None  # Kubernetes: empty means "allocate one"
@@ -484,7 +485,8 @@ def _load_documents(text: str, source: str) -> list[object]:
     except ManifestError:
         raise
     except yaml.YAMLError as bad:
-        raise ManifestError("manifest", f"{where} is not valid YAML: {str(bad)[:_MAX_ERROR_TEXT]}") from None
+        reason = " ".join(str(bad).split())  # PyYAML's message spans lines; one problem is one line
+        raise ManifestError("manifest", f"{where} is not valid YAML: {reason[:_MAX_ERROR_TEXT]}") from None
     except (ValueError, TypeError, OverflowError, RecursionError) as bad:  # e.g. an integer too long to convert
         raise ManifestError("manifest", f"{where} holds a value that cannot be read: {type(bad).__name__}") from None
 

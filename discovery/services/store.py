@@ -224,8 +224,9 @@ class ServiceStore:
         if len(refused) == 1:
             raise refused[0][1]
         if refused:
-            raise ManifestErrors(problem for service, error in refused
-                                 for problem in problems_of(error, f"service {service.namespace}/{service.name}"))
+            # A conflict's message names its Service already (Kubernetes' wording); other refusals get it in front.
+            raise ManifestErrors(problem for service, error in refused for problem in problems_of(
+                error, "" if isinstance(error, ServiceConflictError) else f"service {'/'.join(service.key)}"))
         for result in planned:
             if result.action is not ApplyAction.UNCHANGED:
                 stored = result.service
