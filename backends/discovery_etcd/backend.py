@@ -15,6 +15,7 @@ from discovery.core.errors import (
     NotRegisteredError,
     UnsupportedOperationError,
 )
+from discovery.core.foreign import foreign_key_of
 from discovery.core.models import Instance, Snapshot, Status
 from discovery.core.urls import BackendURL
 from discovery_etcd.connection import EndpointPool
@@ -168,8 +169,11 @@ class EtcdBackend(Backend):
         its mod revision, so a concurrent write is never overwritten (re-read and tried again)."""
         self._check_open()
         key = self._layout.instance_key(namespace, service, instance_id)
+        foreign_key = self._layout.instance_key(namespace, service, foreign_key_of(instance_id))
         for _ in range(_REWRITE_ATTEMPTS):
             current = await self._pool.call("read a registration", lambda client: client.get(key))
+            if current is None and foreign_key != key:  # a foreign key segment, escaped into this id
+                current = await self._pool.call("read a registration", lambda client: client.get(foreign_key))
             if current is None:
                 raise NotRegisteredError(f"{namespace}/{service}/{instance_id} is not registered")
             if not is_ours(current.value):

@@ -17,6 +17,7 @@ from discovery.core.errors import (
     NotRegisteredError,
     ValidationError,
 )
+from discovery.core.foreign import foreign_key_of
 from discovery.core.models import Instance, Snapshot, Status
 from discovery.core.urls import BackendURL
 from discovery_zookeeper.connection import ZooKeeperSession
@@ -151,11 +152,16 @@ class ZooKeeperBackend(Backend):
         """Rewrite the znode's data with the new status (``setData`` at the version read: its ephemeral owner, the
         registrant's session, stays; a concurrent write makes us read and try again)."""
         session = self._live_session()
-        path = f"{self._layout.service_path(namespace, service)}/{instance_id}"
+        node_name = instance_id
+        path = f"{self._layout.service_path(namespace, service)}/{node_name}"
+        if foreign_key_of(instance_id) != instance_id and await session.request(
+                "exists", session.client.exists_async, path) is None:
+            node_name = foreign_key_of(instance_id)  # a foreign znode name, escaped into this id
+            path = f"{self._layout.service_path(namespace, service)}/{node_name}"
         for _ in range(_REWRITE_ATTEMPTS):
             try:
                 raw, stat = await session.request("get", session.client.get_async, path)
-                data, changed = with_status(raw, status, namespace=namespace, service=service, node_name=instance_id)
+                data, changed = with_status(raw, status, namespace=namespace, service=service, node_name=node_name)
                 await session.request("set", session.client.set_async, path, data, stat.version)
                 return changed
             except NoNodeError:
