@@ -21,6 +21,7 @@ from discovery.client.cache import ServiceCache
 from discovery.client.feedback import DownInstancePolicy, FailureTracker
 from discovery.client.lifecycle import AsyncHealthCheck, DrainResult, HealthCheck, drain, drain_async
 from discovery.core.backend import Backend, Capabilities, RegistrationState
+from discovery.core.connection import ConnectionState, ConnectionStatus
 from discovery.core.errors import (
     AuthenticationError,
     BackendUnavailableError,
@@ -40,6 +41,7 @@ from discovery.core.selectors import Selector, parse_selector
 from discovery.core.urls import BackendURL, parse_url
 from discovery.registry.async_registry import AsyncRegistry, AsyncWatch
 from discovery.registry.blocking import Registration, Registry, Watch
+from discovery.registry.health import RegistryHealth
 from discovery.registry.registration import AsyncRegistration
 
 __all__ = [
@@ -56,6 +58,8 @@ __all__ = [
     "Capabilities",
     "ClosedError",
     "ConfigurationError",
+    "ConnectionState",
+    "ConnectionStatus",
     "ConsistentHash",
     "DiscoveryError",
     "DiscoveryTLSError",
@@ -72,6 +76,7 @@ __all__ = [
     "Registration",
     "RegistrationState",
     "Registry",
+    "RegistryHealth",
     "RoundRobin",
     "Selector",
     "SelectorError",

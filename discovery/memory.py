@@ -301,7 +301,10 @@ class _Owned:
 
 
 class MemoryBackend(Backend):
-    """``memory://[/store]?ttl=seconds``: the embedded backend (one process, several registries)."""
+    """``memory://[/store]?ttl=seconds``: the embedded backend (one process, several registries).
+
+    Not thread-safe, like every backend: its registry's loop calls it (the store it shares is thread-safe).
+    """
 
     scheme = "memory"
 

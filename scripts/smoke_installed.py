@@ -21,6 +21,15 @@ from pathlib import Path
 from typing import NoReturn
 
 DISTRIBUTION = "service-discovery"
+#: The adapters log under discovery.backends.<backend>.<module>: such names in the README are loggers, not modules.
+LOGGER_TREE = "discovery.backends."
+#: Names the README shows that are not modules: loggers (discovery.connection), OpenTelemetry metric names
+#: (discovery.connections, discovery.connection.transitions, ...) and httpx response extension keys.
+NOT_MODULES = frozenset({
+    "discovery.connection", "discovery.connections", "discovery.connection.transitions", "discovery.instance",
+    "discovery.attempts", "discovery.picks", "discovery.pick_failures", "discovery.registrations",
+    "discovery.set_aside_instances", "discovery.stale_snapshots",
+})
 PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
 IMPORT_LINE = re.compile(r"^[ \t]*((?:from[ \t]+[\w.]+[ \t]+)?import[ \t]+[^#\n]+)", re.MULTILINE)
 
@@ -73,7 +82,9 @@ def check_command_line() -> None:
 
 
 def resolve(name: str, groups: set[str]) -> str:
-    """How ``name`` resolves ("module", "attribute", "entry-point group"); fail if it does not."""
+    """How ``name`` resolves ("module", "attribute", "entry-point group", "logger name"); fail if it does not."""
+    if name.startswith(LOGGER_TREE) or name in NOT_MODULES:
+        return "logger, metric or extension name"
     parts = name.split(".")
     for cut in range(len(parts), 0, -1):
         module_name = ".".join(parts[:cut])

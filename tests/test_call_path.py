@@ -31,4 +31,6 @@ def test_a_registration_reaches_the_etcd_put_through_the_expected_files(etcd_ser
         "backends/discovery_etcd/connection.py",
     ]
     assert "backends/discovery_etcd/security.py" not in entered, "a plain channel needs no TLS client wrapper"
-    assert len(entered) <= 13, f"a registration now crosses more files than the 13 measured for issue 14: {entered}"
+    # 13 measured for issue 14, plus discovery/core/connection.py: every call reports to the backend's connection
+    # state (issue 18), a cheap property read while the connection is usable.
+    assert len(entered) <= 14, f"a registration now crosses more files than the 14 expected: {entered}"

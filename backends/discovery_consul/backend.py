@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 
 from discovery.core.backend import Backend, Capabilities, StateListener
 from discovery.core.errors import (
@@ -18,7 +17,7 @@ from discovery.core.errors import (
     ValidationError,
 )
 from discovery.core.foreign import log_skipped
-from discovery.core.models import Instance, Snapshot, Status
+from discovery.core.models import Instance, Status
 from discovery.core.urls import BackendURL
 from discovery.core.validation import validate_service_name
 from discovery_consul import layout, records
@@ -26,9 +25,9 @@ from discovery_consul.connection import ConsulClient, UnknownToAgentError
 from discovery_consul.definitions import ConsulDefinitions
 from discovery_consul.keepalive import Registration
 from discovery_consul.settings import MIN_TTL, ConsulSettings
-from discovery_consul.watch import HealthWatch, decode_entries, decoded_entries, watch_task_name
+from discovery_consul.watch import ServiceWatch, decode_entries, decoded_entries
 
-log = logging.getLogger("discovery.consul")
+log = logging.getLogger("discovery.backends.consul.backend")
 
 Key = tuple[str, str, str]
 
@@ -40,7 +39,10 @@ SERVICES_CONCURRENCY = 32
 
 
 class ConsulBackend(Backend):
-    """``consul://host:8500[/scope]?dc=&token=&ttl=&timeout=&wait=&deregister_after=`` on ``consul.aio``."""
+    """``consul://host:8500[/scope]?dc=&token=&ttl=&timeout=&wait=&deregister_after=`` on ``consul.aio``.
+
+    Not thread-safe, like every backend: only its registry's event loop calls it.
+    """
 
     scheme = "consul"
 
@@ -54,7 +56,6 @@ class ConsulBackend(Backend):
         # Service ids the agent may hold checks of that this backend did not write (left by an earlier process,
         # or a write whose answer was lost): their first registration must set the checks' statuses explicitly.
         self._maybe_at_agent: set[str] = set()
-        self._watch_tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._definitions = ConsulDefinitions(self._require_client, settings.scope, settings.wait)
 
@@ -92,7 +93,8 @@ class ConsulBackend(Backend):
         """Open the connection pool and prove the agent answers (``BackendUnavailableError`` if not)."""
         settings = self._settings
         client = ConsulClient(
-            settings.host, settings.port, security=settings.security, dc=settings.dc, timeout=settings.timeout
+            settings.host, settings.port, security=settings.security, dc=settings.dc, timeout=settings.timeout,
+            monitor=self.connection,
         )
         try:
             await client.agent_self()
@@ -130,10 +132,6 @@ class ConsulBackend(Backend):
 
     async def _shutdown(self) -> None:
         self._closed = True
-        tasks = list(self._watch_tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         client, self._client = self._client, None
         if client is not None:
             await client.close()
@@ -252,19 +250,14 @@ class ConsulBackend(Backend):
         found = await asyncio.gather(*(listed(name) for name in candidates))
         return tuple(name for name, instances in zip(candidates, found, strict=True) if instances)
 
-    async def watch(self, namespace: str, service: str) -> AsyncIterator[Snapshot]:
-        """The current snapshot, then one per change; ``stale`` copies of the last set while Consul is away."""
+    def watch(self, namespace: str, service: str) -> ServiceWatch:
+        """A new stream: the current snapshot, then one per change; ``stale`` copies of the last set while Consul
+        is away. It ends once this backend is closed.
+        """
         client = self._require_client()
-        health_watch = HealthWatch(client, self._settings.scope, namespace, service, self._settings.wait)
-        task = asyncio.create_task(health_watch.run(), name=watch_task_name(namespace, service))
-        self._watch_tasks.add(task)
-        task.add_done_callback(self._watch_tasks.discard)
-        try:
-            async for snapshot in health_watch.snapshots(task):
-                yield snapshot
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        return ServiceWatch(
+            client, self._settings.scope, namespace, service, self._settings.wait, lambda: self._closed
+        )
 
 
 def is_service_name(name: str) -> bool:

@@ -18,6 +18,7 @@ import consul.aio
 from consul.callback import CB
 from consul.exceptions import ACLDisabled, ACLPermissionDenied, BadRequest, ConsulException, NotFound
 
+from discovery.core.connection import ConnectionMonitor
 from discovery.core.errors import BackendUnavailableError, DiscoveryError, DiscoveryTLSError, ValidationError
 from discovery_consul.security import ConsulSecurity, acl_error, is_hang_up, is_tls_failure, tls_reason
 
@@ -42,9 +43,18 @@ class ConsulClient:
     """An async Consul client for one agent. Create it inside the running event loop."""
 
     def __init__(
-        self, host: str, port: int, *, security: ConsulSecurity, dc: str | None, timeout: float
+        self,
+        host: str,
+        port: int,
+        *,
+        security: ConsulSecurity,
+        dc: str | None,
+        timeout: float,
+        monitor: ConnectionMonitor | None = None,
     ) -> None:
         self._agent_address = f"{host}:{port}"
+        # Told about every call that reached the agent or could not: the backend's connection state comes from here.
+        self._monitor = monitor if monitor is not None else ConnectionMonitor("consul")
         self._timeout = timeout
         self._uses_tls = security.tls is not None
         # Two pools: a blocking query parks its HTTP connection for up to ``wait`` seconds, one per watched
@@ -73,7 +83,9 @@ class ConsulClient:
         try:
             async with asyncio.timeout(timeout):
                 yield
+            self._monitor.contact(f"Consul agent {self._agent_address} answered")
         except TimeoutError:
+            self._monitor.failure(f"Consul agent {self._agent_address} did not answer {what} within {timeout:g} s")
             raise BackendUnavailableError(
                 f"Consul agent {self._agent_address} did not answer {what} within {timeout:g} s"
             ) from None
@@ -89,6 +101,7 @@ class ConsulClient:
             if is_hang_up(error) and self._parked >= _MANY_PARKED:
                 hint = (f" ({self._parked} blocking queries of this process are open to the agent; its "
                         "limits.http_max_conns_per_client, default 200, may be hanging up on more: raise it)")
+            self._monitor.failure(f"Consul agent {self._agent_address} unreachable: {type(error).__name__}")
             raise BackendUnavailableError(
                 f"Consul agent {self._agent_address} unreachable for {what}: {type(error).__name__}: {error}{hint}"
             ) from None
@@ -103,6 +116,7 @@ class ConsulClient:
             if any(marker in text for marker in _UNKNOWN_CHECK_MARKERS):
                 raise UnknownToAgentError(f"Consul agent does not know it ({what}): {text}") from None
             if text[:1] == "5":
+                self._monitor.failure(f"Consul agent {self._agent_address} answered {text[:3]}")
                 raise BackendUnavailableError(f"Consul agent {self._agent_address} failed {what}: {text}") from None
             raise DiscoveryError(f"Consul failed {what}: {text}") from None
 

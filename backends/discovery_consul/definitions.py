@@ -19,7 +19,7 @@ from discovery.core.definitions import DefinitionSnapshot, DefinitionStore, Stor
 from discovery.core.errors import BackendUnavailableError
 from discovery_consul.connection import ConsulClient
 
-log = logging.getLogger("discovery.consul")
+log = logging.getLogger("discovery.backends.consul.definitions")
 
 ROOT = "discovery/_definitions"
 UNSCOPED = "_"

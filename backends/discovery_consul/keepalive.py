@@ -23,7 +23,7 @@ from discovery.core.models import Instance, Status
 from discovery_consul import layout, records
 from discovery_consul.connection import ConsulClient, UnknownToAgentError
 
-log = logging.getLogger("discovery.consul")
+log = logging.getLogger("discovery.backends.consul.keepalive")
 
 # The status check only mirrors the status and must never expire on its own; it is re-set on every write
 # and refreshed daily by the heartbeat.

@@ -31,7 +31,7 @@ from discovery.core.foreign import foreign_instance_id, labels_from_pairs, tag_p
 from discovery.core.models import Instance, Status
 from discovery_consul.layout import liveness_check_id, maintenance_check_id, status_check_id
 
-log = logging.getLogger("discovery.consul")
+log = logging.getLogger("discovery.backends.consul.records")
 
 META_SCHEMA = "discovery-schema"
 META_SCOPE = "discovery-scope"

@@ -1,10 +1,14 @@
-"""Watching one service with blocking queries on ``/v1/health/service/<service>``.
+"""Watching one service with blocking queries on ``/v1/health/service/<service>``, one stream per ``watch()`` call.
+
+A :class:`ServiceWatch` is what ``ConsulBackend.watch`` returns: an async iterator of full snapshots, driven by
+its consumer (the registry's watch hub, which shares it among every subscriber of the service; there is no
+sharing here). Its queries go through the client's separate pool for blocking queries.
 
 Follows Consul's guidance for blocking queries: pass the last ``X-Consul-Index`` with ``wait``; reset the
 index to 0 (a plain re-list) when it goes backwards; never pass an index below 1; rate-limit the loop with a
 token bucket and add jitter, since an index can change without a change we care about. On an error the last
-snapshot is re-published ``stale`` and the query is retried with jittered exponential backoff (tenacity);
-the first answer after that is a full re-list.
+snapshot is yielded again ``stale`` and the query is retried after jittered exponential backoff (tenacity's
+strategy); the first answer after that is a full re-list.
 """
 
 from __future__ import annotations
@@ -14,23 +18,26 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
+from tenacity import wait_random_exponential
 
+from discovery.core.backoff import retry_delay
 from discovery.core.errors import BackendUnavailableError, ValidationError
 from discovery.core.foreign import log_skipped
 from discovery.core.models import Instance, Snapshot
 from discovery_consul import records
 from discovery_consul.connection import ConsulClient
 
-log = logging.getLogger("discovery.consul")
+log = logging.getLogger("discovery.backends.consul.watch")
 
 # At most RATE blocking queries per second after a burst of BURST: bounds the load of a flapping service
 # while adding at most 1/RATE seconds to the detection of a change.
 QUERY_RATE = 4.0
 QUERY_BURST = 4.0
 QUERY_JITTER = 0.05
+#: Backoff between the retries of a failed query.
+RETRY_WAIT = wait_random_exponential(multiplier=0.2, max=5.0)
 
 
 class TokenBucket:
@@ -88,88 +95,82 @@ def decode_entries(
     return tuple(instance for _, instance in decoded_entries(scope, namespace, service, entries))
 
 
-class HealthWatch:
-    """The blocking-query loop of one service; :meth:`snapshots` yields what it publishes."""
+class ServiceWatch(AsyncIterator[Snapshot]):
+    """The snapshot stream of one ``watch(namespace, service)`` call: blocking queries, one yield per changed set.
 
-    def __init__(self, client: ConsulClient, scope: str | None, namespace: str, service: str, wait: float) -> None:
+    Iterate it; ``aclose()`` (or cancelling the task iterating it) ends it. It ends by itself once the backend is
+    closed (its next query fails).
+    """
+
+    def __init__(
+        self,
+        client: ConsulClient,
+        scope: str | None,
+        namespace: str,
+        service: str,
+        wait: float,
+        is_closed: Callable[[], bool],
+    ) -> None:
         self._client = client
         self._scope = scope
         self._namespace = namespace
         self._service = service
         self._wait = wait
+        self._is_closed = is_closed
         self._latest: Snapshot | None = None
         self._revision = 0
-        self._changed = asyncio.Event()
+        self._snapshots = self._stream()
 
-    def _publish(self, instances: tuple[Instance, ...], stale: bool) -> None:
+    async def __anext__(self) -> Snapshot:
+        return await anext(self._snapshots)
+
+    async def aclose(self) -> None:
+        """End the stream (a blocking query in flight is abandoned)."""
+        await self._snapshots.aclose()
+
+    def _changed(self, instances: tuple[Instance, ...], stale: bool) -> Snapshot | None:
+        """The new snapshot, or None when it would repeat the last one."""
         latest = self._latest
         if latest is not None and latest.stale == stale and latest.same_members(instances):
-            return
+            return None
         self._revision += 1
         self._latest = Snapshot(self._service, self._namespace, instances, self._revision, stale)
-        self._changed.set()
+        return self._latest
 
-    def _mark_stale(self, retry_state: RetryCallState) -> None:
-        error = retry_state.outcome.exception() if retry_state.outcome else None
+    def _stale(self, error: BackendUnavailableError) -> Snapshot | None:
         latest = self._latest
         # Warn once per outage; every retry after that is only debug noise.
         level = logging.DEBUG if latest is not None and latest.stale else logging.WARNING
         log.log(level, "watch of %s/%s: %s; keeping the last set (stale)", self._namespace, self._service, error)
-        self._publish(latest.instances if latest is not None else (), stale=True)
+        return self._changed(latest.instances if latest is not None else (), stale=True)
 
-    async def run(self) -> None:
-        """Query forever; cancel the task to stop."""
+    async def _stream(self) -> AsyncGenerator[Snapshot, None]:
         bucket = TokenBucket(QUERY_RATE, QUERY_BURST, QUERY_JITTER)
         index = 0
+        failures = 0
         while True:
-            await bucket.take()
-            failed = False
-
-            def note_failure(retry_state: RetryCallState) -> None:
-                nonlocal failed
-                failed = True
-                self._mark_stale(retry_state)
-
-            query_index = index
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type(BackendUnavailableError),
-                wait=wait_random_exponential(multiplier=0.2, max=5.0),
-                before_sleep=note_failure,
-                reraise=True,
-            ):
-                with attempt:
-                    # After a failure, re-list without blocking: the index we held may predate what we missed.
-                    query_index = 0 if failed else index
-                    new_index, entries = await self._client.health_service(
-                        self._service, records.query_tag(self._scope, self._namespace), index=query_index,
-                        wait=self._wait,
-                    )
+            if not failures:  # retries after an error wait by backoff, not by the bucket
+                await bucket.take()
+            # After a failure, re-list without blocking: the index we held may predate what we missed.
+            query_index = 0 if failures else index
+            try:
+                new_index, entries = await self._client.health_service(
+                    self._service, records.query_tag(self._scope, self._namespace), index=query_index, wait=self._wait
+                )
+            except Exception as error:
+                if self._is_closed():
+                    return
+                if not isinstance(error, BackendUnavailableError):
+                    raise
+                failures += 1
+                stale = self._stale(error)
+                if stale is not None:
+                    yield stale
+                await asyncio.sleep(retry_delay(RETRY_WAIT, failures))
+                continue
+            failures = 0
             # An index that went backwards (agent restart, snapshot restore) starts over with a re-list.
             index = 0 if new_index < query_index else max(new_index, 1)
-            self._publish(decode_entries(self._scope, self._namespace, self._service, entries), stale=False)
-
-    async def snapshots(self, task: asyncio.Task[None]) -> AsyncIterator[Snapshot]:
-        """Yield every snapshot :meth:`run` (running as ``task``) publishes, bursts coalesced."""
-        while True:
-            waiter = asyncio.ensure_future(self._changed.wait())
-            try:
-                await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                waiter.cancel()
-            if self._changed.is_set():
-                self._changed.clear()
-                if self._latest is not None:
-                    yield self._latest
-                continue
-            if task.cancelled():
-                return  # the backend closed
-            error = task.exception()
-            if error is not None:
-                raise error
-            return
-
-
-def watch_task_name(namespace: str, service: str) -> str:
-    """The asyncio task name of a watch (shows in task dumps)."""
-    return f"discovery-consul-watch-{namespace}/{service}"
-
+            fresh = self._changed(decode_entries(self._scope, self._namespace, self._service, entries), stale=False)
+            if fresh is not None:
+                yield fresh

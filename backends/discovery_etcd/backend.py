@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 from discovery.core.backend import Backend, Capabilities, StateListener
@@ -16,7 +15,7 @@ from discovery.core.errors import (
     UnsupportedOperationError,
 )
 from discovery.core.foreign import foreign_key_of
-from discovery.core.models import Instance, Snapshot, Status
+from discovery.core.models import Instance, Status
 from discovery.core.urls import BackendURL
 from discovery_etcd.connection import EndpointPool
 from discovery_etcd.definitions import EtcdDefinitions
@@ -24,9 +23,9 @@ from discovery_etcd.keepalive import LeasedKey, LeaseGroup, LeaseGroupRetired, l
 from discovery_etcd.layout import KeyLayout
 from discovery_etcd.records import decode_endpoint, decode_endpoint_cached, encode_endpoint, is_ours
 from discovery_etcd.settings import DETECTION_SLACK, MIN_TTL, EtcdSettings
-from discovery_etcd.watch import ServiceWatch, iterate
+from discovery_etcd.watch import ServiceWatch
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("discovery.backends.etcd.backend")
 
 #: Read-compare-rewrite rounds of ``set_status`` before giving up on a key that keeps changing.
 _REWRITE_ATTEMPTS = 5
@@ -38,6 +37,8 @@ class EtcdBackend(Backend):
     Keys are ``<prefix>/<namespace>/<service>/<id>`` (prefix default ``/discovery``) holding the JSON that
     etcd's ``naming/endpoints`` package writes, so a gRPC ``etcd:///`` resolver pointed at
     ``<prefix>/<namespace>/<service>`` finds our instances. Registrations with the same TTL share one lease.
+
+    Not thread-safe, like every backend: only its registry's event loop calls it.
     """
 
     scheme = "etcd"
@@ -45,18 +46,18 @@ class EtcdBackend(Backend):
     def __init__(self, settings: EtcdSettings) -> None:
         self._settings = settings
         self._layout = KeyLayout(settings.prefix)
-        self._pool = EndpointPool(settings)
         self._groups: dict[int, LeaseGroup] = {}
         self._owner: dict[bytes, LeaseGroup] = {}
-        self._watches: dict[tuple[str, str], ServiceWatch] = {}
         self._closed = False
-        self._definitions = EtcdDefinitions(self._pool, self._layout.prefix, lambda: self._closed)
         self._capabilities = Capabilities(
             name="etcd",
             default_ttl=float(lease_ttl(settings.ttl)),
             min_ttl=MIN_TTL,
             detection_slack=DETECTION_SLACK,
         )
+        # the pool reports to self.connection, which is named after the capabilities: both come after them
+        self._pool = EndpointPool(settings, self.connection)
+        self._definitions = EtcdDefinitions(self._pool, self._layout.prefix, lambda: self._closed)
 
     @classmethod
     def from_url(cls, url: BackendURL) -> EtcdBackend:
@@ -93,20 +94,15 @@ class EtcdBackend(Backend):
         """The current lease id for each TTL in use."""
         return {ttl: group.lease_id for ttl, group in self._groups.items()}
 
-    def shared_watch(self, namespace: str, service: str) -> ServiceWatch | None:
-        """The shared watch of a service, while anyone watches it."""
-        return self._watches.get((namespace, service))
-
     async def start(self) -> None:
         """Check that some endpoint answers within ``timeout``."""
         await self._pool.call("connect", lambda client: client.status())
 
     async def close(self) -> None:
-        """Revoke every lease (which deletes its keys), stop the watches and disconnect."""
+        """Revoke every lease (which deletes its keys) and disconnect; open watch streams then raise ``ClosedError``."""
         if self._closed:
             return
         self._closed = True
-        await self._stop_watches()
         for group in list(self._groups.values()):
             try:
                 await group.revoke()
@@ -123,7 +119,6 @@ class EtcdBackend(Backend):
             await group.stop()
         self._groups.clear()
         self._owner.clear()
-        await self._stop_watches()
         await self._pool.close()
 
     async def register(self, instance: Instance, ttl: float, on_state: StateListener) -> None:
@@ -235,24 +230,10 @@ class EtcdBackend(Backend):
                 names.add(parsed[1])
         return tuple(sorted(names))
 
-    def watch(self, namespace: str, service: str) -> AsyncIterator[Snapshot]:
-        """Snapshots from the shared watch of ``<target>/`` (see :mod:`discovery_etcd.watch`)."""
+    def watch(self, namespace: str, service: str) -> ServiceWatch:
+        """A new revision-exact watch stream of ``<target>/`` (see :mod:`discovery_etcd.watch`)."""
         self._check_open()
-        shared = self._watches.get((namespace, service))
-        if shared is None:
-            shared = ServiceWatch(self._pool, self._layout, namespace, service, self._forget_watch)
-            self._watches[(namespace, service)] = shared
-        return iterate(shared, self._settings.timeout)
-
-    def _forget_watch(self, shared: ServiceWatch) -> None:
-        if self._watches.get((shared.namespace, shared.service)) is shared:
-            del self._watches[(shared.namespace, shared.service)]
-
-    async def _stop_watches(self) -> None:
-        watches, self._watches = list(self._watches.values()), {}
-        for shared in watches:
-            await shared.stop()
-            shared.fail_all(ClosedError("the etcd backend is closed"))
+        return ServiceWatch(self._pool, self._layout, namespace, service, lambda: self._closed)
 
     def _key(self, instance: Instance) -> bytes:
         return self._layout.instance_key(instance.namespace, instance.service, instance.id)

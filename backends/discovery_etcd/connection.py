@@ -18,6 +18,7 @@ import aetcd.exceptions
 from aetcd import rpc
 from tenacity import AsyncRetrying, retry_if_exception, wait_random_exponential
 
+from discovery.core.connection import ConnectionMonitor
 from discovery.core.errors import (
     AuthenticationError,
     BackendUnavailableError,
@@ -27,7 +28,7 @@ from discovery.core.errors import (
 from discovery_etcd.security import is_authentication_failure, is_tls_error, tls_error
 from discovery_etcd.settings import EtcdSettings
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("discovery.backends.etcd.connection")
 
 T = TypeVar("T")
 
@@ -100,8 +101,10 @@ def translate(error: BaseException, action: str) -> DiscoveryError:
 class EndpointPool:
     """Hands out the aetcd client of the current endpoint and rotates on connection failures."""
 
-    def __init__(self, settings: EtcdSettings) -> None:
+    def __init__(self, settings: EtcdSettings, monitor: ConnectionMonitor | None = None) -> None:
         self._settings = settings
+        # Told about every failed and successful call: the backend's connection state comes from here.
+        self._monitor = monitor if monitor is not None else ConnectionMonitor("etcd")
         self._index = 0
         self._client: Any = None
         self._closed = False
@@ -131,7 +134,10 @@ class EndpointPool:
 
     async def report_failure(self, client: Any) -> None:
         """``client`` hit a connection failure: use the next endpoint if there is one."""
-        if client is not self._client or len(self._settings.endpoints) < 2:
+        if client is not self._client:
+            return
+        self._monitor.failure(f"etcd at {self._settings.endpoints[self._index]} unreachable")
+        if len(self._settings.endpoints) < 2:
             return
         self._index = (self._index + 1) % len(self._settings.endpoints)
         self._client = None
@@ -190,13 +196,16 @@ class EndpointPool:
     async def _attempt(self, operation: Callable[[Any], Awaitable[T]]) -> T:
         client = await self.client()
         try:
-            return await operation(client)
+            result = await operation(client)
         except Exception as error:
             if is_connection_error(error):
                 await self.report_failure(client)
             elif is_stale_token(error):
                 await self.renew(client)
             raise
+        if not self._monitor.usable:  # only a recovery is news: the common path formats nothing
+            self._monitor.contact(f"etcd at {self._settings.endpoints[self._index]} answered")
+        return result
 
     async def close(self) -> None:
         """Drop the connection; later calls fail with ``BackendUnavailableError``."""

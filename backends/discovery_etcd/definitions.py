@@ -25,7 +25,7 @@ from discovery.core.definitions import DefinitionSnapshot, DefinitionStore, Stor
 from discovery.core.errors import BackendUnavailableError, ClosedError
 from discovery_etcd.connection import EndpointPool, is_connection_error
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("discovery.backends.etcd.definitions")
 
 DEFINITIONS_SEGMENT = "_definitions"
 

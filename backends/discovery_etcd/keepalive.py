@@ -25,7 +25,7 @@ from discovery.core.backend import RegistrationState, StateListener
 from discovery.core.errors import BackendUnavailableError, DiscoveryError, NotRegisteredError
 from discovery_etcd.connection import EndpointPool, is_lease_not_found
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("discovery.backends.etcd.keepalive")
 
 #: etcd's default --max-txn-ops.
 MAX_TXN_OPS = 128

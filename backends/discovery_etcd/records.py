@@ -18,7 +18,7 @@ from discovery.core.errors import ValidationError
 from discovery.core.foreign import foreign_instance_id, log_skipped
 from discovery.core.models import Instance
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("discovery.backends.etcd.records")
 
 OP_ADD = 0
 OP_DELETE = 1

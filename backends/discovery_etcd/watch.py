@@ -1,11 +1,14 @@
-"""Revision-exact service watches: one etcd watch stream per service prefix, shared by its subscribers.
+"""Revision-exact service watches: one etcd watch stream per ``watch()`` call.
 
-A :class:`ServiceWatch` lists ``<target>/`` at revision R and watches from R+1, so no change falls between
-the read and the watch. When the stream breaks it keeps the last set and publishes it with ``stale=True``,
-reconnects with jittered backoff (tenacity) and resumes the watch from the last applied revision + 1. If
-etcd's revision moved meanwhile it also re-lists (the contract's "re-list once back") and skips replayed
-events the list already covers, so the first fresh snapshot is already complete. A compacted resume
-revision makes etcd cancel the watch: the set is re-listed and delivered whole.
+A :class:`ServiceWatch` is what ``EtcdBackend.watch`` returns: an async iterator of full snapshots, driven by
+its consumer (the registry's watch hub, which shares it among every subscriber of the service; there is no
+sharing here). It lists ``<target>/`` at revision R and watches from R+1, so no change falls between the read
+and the watch. When the stream breaks it yields the last set with ``stale=True``, reconnects and resumes the
+watch from the last applied revision + 1. If etcd's revision moved meanwhile it also re-lists (the contract's
+"re-list once back") and skips replayed events the list already covers, so the first fresh snapshot is already
+complete. A compacted resume revision makes etcd cancel the watch: the set is re-listed and delivered whole.
+Reconnect attempts are spaced by jittered exponential backoff (tenacity's strategy; the loop is ours because it
+yields the stale snapshot between attempts).
 
 The watch stream is driven through aetcd's generated gRPC stub rather than ``aetcd.Client.watch``; see
 docs/decisions/etcd-watch-stream.md for why.
@@ -14,25 +17,27 @@ docs/decisions/etcd-watch-stream.md for why.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aetcd import rpc
 from aetcd.utils import prefix_range_end
 from grpc.aio import EOF  # type: ignore[import-untyped]
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
+from tenacity import wait_random_exponential
 
-from discovery.core.errors import BackendUnavailableError, DiscoveryError
+from discovery.core.backoff import retry_delay
+from discovery.core.errors import BackendUnavailableError, ClosedError, DiscoveryError
 from discovery.core.models import Instance, Snapshot
 from discovery_etcd.connection import EndpointPool, is_connection_error, is_stale_token
 from discovery_etcd.layout import KeyLayout
 from discovery_etcd.records import decode_endpoint_cached
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("discovery.backends.etcd.watch")
 
 _EVENT_PUT = 0
+#: Backoff between failed attempts to reopen the stream (the first attempt after a loss is immediate).
+RECONNECT_WAIT = wait_random_exponential(multiplier=0.05, max=2.0)
 
 
 class _StreamLost(Exception):
@@ -57,167 +62,141 @@ def _should_reconnect(error: BaseException) -> bool:
     return isinstance(error, _StreamLost | BackendUnavailableError) or is_connection_error(error)
 
 
-class Subscription:
-    """One subscriber's view: only the latest snapshot is kept, so slow readers see bursts coalesced."""
-
-    def __init__(self) -> None:
-        self._latest: Snapshot | None = None
-        self._failure: BaseException | None = None
-        self._ready = asyncio.Event()
-
-    def offer(self, snapshot: Snapshot) -> None:
-        """Replace the pending snapshot."""
-        self._latest = snapshot
-        self._ready.set()
-
-    def fail(self, error: BaseException) -> None:
-        """End the subscription with an error."""
-        self._failure = error
-        self._ready.set()
-
-    async def next(self) -> Snapshot:
-        """Wait for the next snapshot."""
-        await self._ready.wait()
-        self._ready.clear()
-        if self._failure is not None:
-            raise self._failure
-        assert self._latest is not None
-        return self._latest
+def _cancelled_by_us() -> bool:
+    """Whether the running task is being cancelled, as opposed to a gRPC call cancelled under it (grpc.aio
+    reports a cancelled call as ``CancelledError`` in the task reading it).
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
-class ServiceWatch:
-    """The shared watch of one service prefix."""
+class ServiceWatch(AsyncIterator[Snapshot]):
+    """The snapshot stream of one ``watch(namespace, service)`` call: the current set, then one per change.
+
+    Iterate it; ``aclose()`` (or cancelling the task iterating it) ends the etcd watch stream. Once the backend
+    is closed the stream raises :class:`ClosedError`.
+    """
 
     def __init__(
-        self,
-        pool: EndpointPool,
-        layout: KeyLayout,
-        namespace: str,
-        service: str,
-        on_idle: Callable[[ServiceWatch], None],
+        self, pool: EndpointPool, layout: KeyLayout, namespace: str, service: str, is_closed: Callable[[], bool]
     ) -> None:
         self.namespace = namespace
         self.service = service
         self._pool = pool
         self._layout = layout
         self._prefix = layout.service_prefix(namespace, service)
-        self._on_idle = on_idle
+        self._is_closed = is_closed
         self._members: dict[bytes, Instance] = {}
         self._revision = 0
         self._listed = False
         self._stale = False
-        self._current: Snapshot | None = None
-        self._subscribers: set[Subscription] = set()
-        self._task: asyncio.Task[None] | None = None
+        self._yielded: Snapshot | None = None
         self._call: Any = None
+        self._call_client: Any = None
         #: Loop time of the last response on the stream, and whether the probe gave up on it.
         self._answered_at = 0.0
         self._probe_failed = False
-        self._call_client: Any = None
-        #: How many times the set was (re-)listed; tests use it to see a re-list after compaction.
+        #: How many times the set was (re-)listed.
         self.list_count = 0
         #: How many watch streams were opened with a resume revision (after a loss).
         self.resume_count = 0
         #: How many times etcd cancelled the watch because its start revision was compacted.
         self.compacted_count = 0
-
-    @property
-    def current(self) -> Snapshot | None:
-        """The last published snapshot."""
-        return self._current
+        #: Test seam: awaited before every attempt to reopen the watch stream after a loss, so a test can hold the
+        #: reconnect and change etcd while this watch is away. ``None`` in production.
+        self.before_reconnect: Callable[[], Awaitable[None]] | None = None
+        self._snapshots = self._stream()
 
     @property
     def revision(self) -> int:
-        """The etcd revision the published set reflects."""
+        """The etcd revision this stream has applied (progress notifications included)."""
         return self._revision
 
-    def subscribe(self) -> Subscription:
-        """Add a subscriber; it gets the current snapshot (if any) at once."""
-        subscription = Subscription()
-        self._subscribers.add(subscription)
-        if self._current is not None:
-            subscription.offer(self._current)
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(
-                self._run(), name=f"etcd-watch-{self.namespace}/{self.service}"
-            )
-        return subscription
+    async def __anext__(self) -> Snapshot:
+        return await anext(self._snapshots)
 
-    async def unsubscribe(self, subscription: Subscription) -> None:
-        """Remove a subscriber; the last one leaving stops the stream."""
-        self._subscribers.discard(subscription)
-        if not self._subscribers:
-            self._on_idle(self)
-            await self.stop()
+    async def aclose(self) -> None:
+        """End the stream (cancels its etcd watch call)."""
+        await self._snapshots.aclose()
 
-    async def stop(self) -> None:
-        """Stop the stream (subscribers still waiting are left waiting; the caller ends them)."""
-        task, self._task = self._task, None
-        self._cancel_call()
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    async def _stream(self) -> AsyncGenerator[Snapshot, None]:
+        try:
+            # The first snapshot as soon as the list answers (BackendUnavailableError if etcd does not answer
+            # within the timeout); its watch stream starts at the list's revision + 1.
+            await self._list()
+            yield self._sent(self._snapshot())
+            reconnecting = False
+            failures = 0  # attempts to open the stream that failed in a row
+            while True:
+                opened = lost = False
+                try:
+                    await self._open(reconnecting)
+                    opened, failures = True, 0
+                    fresh = self._snapshot()
+                    if self._differs(fresh):
+                        yield self._sent(fresh)
+                    prober = self._start_probe()
+                    try:
+                        while True:
+                            if await self._next_change():
+                                yield self._sent(self._snapshot())
+                    finally:
+                        prober.cancel()
+                        await asyncio.gather(prober, return_exceptions=True)
+                except _Compacted:
+                    self.compacted_count += 1
+                    log.info("etcd watch of %s resumed below the compaction point; re-listing", self._prefix)
+                    self._listed = False
+                except Exception as error:
+                    if not _should_reconnect(error) or self._is_closed():
+                        raise
+                    lost = True
+                self._cancel_call()
+                reconnecting = True
+                if lost and self._listed and not self._stale:
+                    self._stale = True
+                    yield self._sent(self._snapshot())
+                if lost and not opened:
+                    failures += 1
+                    await asyncio.sleep(retry_delay(RECONNECT_WAIT, failures))
+        except Exception as error:
+            final = self._final_error(error)
+            if final is error:
+                raise
+            raise final from error
+        finally:
+            self._cancel_call()
 
-    def fail_all(self, error: BaseException) -> None:
-        """End every subscription with ``error``."""
-        for subscription in list(self._subscribers):
-            subscription.fail(error)
+    def _final_error(self, error: Exception) -> DiscoveryError:
+        if self._is_closed():
+            return ClosedError("the etcd backend is closed")
+        if isinstance(error, DiscoveryError):
+            return error
+        # A bug or a refusal (permissions): the consumer hears of it instead of hanging.
+        log.error("etcd watch of %s failed", self._prefix, exc_info=error)
+        return BackendUnavailableError(f"watching {self.namespace}/{self.service} on etcd failed: {error}")
 
-    def _publish(self) -> None:
-        snapshot = Snapshot(
+    def _snapshot(self) -> Snapshot:
+        return Snapshot(
             service=self.service,
             namespace=self.namespace,
             instances=tuple(self._members.values()),
             revision=self._revision,
             stale=self._stale,
         )
-        self._current = snapshot
-        for subscription in list(self._subscribers):
-            subscription.offer(snapshot)
 
-    def _mark_stale(self, state: RetryCallState | None = None) -> None:
-        if not self._stale and self._listed:
-            self._stale = True
-            self._publish()
+    def _differs(self, snapshot: Snapshot) -> bool:
+        last = self._yielded
+        return last is None or last.stale != snapshot.stale or not last.same_members(snapshot)
+
+    def _sent(self, snapshot: Snapshot) -> Snapshot:
+        self._yielded = snapshot
+        return snapshot
 
     def _cancel_call(self) -> None:
         call, self._call = self._call, None
         if call is not None:
             call.cancel()
-
-    async def _run(self) -> None:
-        try:
-            while True:
-                retrying = AsyncRetrying(
-                    retry=retry_if_exception(_should_reconnect),
-                    wait=wait_random_exponential(multiplier=0.05, max=2.0),
-                    before_sleep=self._mark_stale,
-                    reraise=True,
-                )
-                try:
-                    async for attempt in retrying:
-                        with attempt:
-                            await self._connect()
-                    await self._follow()
-                except _Compacted:
-                    self.compacted_count += 1
-                    log.info("etcd watch of %s resumed below the compaction point; re-listing", self._prefix)
-                    self._listed = False
-                except Exception as error:
-                    if not _should_reconnect(error):
-                        raise
-                    self._mark_stale()
-                finally:
-                    self._cancel_call()
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:  # a bug or a refusal (permissions): tell the subscribers instead of hanging
-            log.exception("etcd watch of %s failed", self._prefix)
-            wrapped = error if isinstance(error, DiscoveryError) else BackendUnavailableError(
-                f"watching {self.namespace}/{self.service} on etcd failed: {error}"
-            )
-            self.fail_all(wrapped)
 
     async def _list(self) -> None:
         result = await self._pool.call("list a service", lambda client: client.get_prefix(self._prefix))
@@ -237,12 +216,17 @@ class ServiceWatch:
             return None
         return decode_endpoint_cached(value, *parsed)
 
-    async def _connect(self) -> None:
-        resuming = self._listed
-        if not resuming:
+    async def _open(self, reconnecting: bool) -> None:
+        """Open a watch stream from the next revision (listing first if needed); the set is fresh once it is open.
+
+        After a loss the stream resumes from the last applied revision + 1, and re-lists if etcd moved meanwhile.
+        """
+        self._cancel_call()  # a stream a failed attempt left open
+        if reconnecting and self.before_reconnect is not None:
+            await self.before_reconnect()
+        resuming = reconnecting and self._listed
+        if not self._listed:
             await self._list()
-            self._stale = False
-            self._publish()
         client = await self._pool.client()
         try:
             call = rpc.WatchStub(client.channel).Watch(metadata=client.metadata)
@@ -257,6 +241,10 @@ class ServiceWatch:
             async with asyncio.timeout(self._pool.timeout):
                 await call.write(rpc.WatchRequest(create_request=create))
                 created = await call.read()
+        except asyncio.CancelledError:
+            if _cancelled_by_us():
+                raise
+            raise _StreamLost("the watch call was cancelled under us (its channel closed)") from None
         except Exception as error:
             if is_connection_error(error):
                 await self._pool.report_failure(client)
@@ -277,9 +265,7 @@ class ServiceWatch:
                 # Something changed while we were away: re-read now; replayed events up to this read's
                 # revision are skipped in _apply because they are already in the listed set.
                 await self._list()
-            if self._stale:
-                self._stale = False
-                self._publish()
+        self._stale = False
 
     def _check_created(self, response: Any) -> None:
         if response is None or response is EOF:
@@ -291,39 +277,34 @@ class ServiceWatch:
                 f"etcd refused to watch {self._prefix.decode()}: {response.cancel_reason or 'canceled'}"
             )
 
-    async def _follow(self) -> None:
-        call = self._call
-        self._answered_at = asyncio.get_running_loop().time()
-        self._probe_failed = False
-        prober = asyncio.create_task(self._probe(call), name=f"etcd-watch-probe-{self.namespace}/{self.service}")
+    async def _next_change(self) -> bool:
+        """Read and apply one watch response; whether the set changed."""
         try:
-            while True:
-                response = await call.read()
-                self._answered_at = asyncio.get_running_loop().time()
-                if response is EOF:
-                    raise _StreamLost("the watch stream ended")
-                if int(response.compact_revision) != 0:
-                    raise _Compacted
-                if response.canceled:
-                    raise _StreamLost(f"etcd canceled the watch: {response.cancel_reason}")
-                if self._apply(response):
-                    self._publish()
-        except (_StreamLost, _Compacted):
-            raise
+            response = await self._call.read()
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if self._probe_failed and task is not None and not task.cancelling():
-                # The probe cancelled the call (grpc.aio reports that as CancelledError), not us.
+            if _cancelled_by_us():
+                raise
+            if self._probe_failed:
                 raise _StreamLost(f"etcd did not answer a progress request within {self._pool.timeout:g} s") from None
-            raise
+            raise _StreamLost("the watch call was cancelled under us (its channel closed)") from None
         except Exception as error:
             if is_connection_error(error):
                 await self._pool.report_failure(self._call_client)
                 raise _StreamLost(str(error)) from error
             raise
-        finally:
-            prober.cancel()
-            await asyncio.gather(prober, return_exceptions=True)
+        self._answered_at = asyncio.get_running_loop().time()
+        if response is EOF:
+            raise _StreamLost("the watch stream ended")
+        if int(response.compact_revision) != 0:
+            raise _Compacted
+        if response.canceled:
+            raise _StreamLost(f"etcd canceled the watch: {response.cancel_reason}")
+        return self._apply(response)
+
+    def _start_probe(self) -> asyncio.Task[None]:
+        self._answered_at = asyncio.get_running_loop().time()
+        self._probe_failed = False
+        return asyncio.create_task(self._probe(self._call), name=f"etcd-watch-probe-{self.namespace}/{self.service}")
 
     async def _probe(self, call: Any) -> None:
         """After a quiet ``timeout`` ask etcd for progress on the stream; no answer within another ``timeout``
@@ -368,21 +349,3 @@ class ServiceWatch:
             changed |= self._members.pop(key, None) is not None
         self._revision = max(self._revision, *(int(event.kv.mod_revision) for event in response.events))
         return changed
-
-
-async def iterate(watch: ServiceWatch, timeout: float) -> AsyncIterator[Snapshot]:
-    """Yield a shared watch's snapshots for one subscriber, unsubscribing when the consumer stops."""
-    subscription = watch.subscribe()
-    try:
-        try:
-            async with asyncio.timeout(timeout):
-                first = await subscription.next()
-        except TimeoutError:
-            raise BackendUnavailableError(
-                f"could not watch {watch.namespace}/{watch.service}: etcd did not answer in time"
-            ) from None
-        yield first
-        while True:
-            yield await subscription.next()
-    finally:
-        await watch.unsubscribe(subscription)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import weakref
 
 from kazoo.exceptions import BadVersionError, NoNodeError
 
@@ -18,9 +18,9 @@ from discovery.core.errors import (
     ValidationError,
 )
 from discovery.core.foreign import foreign_key_of
-from discovery.core.models import Instance, Snapshot, Status
+from discovery.core.models import Instance, Status
 from discovery.core.urls import BackendURL
-from discovery_zookeeper.connection import ZooKeeperSession
+from discovery_zookeeper.connection import SessionEvent, ZooKeeperSession
 from discovery_zookeeper.definitions import ZooKeeperDefinitions
 from discovery_zookeeper.keepalive import Registrations
 from discovery_zookeeper.layout import Layout
@@ -29,7 +29,7 @@ from discovery_zookeeper.security import verify_root
 from discovery_zookeeper.settings import ZooKeeperConfig
 from discovery_zookeeper.watch import ServiceWatch, decode_or_none
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("discovery.backends.zookeeper.backend")
 
 #: Read-compare-rewrite rounds of ``set_status`` before giving up on a znode that keeps changing.
 _REWRITE_ATTEMPTS = 5
@@ -40,6 +40,8 @@ class ZooKeeperBackend(Backend):
 
     Liveness is the ZooKeeper session: one per backend, with the URL's ``session_timeout`` (per-registration
     TTLs do not apply). See the module docs of :mod:`discovery_zookeeper` for the URL.
+
+    Not thread-safe, like every backend: only its registry's event loop calls it (kazoo's threads hand over to it).
     """
 
     scheme = "zookeeper"
@@ -49,7 +51,8 @@ class ZooKeeperBackend(Backend):
         self._layout = Layout(config.root)
         self._session: ZooKeeperSession | None = None
         self._registrations: Registrations | None = None
-        self._watches: set[ServiceWatch] = set()
+        # Open watch streams, to end them on close; a stream its consumer dropped leaves by itself.
+        self._watches: weakref.WeakSet[ServiceWatch] = weakref.WeakSet()
         self._closed = False
         self._definitions = ZooKeeperDefinitions(self._live_session, config.root)
 
@@ -110,6 +113,20 @@ class ZooKeeperBackend(Backend):
             )
         self._session = session
         self._registrations = Registrations(session, self._layout, self.config.payload_class)
+        session.add_listener(self._report_session_event)
+
+    def _report_session_event(self, event: SessionEvent) -> None:
+        """kazoo's connection states, as the backend-neutral connection states."""
+        monitor = self.connection
+        if event is SessionEvent.SUSPENDED:
+            monitor.failure(f"the connection to {self.config.hosts} dropped (session kept for now)")
+        elif event is SessionEvent.EXPIRED:
+            monitor.lost("the ZooKeeper session expired")
+        elif event is SessionEvent.RECONNECTED:
+            monitor.contact("same session")
+        else:
+            monitor.lost("the ZooKeeper session expired while disconnected")
+            monitor.contact("new session")
 
     async def close(self) -> None:
         """Deregister everything, end the watch streams, close the session."""
@@ -212,15 +229,11 @@ class ZooKeeperBackend(Backend):
         )
         return tuple(sorted(name for name, stat in zip(candidates, stats, strict=True) if stat and stat.numChildren))
 
-    async def watch(self, namespace: str, service: str) -> AsyncIterator[Snapshot]:
-        """Yield the current snapshot, then one per change; stale while disconnected, re-listed after."""
+    def watch(self, namespace: str, service: str) -> ServiceWatch:
+        """A new stream: the current snapshot, then one per change; stale while disconnected, re-listed after."""
         stream = ServiceWatch(self._live_session(), self._layout.service_path(namespace, service), namespace, service)
         self._watches.add(stream)
-        try:
-            async for snapshot in stream.snapshots():
-                yield snapshot
-        finally:
-            self._watches.discard(stream)
+        return stream
 
     # -- helpers -------------------------------------------------------------------------------------------------
 

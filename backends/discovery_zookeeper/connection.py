@@ -23,7 +23,7 @@ from discovery_zookeeper.bridge import CONNECTION_ERRORS, await_kazoo, call_in_l
 from discovery_zookeeper.security import kazoo_logger, tls_preflight
 from discovery_zookeeper.settings import ZooKeeperConfig
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("discovery.backends.zookeeper.connection")
 
 
 class SessionEvent(enum.Enum):

@@ -23,7 +23,7 @@ from discovery_zookeeper.connection import SessionEvent, ZooKeeperSession
 from discovery_zookeeper.layout import Layout
 from discovery_zookeeper.records import encode_record
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("discovery.backends.zookeeper.keepalive")
 
 Key = tuple[str, str, str]
 

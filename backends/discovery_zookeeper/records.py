@@ -28,7 +28,7 @@ from discovery.core.errors import UnsupportedOperationError, ValidationError
 from discovery.core.foreign import foreign_instance_id
 from discovery.core.models import Instance, Status
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("discovery.backends.zookeeper.records")
 
 SPRING_STATUS_KEY = "instance_status"
 _TO_SPRING = {

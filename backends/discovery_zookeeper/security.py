@@ -32,7 +32,7 @@ READ_MODES = ("world", "creator")
 _WRITE_PERMISSIONS = Permissions.WRITE | Permissions.CREATE | Permissions.DELETE | Permissions.ADMIN
 _HANDSHAKE_ANSWER_WAIT = 2.0
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("discovery.backends.zookeeper.security")
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,8 +129,8 @@ class RedactingFilter(logging.Filter):
 
 
 def kazoo_logger(security: ZooKeeperSecurity) -> logging.Logger:
-    """The logger handed to kazoo: ``discovery_zookeeper.kazoo``, with the password redacted."""
-    logger = logging.getLogger("discovery_zookeeper.kazoo")
+    """The logger handed to kazoo: ``discovery.backends.zookeeper.kazoo``, with the password redacted."""
+    logger = logging.getLogger("discovery.backends.zookeeper.kazoo")
     if security.password and not any(
         isinstance(f, RedactingFilter) and f.redacts(security.password) for f in logger.filters
     ):

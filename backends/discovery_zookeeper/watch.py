@@ -1,4 +1,8 @@
-"""A snapshot stream per watched service, from one-shot ZooKeeper watches.
+"""A snapshot stream per ``watch()`` call, from one-shot ZooKeeper watches.
+
+A :class:`ServiceWatch` is what ``ZooKeeperBackend.watch`` returns: an async iterator of full snapshots, driven by
+its consumer (the registry's watch hub, which shares it among every subscriber of the service; there is no
+sharing here).
 
 kazoo 2.11 has no persistent watches, and it drops every watch when the connection is suspended, so the
 stream re-arms watches as it reads: a children watch on the service directory (or an ``exists`` watch while
@@ -12,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from kazoo.exceptions import NoNodeError
@@ -26,14 +30,16 @@ from discovery_zookeeper.bridge import call_in_loop
 from discovery_zookeeper.connection import SessionEvent, ZooKeeperSession
 from discovery_zookeeper.records import decode_record
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("discovery.backends.zookeeper.watch")
 
 #: Upper bound of the random delay before re-listing after a reconnect (spreads a herd of watchers).
 RESYNC_JITTER = 0.25
 
 
-class ServiceWatch:
-    """The state of one ``watch(namespace, service)`` stream; iterate :meth:`snapshots`."""
+class ServiceWatch(AsyncIterator[Snapshot]):
+    """The snapshot stream of one ``watch(namespace, service)`` call: the current set, then one per change,
+    stale while disconnected, until :meth:`stop` or ``aclose()``.
+    """
 
     def __init__(self, session: ZooKeeperSession, path: str, namespace: str, service: str) -> None:
         self._session = session
@@ -50,6 +56,14 @@ class ServiceWatch:
         self._stopped = False
         self._stop_requested = asyncio.Event()
         self._revision = 0
+        self._snapshots = self._stream()
+
+    async def __anext__(self) -> Snapshot:
+        return await anext(self._snapshots)
+
+    async def aclose(self) -> None:
+        """End the stream (its watches are left to fire once, unanswered)."""
+        await self._snapshots.aclose()
 
     def stop(self) -> None:
         """End the stream (the backend is closing)."""
@@ -57,8 +71,7 @@ class ServiceWatch:
         self._stop_requested.set()
         self._wake.set()
 
-    async def snapshots(self) -> AsyncIterator[Snapshot]:
-        """The current snapshot, then one per change, stale while disconnected, until :meth:`stop`."""
+    async def _stream(self) -> AsyncGenerator[Snapshot, None]:
         self._session.add_listener(self._on_session_event)
         try:
             await self._sync_until_done()

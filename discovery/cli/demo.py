@@ -53,6 +53,9 @@ def run_demo(url: str | None, ttl: float) -> int:
     namespace = "demo"
     with Registry.connect(url) as registry:
         caps = registry.capabilities
+        if ttl < caps.min_ttl:  # register() refuses a TTL below the minimum; the demo takes the shortest allowed
+            say(f"(the {caps.name} backend's minimum TTL is {caps.min_ttl:g} s: using it instead of {ttl:g} s)")
+            ttl = caps.min_ttl
         bound = registry.detection_bound(ttl)
         say(f"discovery demo on {caps.name}  (declared detection bound for ttl={ttl:g}s: {bound:.2f} s)")
         seen: list[Snapshot] = []

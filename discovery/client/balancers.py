@@ -26,6 +26,8 @@ from discovery.core.models import Instance
 
 __all__ = [
     "Balancer",
+    "BalancerFactory",
+    "BalancerSpec",
     "ConsistentHash",
     "NoInstanceAvailableError",
     "PowerOfTwoChoices",
@@ -34,6 +36,7 @@ __all__ = [
     "RoundRobin",
     "WeightedRoundRobin",
     "ZoneAware",
+    "balancer_factory",
 ]
 
 D = TypeVar("D")
@@ -46,8 +49,8 @@ class NoInstanceAvailableError(DiscoveryError, LookupError):
 class Balancer(Protocol):
     """Chooses one instance; raises :class:`NoInstanceAvailableError` when there is none.
 
-    ``instances`` is ordered by id and must be treated as immutable. Implementations must be safe to call
-    from several threads at once.
+    ``instances`` is ordered by id and must be treated as immutable. Implementations must be thread-safe: a
+    cache's picks come from every thread that calls it.
     """
 
     def pick(self, instances: Sequence[Instance], key: str | None = None) -> Instance:
@@ -57,7 +60,10 @@ class Balancer(Protocol):
 
 @runtime_checkable
 class RequestTracking(Protocol):
-    """A balancer that wants to be told when a request to an instance starts and finishes."""
+    """A balancer that wants to be told when a request to an instance starts and finishes.
+
+    Implementations must be thread-safe: ``started``/``finished`` come from the threads making requests.
+    """
 
     def started(self, instance: Instance) -> None:
         """A request to ``instance`` has started."""
@@ -66,6 +72,45 @@ class RequestTracking(Protocol):
     def finished(self, instance: Instance) -> None:
         """A request to ``instance`` has finished (successfully or not)."""
         ...
+
+
+#: Makes a fresh balancer (a class such as ``RoundRobin`` is one).
+BalancerFactory = Callable[[], Balancer]
+#: What every ``balancer=`` argument takes: a balancer instance or a factory of them.
+BalancerSpec = Balancer | BalancerFactory
+
+
+def _has_pick(value: object) -> bool:
+    return not isinstance(value, type) and callable(getattr(value, "pick", None))
+
+
+def balancer_factory(spec: object, argument: str = "balancer") -> BalancerFactory:
+    """The factory behind a ``balancer=`` argument, checked now rather than at the first pick.
+
+    ``spec`` is a balancer instance (anything with a ``pick(instances, key)`` method; the factory returns that
+    same object every time, so it is shared) or a factory (a class such as ``RoundRobin``, or any callable
+    without arguments) returning one. A factory is called once here to check what it makes. Anything else
+    raises ``TypeError`` naming ``argument``.
+    """
+    if _has_pick(spec):
+        instance: Balancer = spec  # type: ignore[assignment]  # checked just above: it has a pick method
+        return lambda: instance
+    if not callable(spec):
+        raise TypeError(
+            f"{argument} must be a balancer (an object with a pick(instances, key) method, e.g. RoundRobin())"
+            f" or a factory making one (e.g. RoundRobin), got {type(spec).__name__} {spec!r:.60}"
+        )
+    name = getattr(spec, "__qualname__", None) or repr(spec)
+    try:
+        made = spec()
+    except TypeError as error:
+        raise TypeError(
+            f"{argument}: the factory {name} cannot be called without arguments ({error}); pass an instance"
+            f" (e.g. {name}(...)) or a function returning one"
+        ) from None
+    if not _has_pick(made):
+        raise TypeError(f"{argument}: the factory {name} made {type(made).__name__}, which has no pick() method")
+    return spec  # checked just above: it makes balancers
 
 
 def _require(instances: Sequence[Instance]) -> None:
@@ -95,7 +140,10 @@ class _PerTuple(Generic[D]):
 
 
 class RoundRobin:
-    """Each instance in turn (ordered by id, so every client walks the same cycle)."""
+    """Each instance in turn (ordered by id, so every client walks the same cycle).
+
+    Thread-safe: the counter is one C call under the GIL.
+    """
 
     def __init__(self) -> None:
         # next() on itertools.count is one C call under the GIL, so the counter needs no lock.
@@ -109,7 +157,10 @@ class RoundRobin:
 
 
 class RandomChoice:
-    """A uniformly random instance (``seed`` makes the sequence reproducible)."""
+    """A uniformly random instance (``seed`` makes the sequence reproducible).
+
+    Thread-safe (one shared ``random.Random``; across threads a seeded sequence interleaves).
+    """
 
     def __init__(self, seed: int | None = None) -> None:
         self._random = random.Random(seed)
@@ -151,6 +202,8 @@ class WeightedRoundRobin:
 
     The cycle is computed once per instance set, so a pick is an index; for very large sets the classic
     per-pick algorithm runs under a lock instead.
+
+    Thread-safe: the cycle is immutable; the large-set path runs under a lock.
     """
 
     def __init__(self) -> None:
@@ -189,6 +242,8 @@ class PowerOfTwoChoices:
     """Power of two choices: draw two different instances at random, take the one with fewer requests in
     flight (ties go to the first drawn). Needs ``started``/``finished`` calls, which the httpx transports
     and :meth:`ServiceCache.track` make.
+
+    Thread-safe: in-flight counts change under a lock; a pick reads them without one.
     """
 
     def __init__(self, seed: int | None = None) -> None:
@@ -232,6 +287,8 @@ class PowerOfTwoChoices:
 class ZoneAware:
     """Prefer instances in ``zone``; spill over to every zone when fewer than ``min_local`` local instances
     are pickable (failed ones are already removed by the cache). ``inner`` balances within the chosen set.
+
+    Thread-safe when ``inner`` is (every shipped balancer is).
     """
 
     def __init__(self, zone: str | None, inner: Balancer | None = None, *, min_local: int = 1) -> None:
@@ -285,6 +342,8 @@ class ConsistentHash:
 
     Each instance gets ``replicas x weight`` points on the ring (by id, so every client builds the same ring).
     A pick without a key raises :class:`discovery.ValidationError`.
+
+    Thread-safe: a ring is immutable and rebuilt per instance set.
     """
 
     def __init__(self, replicas: int = 100) -> None:

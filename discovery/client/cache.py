@@ -10,18 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from discovery.client.balancers import Balancer, NoInstanceAvailableError, RequestTracking, RoundRobin
+from discovery.client.balancers import (
+    Balancer,
+    BalancerSpec,
+    NoInstanceAvailableError,
+    RequestTracking,
+    RoundRobin,
+    balancer_factory,
+)
 from discovery.client.feedback import DownInstancePolicy, FailureTracker, endpoint_of
 from discovery.core.errors import ClosedError, DiscoveryError
 from discovery.core.models import DEFAULT_NAMESPACE, Instance, Snapshot
 from discovery.core.selectors import parse_selector
 from discovery.core.validation import validate_namespace, validate_service_name
+from discovery.observability.metrics import METRICS
 from discovery.registry.async_registry import (
     DEFAULT_STATUSES,
     SelectorLike,
@@ -29,6 +38,7 @@ from discovery.registry.async_registry import (
     filter_instances,
     parse_statuses,
 )
+from discovery.registry.checks import require_async_registry, require_registry
 
 if TYPE_CHECKING:
     from discovery.registry.async_registry import AsyncRegistry
@@ -36,19 +46,26 @@ if TYPE_CHECKING:
 
 __all__ = ["PickState", "ServiceCache"]
 
+log = logging.getLogger("discovery.client.cache")
+
 #: How long ``open``/``open_async`` wait for the first snapshot by default (seconds).
 DEFAULT_READY_TIMEOUT = 15.0
 
 
 @dataclass(frozen=True, slots=True)
 class PickState:
-    """What a cache picks from, derived once per snapshot (and per change of the down set)."""
+    """What a cache picks from, derived once per snapshot (and per change of the down set).
+
+    Immutable: safe to share between threads.
+    """
 
     snapshot: Snapshot | None
     candidates: tuple[Instance, ...]
     pickable: tuple[Instance, ...]
     #: Clock time at which a cool-down ends and ``pickable`` must be recomputed (``None``: nothing is down).
     recheck_at: float | None = None
+    #: How many candidates are in their failure cool-down (all of them may be, and then all are pickable).
+    set_aside: int = 0
 
 
 _EMPTY = PickState(None, (), ())
@@ -61,6 +78,9 @@ class ServiceCache:
     (:class:`~discovery.AsyncRegistry`); both wait for the first snapshot. Only ``UP`` instances are picked
     by default (``statuses=``), optionally narrowed by a label ``selector``. Report call outcomes with
     :meth:`note_error` / :meth:`note_success`; see :mod:`discovery.client.feedback`.
+
+    Thread-safe: pick, feedback and reads from any thread (readers take no lock, writers serialise on one); update
+    callbacks run on the registry's loop.
     """
 
     def __init__(
@@ -68,14 +88,14 @@ class ServiceCache:
         service: str,
         namespace: str = DEFAULT_NAMESPACE,
         *,
-        balancer: Balancer | None = None,
+        balancer: BalancerSpec | None = None,
         selector: SelectorLike = None,
         statuses: StatusFilter = DEFAULT_STATUSES,
         failures: FailureTracker | DownInstancePolicy | None = None,
     ) -> None:
         self.service = validate_service_name(service)
         self.namespace = validate_namespace(namespace)
-        self.balancer: Balancer = balancer if balancer is not None else RoundRobin()
+        self.balancer: Balancer = balancer_factory(balancer)() if balancer is not None else RoundRobin()
         # Checked once: isinstance against a runtime-checkable Protocol costs microseconds per call.
         self._tracking: RequestTracking | None = self.balancer if isinstance(self.balancer, RequestTracking) else None
         self._selector = parse_selector(selector)
@@ -114,7 +134,11 @@ class ServiceCache:
     ) -> ServiceCache:
         """Follow ``service`` through a blocking registry; returns once the first snapshot arrived
         (``TimeoutError`` after ``ready_timeout``). ``options`` are the constructor's keyword arguments.
+        An :class:`~discovery.AsyncRegistry` is refused with ``TypeError`` (use :meth:`open_async`).
         """
+        require_registry(
+            registry, "ServiceCache.open()", "use await ServiceCache.open_async(registry, ...) on its event loop"
+        )
         cache = cls(service, namespace, **options)
         cache._unsubscribe = registry.subscribe(service, cache.feed, namespace)
         if not cache._ready.wait(ready_timeout):
@@ -134,7 +158,11 @@ class ServiceCache:
     ) -> ServiceCache:
         """Follow ``service`` through an asyncio registry (call on its loop); returns once the first snapshot
         arrived (``TimeoutError`` after ``ready_timeout``). Close it with :meth:`aclose`.
+        A blocking :class:`~discovery.Registry` is refused with ``TypeError`` (use :meth:`open`).
         """
+        require_async_registry(
+            registry, "ServiceCache.open_async()", "use ServiceCache.open(registry, ...) from blocking code"
+        )
         cache = cls(service, namespace, **options)
         cache._opened_async = True
         ready = asyncio.Event()
@@ -191,7 +219,9 @@ class ServiceCache:
             return
         candidates = filter_instances(snapshot.instances, self._selector, self._statuses)
         with self._write_lock:
-            self._state = self._derive(snapshot, candidates)
+            before = self._state
+            self._state = state = self._derive(snapshot, candidates)
+        self._report_set_aside(before, state)
         self._ready.set()
         self._notify()
 
@@ -217,15 +247,23 @@ class ServiceCache:
         relevant = [down[endpoint_of(i)] for i in candidates if endpoint_of(i) in down]
         recheck_at = min(relevant) if relevant else None
         # Never set every instance aside: a fully failed set is better served than refused.
-        return PickState(snapshot, candidates, pickable or candidates, recheck_at)
+        return PickState(snapshot, candidates, pickable or candidates, recheck_at, len(relevant))
 
     def _refresh(self) -> PickState:
         # Writers (the loop's feed, callers' feedback) serialise so a refresh never overwrites a newer
         # snapshot with one derived from an older one; readers never take the lock.
         with self._write_lock:
-            state = self._state
-            self._state = state = self._derive(state.snapshot, state.candidates)
-            return state
+            before = self._state
+            self._state = state = self._derive(before.snapshot, before.candidates)
+        self._report_set_aside(before, state)
+        return state
+
+    def _report_set_aside(self, before: PickState, after: PickState) -> None:
+        if after.set_aside != before.set_aside:
+            log.info("%s/%s: %d of %d instances set aside by failure feedback", self.namespace, self.service,
+                     after.set_aside, len(after.candidates))
+            if METRICS.active:
+                METRICS.set_aside(self.namespace, self.service, after.set_aside)
 
     # -- reading ------------------------------------------------------------------------------------------
 
@@ -262,9 +300,12 @@ class ServiceCache:
         if state.recheck_at is not None and self.failures.clock() >= state.recheck_at:
             state = self._refresh()
         try:
-            return self.balancer.pick(state.pickable, key)
+            instance = self.balancer.pick(state.pickable, key)
         except NoInstanceAvailableError:
             raise self._none_available() from None
+        if METRICS.active:
+            METRICS.pick(instance)
+        return instance
 
     def pick_excluding(self, tried: Collection[Instance], key: str | None = None) -> Instance:
         """A pick that avoids ``tried`` instances (for a retry); falls back to any when all were tried."""
@@ -275,11 +316,16 @@ class ServiceCache:
             if untried:
                 pickable = untried
         try:
-            return self.balancer.pick(pickable, key)
+            instance = self.balancer.pick(pickable, key)
         except NoInstanceAvailableError:
             raise self._none_available() from None
+        if METRICS.active:
+            METRICS.pick(instance)
+        return instance
 
     def _none_available(self) -> DiscoveryError:
+        if METRICS.active:
+            METRICS.pick_failed(self.namespace, self.service, "closed" if self._closed else "no-instance")
         if self._closed:
             return ClosedError(f"the cache of {self.namespace}/{self.service} is closed")
         total = 0 if self._state.snapshot is None else len(self._state.snapshot)

@@ -30,7 +30,10 @@ def endpoint_of(instance: Instance) -> InstanceEndpoint:
 
 @dataclass(frozen=True, slots=True)
 class DownInstancePolicy:
-    """When an instance counts as down (Curator's defaults: 2 errors in 30 s, down for 30 s)."""
+    """When an instance counts as down (Curator's defaults: 2 errors in 30 s, down for 30 s).
+
+    Immutable: safe to share between threads.
+    """
 
     error_threshold: int = 2
     window: float = 30.0

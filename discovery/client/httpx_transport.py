@@ -21,12 +21,18 @@ followed at once (least recently used closed first).
 
 The ``Host`` header keeps the service name (as a Kubernetes Service's virtual host does); for ``https`` the
 TLS server name (SNI) is the service name as well.
+
+Which instance served a request is in ``response.extensions["discovery.instance"]`` (and the number of
+instances tried in ``"discovery.attempts"``); a transport error names the instance it came from in its message
+and carries it as ``error.discovery_instance``. Picks and retries are logged at DEBUG on
+``discovery.client.httpx_transport``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
@@ -35,12 +41,20 @@ from typing import TYPE_CHECKING
 import httpx
 from tenacity import AsyncRetrying, Retrying, retry_if_exception_type, stop_after_attempt
 
-from discovery.client.balancers import Balancer, NoInstanceAvailableError, RoundRobin
+from discovery.client.balancers import (
+    Balancer,
+    BalancerFactory,
+    BalancerSpec,
+    NoInstanceAvailableError,
+    RoundRobin,
+    balancer_factory,
+)
 from discovery.client.cache import ServiceCache
 from discovery.client.feedback import DownInstancePolicy, FailureTracker
 from discovery.core.errors import ValidationError
 from discovery.core.models import DEFAULT_NAMESPACE, Instance
 from discovery.core.validation import validate_namespace
+from discovery.registry.checks import require_async_registry, require_registry
 
 if TYPE_CHECKING:
     from discovery.registry.async_registry import AsyncRegistry
@@ -48,15 +62,23 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MAX_CACHES",
+    "INSTANCE_EXTENSION",
     "AsyncDiscoveryTransport",
     "BalancerFactory",
     "DiscoveryTransport",
     "NoInstanceTransportError",
     "ServiceRouter",
+    "failed_instance",
 ]
 
-#: Makes a fresh balancer for one service (a class such as ``RoundRobin`` is one).
-BalancerFactory = Callable[[], Balancer]
+log = logging.getLogger("discovery.client.httpx_transport")
+
+#: The ``response.extensions`` key holding the :class:`~discovery.Instance` that served the request.
+INSTANCE_EXTENSION = "discovery.instance"
+#: The ``response.extensions`` key holding how many instances were tried (1 when the first pick answered).
+ATTEMPTS_EXTENSION = "discovery.attempts"
+#: The attribute of a transport error holding the :class:`~discovery.Instance` it came from.
+ERROR_INSTANCE_ATTRIBUTE = "discovery_instance"
 #: Errors raised before any byte of the request was sent: safe to retry on another instance.
 RETRYABLE_ERRORS: tuple[type[Exception], ...] = (httpx.ConnectError, httpx.ConnectTimeout)
 
@@ -80,6 +102,22 @@ def _suffix(text: str) -> str:
     return "." + ".".join(labels)
 
 
+def failed_instance(error: BaseException) -> Instance | None:
+    """The instance a transport error of these transports came from (``None`` for other errors)."""
+    instance = getattr(error, ERROR_INSTANCE_ATTRIBUTE, None)
+    return instance if isinstance(instance, Instance) else None
+
+
+def _name_instance(error: httpx.TransportError, instance: Instance) -> None:
+    """Make ``error`` say which instance failed: in its message (what a log line or traceback shows) and as an
+    attribute (for code). httpx errors keep their message in ``args[0]``.
+    """
+    where = f"{instance.namespace}/{instance.service} instance {instance.id} at {instance.address}:{instance.port}"
+    message = str(error) or type(error).__name__
+    error.args = (f"{message} ({where})", *error.args[1:])
+    setattr(error, ERROR_INSTANCE_ATTRIBUTE, instance)
+
+
 def _is_dns_label(text: str) -> bool:
     try:
         validate_namespace(text)  # the same DNS-1123 label rule as a service name
@@ -94,6 +132,10 @@ class ServiceRouter:
     ``namespaces`` are the namespaces a ``service.namespace`` host may name (default: only ``namespace``);
     ``suffixes`` (e.g. ``(".svc", ".svc.cluster.local")``) make ``service.namespace<suffix>`` hosts resolve too,
     in any namespace unless ``namespaces`` is given. Every other host is left to the network.
+    ``balancer`` (and each value of ``balancers``, keyed by ``service`` or ``service.namespace``) is a balancer
+    instance, shared by every service it applies to, or a factory (e.g. ``RoundRobin``) called once per
+    service; anything else is a ``TypeError`` here. Thread-safe: immutable after construction except a bounded
+    memo of resolved hosts, whose reads and writes are single dictionary operations (atomic under the GIL).
     """
 
     def __init__(
@@ -103,8 +145,8 @@ class ServiceRouter:
         namespaces: Collection[str] | None = None,
         suffixes: Collection[str] = (),
         passthrough: Collection[str] = ("localhost",),
-        balancer: BalancerFactory = RoundRobin,
-        balancers: Mapping[str, BalancerFactory] | None = None,
+        balancer: BalancerSpec = RoundRobin,
+        balancers: Mapping[str, BalancerSpec] | None = None,
         hash_key: Callable[[httpx.Request], str | None] | None = None,
         port_name: str | None = None,
     ) -> None:
@@ -114,8 +156,10 @@ class ServiceRouter:
             frozenset({self.namespace}))
         self.suffixes = tuple(sorted({_suffix(s) for s in suffixes}, key=len, reverse=True))
         self.passthrough = frozenset(h.lower() for h in passthrough)
-        self.balancer = balancer
-        self.balancers = dict(balancers or {})
+        self.balancer: BalancerFactory = balancer_factory(balancer)
+        self.balancers: dict[str, BalancerFactory] = {
+            name: balancer_factory(spec, f"balancers[{name!r}]") for name, spec in (balancers or {}).items()
+        }
         self.hash_key = hash_key
         self.port_name = port_name
         self._resolved: dict[str, ServiceTarget | None] = {}
@@ -229,6 +273,21 @@ def _check_max_caches(value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValidationError("max_caches", f"must be an integer >= 1, got {value!r}")
     return value
+def _log_pick(request: httpx.Request, instance: Instance, attempt: int) -> None:
+    log.debug("%s %s -> %s at %s:%d (attempt %d)", request.method, request.url.host, instance.id,
+              instance.address, instance.port, attempt)
+
+
+def _log_failure(error: httpx.TransportError, attempt: int, attempts: int) -> None:
+    if isinstance(error, RETRYABLE_ERRORS) and attempt < attempts:
+        log.debug("%s; retrying on another instance", error)
+    else:
+        log.debug("%s; not retried", error)
+
+
+def _mark_response(response: httpx.Response, instance: Instance, attempt: int) -> None:
+    response.extensions[INSTANCE_EXTENSION] = instance
+    response.extensions[ATTEMPTS_EXTENSION] = attempt
 
 
 def _check_attempts(attempts: int) -> int:
@@ -243,6 +302,9 @@ class DiscoveryTransport(httpx.BaseTransport):
     ``transport`` is the wrapped transport (default ``httpx.HTTPTransport()``); ``failures`` is the
     down-instance policy shared by this transport's caches; the other keyword arguments are those of
     :class:`ServiceRouter`. Closing the transport closes its caches, not the registry.
+
+    Thread-safe: one transport may serve an ``httpx.Client`` used from several threads (caches open under a lock;
+    the retry state is per thread).
     """
 
     def __init__(
@@ -256,7 +318,9 @@ class DiscoveryTransport(httpx.BaseTransport):
         max_caches: int = DEFAULT_MAX_CACHES,
         **router_options: object,
     ) -> None:
-        self.registry = registry
+        self.registry = require_registry(
+            registry, "DiscoveryTransport", "use AsyncDiscoveryTransport with httpx.AsyncClient"
+        )
         self.router = router if router is not None else ServiceRouter(**router_options)  # type: ignore[arg-type]
         self.attempts = _check_attempts(attempts)
         self.max_caches = _check_max_caches(max_caches)
@@ -313,18 +377,22 @@ class DiscoveryTransport(httpx.BaseTransport):
             with attempt:
                 instance = _pick(cache, tried, key, request)
                 tried.append(instance)
-                return self._send(cache, instance, request)
+                _log_pick(request, instance, len(tried))
+                return self._send(cache, instance, request, len(tried))
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
-    def _send(self, cache: ServiceCache, instance: Instance, request: httpx.Request) -> httpx.Response:
+    def _send(self, cache: ServiceCache, instance: Instance, request: httpx.Request, attempt: int) -> httpx.Response:
         cache.started(instance)
         try:
             response = self._inner.handle_request(self.router.address_of(request, instance))
-        except httpx.TransportError:
+        except httpx.TransportError as error:
             cache.finished(instance)
             cache.note_error(instance)
+            _name_instance(error, instance)
+            _log_failure(error, attempt, self.attempts)
             raise
         cache.note_success(instance)
+        _mark_response(response, instance, attempt)
         assert isinstance(response.stream, httpx.SyncByteStream)
         response.stream = _TrackedSyncStream(response.stream, lambda: cache.finished(instance))
         return response
@@ -341,6 +409,8 @@ class DiscoveryTransport(httpx.BaseTransport):
 class AsyncDiscoveryTransport(httpx.AsyncBaseTransport):
     """The asyncio form of :class:`DiscoveryTransport`, over an :class:`~discovery.AsyncRegistry` (use it on
     the registry's event loop).
+
+    Not thread-safe: use it on the event loop of its registry.
     """
 
     def __init__(
@@ -354,7 +424,9 @@ class AsyncDiscoveryTransport(httpx.AsyncBaseTransport):
         max_caches: int = DEFAULT_MAX_CACHES,
         **router_options: object,
     ) -> None:
-        self.registry = registry
+        self.registry = require_async_registry(
+            registry, "AsyncDiscoveryTransport", "use DiscoveryTransport with httpx.Client"
+        )
         self.router = router if router is not None else ServiceRouter(**router_options)  # type: ignore[arg-type]
         self.attempts = _check_attempts(attempts)
         self.max_caches = _check_max_caches(max_caches)
@@ -413,18 +485,24 @@ class AsyncDiscoveryTransport(httpx.AsyncBaseTransport):
             with attempt:
                 instance = _pick(cache, tried, key, request)
                 tried.append(instance)
-                return await self._send(cache, instance, request)
+                _log_pick(request, instance, len(tried))
+                return await self._send(cache, instance, request, len(tried))
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
-    async def _send(self, cache: ServiceCache, instance: Instance, request: httpx.Request) -> httpx.Response:
+    async def _send(
+        self, cache: ServiceCache, instance: Instance, request: httpx.Request, attempt: int
+    ) -> httpx.Response:
         cache.started(instance)
         try:
             response = await self._inner.handle_async_request(self.router.address_of(request, instance))
-        except httpx.TransportError:
+        except httpx.TransportError as error:
             cache.finished(instance)
             cache.note_error(instance)
+            _name_instance(error, instance)
+            _log_failure(error, attempt, self.attempts)
             raise
         cache.note_success(instance)
+        _mark_response(response, instance, attempt)
         assert isinstance(response.stream, httpx.AsyncByteStream)
         response.stream = _TrackedAsyncStream(response.stream, lambda: cache.finished(instance))
         return response

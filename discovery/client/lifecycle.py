@@ -34,10 +34,31 @@ IDLE_POLL_INTERVAL = 0.05
 
 @dataclass(frozen=True, slots=True)
 class DrainResult:
-    """What a drain did: how long it waited and whether the idle probe was satisfied before the timeout."""
+    """What a drain did: how long it waited and whether the idle probe was satisfied before the timeout.
+
+    Immutable: safe to share between threads.
+    """
 
     waited: float
     idle: bool
+
+
+def _require_async_registration(registration: object, where: str, instead: str) -> AsyncRegistration:
+    if isinstance(registration, AsyncRegistration):
+        return registration
+    if isinstance(registration, Registration):
+        raise TypeError(f"{where} needs the AsyncRegistration of an AsyncRegistry, got a blocking Registration:"
+                        f" use {instead}")
+    raise TypeError(f"{where} needs an AsyncRegistration, got {type(registration).__name__}")
+
+
+def _require_registration(registration: object, where: str, instead: str) -> Registration:
+    if isinstance(registration, Registration):
+        return registration
+    if isinstance(registration, AsyncRegistration):
+        raise TypeError(f"{where} needs the Registration of a blocking Registry, got an AsyncRegistration:"
+                        f" use {instead}")
+    raise TypeError(f"{where} needs a discovery.Registration, got {type(registration).__name__}")
 
 
 def _check_drain_args(timeout: float, settle: float) -> None:
@@ -59,8 +80,9 @@ async def drain_async(
     The wait lasts at least ``settle`` seconds (for clients' watches to see ``DRAINING``; capped by
     ``timeout``), then until ``idle()`` is true (no request in flight) or ``timeout`` seconds have passed in
     all. Without ``idle`` it waits the full ``timeout``. A registration that is already deregistered is left
-    as it is.
+    as it is. A blocking :class:`~discovery.Registration` is refused with ``TypeError`` (use :func:`drain`).
     """
+    _require_async_registration(registration, "drain_async()", "drain()")
     _check_drain_args(timeout, settle)
     started = time.monotonic()
     if not registration.active:
@@ -89,7 +111,10 @@ def drain(
     idle: Callable[[], bool] | None = None,
     settle: float = 1.0,
 ) -> DrainResult:
-    """The blocking form of :func:`drain_async` (it waits in the calling thread)."""
+    """The blocking form of :func:`drain_async` (it waits in the calling thread); an
+    :class:`~discovery.AsyncRegistration` is refused with ``TypeError`` (use :func:`drain_async`).
+    """
+    _require_registration(registration, "drain()", "await drain_async()")
     _check_drain_args(timeout, settle)
     started = time.monotonic()
     if not registration.active:
@@ -149,6 +174,8 @@ class HealthCheck:
     A ``STARTING`` registration becomes ``UP`` after ``rise`` passing checks.
 
     Use as a context manager, or call :meth:`start` / :meth:`stop`.
+
+    Thread-safe: it runs in its own thread; :meth:`start` and :meth:`stop` may be called from any other.
     """
 
     def __init__(
@@ -160,7 +187,7 @@ class HealthCheck:
         rise: int = 1,
         fall: int = 1,
     ) -> None:
-        self.registration = registration
+        self.registration = _require_registration(registration, "HealthCheck", "AsyncHealthCheck")
         self.check = check
         self.interval = _check_interval(interval)
         self._verdicts = _Verdicts(rise, fall)
@@ -209,6 +236,8 @@ class HealthCheck:
 class AsyncHealthCheck:
     """The asyncio form of :class:`HealthCheck` for an :class:`~discovery.AsyncRegistration`: a task on the
     running loop. ``check`` may be a coroutine function; a plain function runs in a worker thread.
+
+    Not thread-safe: start and stop it on the registry's event loop.
     """
 
     def __init__(
@@ -220,7 +249,7 @@ class AsyncHealthCheck:
         rise: int = 1,
         fall: int = 1,
     ) -> None:
-        self.registration = registration
+        self.registration = _require_async_registration(registration, "AsyncHealthCheck", "HealthCheck")
         self.check = check
         self.interval = _check_interval(interval)
         self._verdicts = _Verdicts(rise, fall)

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
+from discovery.core.connection import ConnectionMonitor
 from discovery.core.definitions import DefinitionStore
 from discovery.core.errors import UnsupportedOperationError
 from discovery.core.models import Instance, Snapshot, Status
@@ -43,6 +44,8 @@ class Capabilities:
 
     The worst-case time for a dead registrant's instance to leave lookups and watches is
     ``effective_ttl + detection_slack`` seconds.
+
+    Immutable: safe to share between threads.
     """
 
     name: str
@@ -73,9 +76,13 @@ class Backend(abc.ABC):
       alive and drops connections *without* deregistering, as a crashed process would.
     * Reads never see another service's keys (``api`` vs ``api-v2``) or another namespace's.
     * Instances that cannot be decoded (written by a foreign tool) are skipped, never fatal.
+
+    Not thread-safe: only the event loop of the registry that owns it calls it (``connection.status`` may be read
+    from any thread).
     """
 
     scheme: ClassVar[str]
+    _connection_monitor: ConnectionMonitor | None = None
 
     @classmethod
     @abc.abstractmethod
@@ -86,6 +93,21 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def capabilities(self) -> Capabilities:
         """What this backend promises."""
+
+    @property
+    def connection(self) -> ConnectionMonitor:
+        """This backend's connection state and its listeners (see :mod:`discovery.core.connection`).
+
+        The registry reports the first contact after :meth:`start`; adapters report failures, contact again,
+        and a lost session. Unless told otherwise, ``suspended`` for longer than the default TTL plus the
+        detection slack counts as ``lost``: every registration with the default TTL is gone by then.
+        """
+        monitor = self._connection_monitor
+        if monitor is None:
+            caps = self.capabilities
+            lost_after = caps.default_ttl + caps.detection_slack if caps.networked else None
+            monitor = self._connection_monitor = ConnectionMonitor(caps.name, lost_after=lost_after)
+        return monitor
 
     def effective_ttl(self, requested: float | None) -> float:
         """The TTL a registration really gets for a requested one (``None`` = the default)."""

@@ -33,6 +33,8 @@ class Instance:
     """One registered endpoint of a service. Construction validates every field.
 
     Raises :class:`discovery.ValidationError` naming the field when any value is malformed.
+
+    Immutable: safe to share between threads.
     """
 
     service: str
@@ -89,6 +91,8 @@ class Snapshot:
 
     ``revision`` increases with every snapshot a watch delivers. ``stale`` is set while the backend is
     unreachable: the last good set is kept rather than emptied.
+
+    Immutable: safe to share between threads.
     """
 
     service: str

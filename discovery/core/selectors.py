@@ -62,7 +62,10 @@ class Requirement:
 
 @dataclass(frozen=True, slots=True)
 class Selector:
-    """A parsed label selector: all requirements must hold. The empty selector matches everything."""
+    """A parsed label selector: all requirements must hold. The empty selector matches everything.
+
+    Immutable: safe to share between threads.
+    """
 
     requirements: tuple[Requirement, ...] = ()
 

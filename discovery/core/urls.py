@@ -69,7 +69,10 @@ class Endpoint:
 
 @dataclass(frozen=True, slots=True)
 class BackendURL:
-    """A parsed connection URL."""
+    """A parsed connection URL.
+
+    Immutable: safe to share between threads.
+    """
 
     scheme: str
     endpoints: tuple[Endpoint, ...]

@@ -200,3 +200,14 @@ def validate_ttl(value: object) -> float | None:
     if not 0 < value <= 86400:
         raise ValidationError("ttl", f"{value} is outside (0, 86400] seconds")
     return float(value)
+
+
+def validate_ttl_minimum(requested: float | None, minimum: float, backend: str, hint: str = "") -> float | None:
+    """Refuse a requested TTL below the backend's minimum, as a URL's ``ttl=`` below it is refused.
+
+    A TTL is a promise about how soon a dead registrant disappears; raising it silently would break that
+    promise, so it is an error everywhere (docs/decisions/client-api-consistency.md).
+    """
+    if requested is not None and requested < minimum:
+        raise ValidationError("ttl", f"{requested:g} s is below the {backend} backend's minimum of {minimum:g} s{hint}")
+    return requested

@@ -4,20 +4,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, Collection, Generator, Mapping
 from types import TracebackType
 from typing import Any
 
 from discovery.core.backend import Backend, Capabilities, RegistrationState
+from discovery.core.connection import ConnectionListener, ConnectionStatus
 from discovery.core.errors import ClosedError, ValidationError
 from discovery.core.models import DEFAULT_NAMESPACE, Instance, Snapshot, Status
 from discovery.core.plugins import create_backend
 from discovery.core.selectors import Selector, parse_selector
 from discovery.core.urls import BackendURL
-from discovery.core.validation import validate_instance_id, validate_namespace, validate_service_name, validate_ttl
+from discovery.core.validation import (
+    validate_instance_id,
+    validate_namespace,
+    validate_service_name,
+    validate_ttl,
+    validate_ttl_minimum,
+)
+from discovery.observability.metrics import METRICS
 from discovery.registry.follow import RecordFollower
-from discovery.registry.registration import AsyncRegistration, RegistrationRecord, RegistrationStates
+from discovery.registry.health import RegistryHealth, registration_health, watch_health
+from discovery.registry.registration import (
+    UPDATABLE_FIELDS,
+    AsyncRegistration,
+    RegistrationRecord,
+    RegistrationStates,
+)
 from discovery.registry.watch_hub import SnapshotCallback, WatchHub
+
+log = logging.getLogger("discovery.registry")
 
 SelectorLike = str | Mapping[str, str] | Selector | None
 StatusFilter = Collection[Status | str] | None
@@ -46,6 +63,9 @@ def filter_instances(
 class AsyncRegistry:
     """Register, look up and watch instances through one backend. Use ``await AsyncRegistry.connect(url)``
     or ``async with AsyncRegistry.connect(url) as registry``.
+
+    Not thread-safe: use it on the event loop it connected on; only :meth:`cached_snapshot` may be called from other
+    threads. For threads use the blocking :class:`~discovery.Registry`.
     """
 
     def __init__(self, backend: Backend, *, follow_records: bool = True) -> None:
@@ -64,8 +84,8 @@ class AsyncRegistry:
 
         ``follow_records``: watch the records of this registry's registrations and adopt what someone else changes
         in them (an operator's ``discovery drain``; see :mod:`discovery.registry.follow`). It costs one backend
-        watch per service this registry has registrations of; ``False`` saves it, and then an operator's change
-        is written back over at the owner's next ``update()`` or heal.
+        watch stream per service this registry has registrations of (on Consul a parked blocking query); ``False``
+        saves it, and then an operator's change is written back over at the owner's next ``update()`` or heal.
         """
         return _Connecting(cls(create_backend(url), follow_records=follow_records))
 
@@ -88,6 +108,32 @@ class AsyncRegistry:
         if not self._started:
             await self._backend.start()
             self._started = True
+            monitor = self._backend.connection
+            monitor.add_listener(_report_connection_state)
+            monitor.connected(f"{self._backend.capabilities.name} backend started")
+
+    @property
+    def connection(self) -> ConnectionStatus | None:
+        """The backend connection's current state (``None`` before :meth:`start`)."""
+        return self._backend.connection.status
+
+    def add_connection_listener(self, listener: ConnectionListener) -> Callable[[], None]:
+        """Call ``listener(status)`` on every connection state change (connected / suspended / lost /
+        reconnected), on this registry's event loop; it must not block. Returns a function that removes it.
+        """
+        return self._backend.connection.add_listener(listener)
+
+    def health(self) -> RegistryHealth:
+        """The structured status of the backend connection, every registration and every watch (no I/O);
+        ``health().ready`` is a readiness verdict. Call it on the registry's loop.
+        """
+        return RegistryHealth(
+            backend=self._backend.capabilities.name,
+            closed=self._closed,
+            connection=self._backend.connection.status,
+            registrations=registration_health(registration for registration, _ in self._registrations.values()),
+            watches=watch_health(self._hub.watches()),
+        )
 
     async def __aenter__(self) -> AsyncRegistry:
         await self.start()
@@ -101,14 +147,29 @@ class AsyncRegistry:
     async def register(self, instance: Instance, ttl: float | None = None) -> AsyncRegistration:
         """Write ``instance`` and keep it alive until deregistered or closed.
 
-        Raises :class:`ValidationError` for a bad instance or TTL (nothing is written).
+        Raises :class:`ValidationError` for a bad instance or TTL (nothing is written); a ``ttl`` below the
+        backend's minimum (``capabilities.min_ttl``) is an error, as it is in the URL.
+
+        Registering an id this registry already holds (a live registration of the same service, namespace and
+        id) returns that same handle with the instance rewritten, as :meth:`AsyncRegistration.update` would;
+        changing its TTL that way is a :class:`ValidationError` (deregister first).
         """
         self._check_open()
         if not isinstance(instance, Instance):
             raise ValidationError("instance", f"expected an Instance, got {type(instance).__name__}")
         instance = instance.with_changes()  # re-validates, even if the object was forged
         requested = validate_ttl(ttl)
+        capabilities = self._backend.capabilities
+        validate_ttl_minimum(
+            requested,
+            capabilities.min_ttl,
+            capabilities.name,
+            "" if capabilities.ttl_per_registration else " (its session timeout: set it in the URL)",
+        )
         effective = self._backend.effective_ttl(requested)
+        held = self._registrations.get(instance.key)
+        if held is not None and held[0].active:
+            return await self._register_again(held[0], instance, requested, effective)
         states = RegistrationStates()
         record = RegistrationRecord(instance)
         registration = AsyncRegistration(
@@ -120,6 +181,7 @@ class AsyncRegistry:
             states,
             record,
         )
+        registration.on_change(_report_registration_state)
         record.writing += 1
         try:
             await self._backend.register(instance, effective, states.enter)
@@ -135,6 +197,20 @@ class AsyncRegistry:
             self._follower.track(record)
         states.enter(RegistrationState.REGISTERED)
         return registration
+
+    async def _register_again(
+        self, held: AsyncRegistration, instance: Instance, requested: float | None, effective: float
+    ) -> AsyncRegistration:
+        if requested is not None and effective != held.ttl:
+            from discovery.core.errors import ValidationError
+
+            raise ValidationError(
+                "ttl", f"{'/'.join(instance.key)} is already registered with a {held.ttl:g} s TTL; deregister it"
+                " first to register it with another"
+            )
+        log.info("%s is already registered by this registry: rewriting it in place", "/".join(instance.key))
+        await held.update(**{name: getattr(instance, name) for name in UPDATABLE_FIELDS})
+        return held
 
     async def _update(self, registration: AsyncRegistration, instance: Instance) -> None:
         self._check_open()
@@ -261,6 +337,10 @@ class AsyncRegistry:
             states.enter(RegistrationState.DEREGISTERED)
         self._registrations.clear()
         self._records.clear()
+        last = self._backend.connection.status
+        if self._started and last is not None and METRICS.active:
+            METRICS.connection_closed(last)
+        self._backend.connection.reset()  # no "lost" after close from a timer still pending
 
     @property
     def closed(self) -> bool:
@@ -272,8 +352,26 @@ class AsyncRegistry:
             raise ClosedError("this registry is closed")
 
 
+def _report_registration_state(registration: AsyncRegistration, state: RegistrationState) -> None:
+    history = registration.history
+    previous = history[-2] if len(history) >= 2 else None
+    key = "/".join(registration.instance.key)
+    level = logging.WARNING if state is RegistrationState.LOST else logging.INFO
+    log.log(level, "registration %s %s", key, state.value)
+    if METRICS.active:
+        METRICS.registration_state(registration.instance, previous, state)
+
+
+def _report_connection_state(status: ConnectionStatus) -> None:
+    if METRICS.active:
+        METRICS.connection_state(status)
+
+
 class AsyncWatch:
-    """Async iterator (and async context manager) over a service's snapshots."""
+    """Async iterator (and async context manager) over a service's snapshots.
+
+    Not thread-safe: use it on the event loop of its registry.
+    """
 
     def __init__(self, hub: WatchHub, namespace: str, service: str) -> None:
         self._hub = hub

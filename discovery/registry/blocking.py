@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import threading
+import time
+import weakref
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any
 
 from discovery.core.backend import Capabilities, RegistrationState
+from discovery.core.connection import ConnectionListener, ConnectionState, ConnectionStatus
 from discovery.core.models import DEFAULT_NAMESPACE, Instance, Snapshot, Status
 from discovery.core.plugins import create_backend
 from discovery.core.selectors import parse_selector
@@ -26,6 +30,7 @@ from discovery.registry.async_registry import (
     filter_instances,
     parse_statuses,
 )
+from discovery.registry.health import RegistryHealth
 from discovery.registry.loop_thread import LoopThread
 from discovery.registry.registration import AsyncRegistration
 from discovery.registry.watch_hub import SnapshotCallback
@@ -34,7 +39,10 @@ _MAX_REMEMBERED_LOOKUPS = 1024
 
 
 class Registration:
-    """Blocking handle of a registration (see :class:`discovery.registry.registration.AsyncRegistration`)."""
+    """Blocking handle of a registration (see :class:`discovery.registry.registration.AsyncRegistration`).
+
+    Thread-safe: every call runs on the registry's loop thread; do not call it from a callback (that thread).
+    """
 
     def __init__(self, inner: AsyncRegistration, loop: LoopThread) -> None:
         self._inner = inner
@@ -96,7 +104,10 @@ class Registration:
 
 
 class Watch:
-    """Blocking iterator of snapshots (the current one first). Close it, or use it as a context manager."""
+    """Blocking iterator of snapshots (the current one first). Close it, or use it as a context manager.
+
+    Thread-safe, but meant for one consumer: two threads iterating one watch split its snapshots between them.
+    """
 
     def __init__(self, registry: Registry, service: str, namespace: str) -> None:
         self._registry = registry
@@ -140,13 +151,20 @@ class Watch:
 
 
 class Registry:
-    """Blocking registry: ``with Registry.connect("etcd://127.0.0.1:2379") as registry: ...``."""
+    """Blocking registry: ``with Registry.connect("etcd://127.0.0.1:2379") as registry: ...``.
+
+    Thread-safe: any method from any thread, except from a callback running in the registry's own loop thread (that
+    would deadlock, so it raises ``RuntimeError``).
+    """
 
     def __init__(self, core: AsyncRegistry, loop: LoopThread) -> None:
         self._core = core
         self._loop = loop
         # (service, namespace, selector, statuses) -> (snapshot, filtered result); valid while the snapshot is.
         self._lookups: dict[tuple[object, ...], tuple[Snapshot, tuple[Instance, ...]]] = {}
+        # One blocking handle per registration, so registering a held id again returns the same object.
+        self._handles: weakref.WeakKeyDictionary[AsyncRegistration, Registration] = weakref.WeakKeyDictionary()
+        self._handles_lock = threading.Lock()
 
     @classmethod
     def connect(cls, url: str | BackendURL | None = None, *, timeout: float | None = 30.0,
@@ -185,6 +203,37 @@ class Registry:
         """Worst-case seconds for a dead registrant's instance to disappear."""
         return self._core.detection_bound(ttl)
 
+    @property
+    def connection(self) -> ConnectionStatus | None:
+        """The backend connection's current state (readable from any thread)."""
+        return self._core.connection
+
+    def add_connection_listener(self, listener: ConnectionListener) -> Callable[[], None]:
+        """Call ``listener(status)`` on every connection state change (connected / suspended / lost /
+        reconnected), in the registry's loop thread; it must not block. Returns a function that removes it.
+        """
+        return self._core.add_connection_listener(listener)
+
+    def health(self, timeout: float = 5.0) -> RegistryHealth:
+        """The structured status of the connection, registrations and watches (see
+        :meth:`AsyncRegistry.health`), read on the loop thread. A loop that does not answer within ``timeout``
+        seconds is itself a problem: the report then says so and is not ready.
+        """
+
+        async def read() -> RegistryHealth:
+            return self._core.health()
+
+        if self._loop.loop.is_closed():
+            return RegistryHealth(self._core.capabilities.name, True, self._core.connection, (), ())
+        try:
+            return self._loop.run(read(), timeout)
+        except TimeoutError:
+            stuck = ConnectionStatus(
+                self._core.capabilities.name, ConnectionState.SUSPENDED, time.time(),
+                f"the registry's event loop did not answer within {timeout:g} s",
+            )
+            return RegistryHealth(self._core.capabilities.name, self._core.closed, stuck, (), ())
+
     def __enter__(self) -> Registry:
         return self
 
@@ -194,8 +243,15 @@ class Registry:
         self.close()
 
     def register(self, instance: Instance, ttl: float | None = None) -> Registration:
-        """Write ``instance`` and keep it alive; see :meth:`AsyncRegistry.register`."""
-        return Registration(self._loop.run(self._core.register(instance, ttl)), self._loop)
+        """Write ``instance`` and keep it alive; see :meth:`AsyncRegistry.register` (the same rules: a TTL below
+        the backend's minimum is an error; an id this registry holds returns the same handle, rewritten).
+        """
+        inner = self._loop.run(self._core.register(instance, ttl))
+        with self._handles_lock:
+            handle = self._handles.get(inner)
+            if handle is None:
+                handle = self._handles[inner] = Registration(inner, self._loop)
+            return handle
 
     def set_status(
         self, service: str, instance_id: str, status: Status | str, namespace: str = DEFAULT_NAMESPACE

@@ -2,12 +2,13 @@
 
 An operator may change a registration another process holds (``discovery drain``, ``discovery set-status``:
 :meth:`discovery.core.backend.Backend.set_status`). The owner learns it here: for every service it has
-registrations of, the registry keeps one backend watch (on etcd it is the backend's shared watch of that service,
-the same one an application watch uses). When a fresh snapshot shows one of its instances with another status,
-labels, weight or zone than the registration last wrote, the registration adopts them: its ``instance`` becomes
-the one shown, its ``on_instance_change`` callbacks run, and the backend is told (:meth:`Backend.adopt`) so that a
-later heal (lost session, lease or agent state) writes the changed record back, not the old one. The owner's own
-``update()`` then starts from the adopted instance.
+registrations of, the registry reads one backend watch stream of its own. It does not go through the watch hub
+(docs/decisions/watch-fan-out.md): a hub watch answers the registry's reads from its cache, and a registrant's
+reads must not change because it follows its own records. When a fresh snapshot shows one of its instances with
+another status, labels, weight or zone than the registration last wrote, the registration adopts them: its
+``instance`` becomes the one shown, its ``on_instance_change`` callbacks run, and the backend is told
+(:meth:`Backend.adopt`) so that a later heal (lost session, lease or agent state) writes the changed record back,
+not the old one. The owner's own ``update()`` then starts from the adopted instance.
 
 What is not adopted: a stale snapshot (the backend is unreachable); a record with another address, port or named
 ports (another registrant took the id over: the backend's ownership rules handle that); a missing record (the
@@ -45,7 +46,10 @@ def _adoptable(ours: Instance, shown: Instance) -> bool:
 
 
 class RecordFollower:
-    """The watches over a registry's own records: one per service with registrations, stopped with the last one."""
+    """The watches over a registry's own records: one per service with registrations, stopped with the last one.
+
+    Not thread-safe: its registry uses it on its event loop.
+    """
 
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
@@ -95,8 +99,9 @@ class RecordFollower:
     async def _follow(self, key: ServiceKey) -> None:
         failures = 0
         while True:
+            stream = self._backend.watch(*key)
             try:
-                async for snapshot in self._backend.watch(*key):
+                async for snapshot in stream:
                     failures = 0
                     if not snapshot.stale:
                         self._latest[key] = snapshot
@@ -108,6 +113,11 @@ class RecordFollower:
                 log.debug("following the records of %s/%s: %s; retrying", *key, error)
                 await asyncio.sleep(_RETRY_SECONDS[min(failures, len(_RETRY_SECONDS) - 1)])
                 failures += 1
+            finally:
+                close = getattr(stream, "aclose", None)
+                if close is not None:
+                    with contextlib.suppress(Exception):
+                        await close()
 
     def _check(self, key: ServiceKey) -> None:
         snapshot = self._latest.get(key)

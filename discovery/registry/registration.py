@@ -89,7 +89,8 @@ class RegistrationRecord:
     """The instance a registration last wrote or adopted, its own writes in flight, and who is told about adoptions.
 
     The registry writes it: :meth:`written` after each of the registration's own writes, :meth:`adopt` when the
-    record in the backend was changed by someone else (see :mod:`discovery.registry.follow`).
+    record in the backend was changed by someone else (see :mod:`discovery.registry.follow`). Not thread-safe: used
+    on the registry's event loop (reading :attr:`instance` from another thread is safe: it is one immutable value).
     """
 
     def __init__(self, instance: Instance) -> None:
@@ -142,6 +143,9 @@ class RegistrationRecord:
 class AsyncRegistration:
     """A live registration. States: ``registered``, then ``lost``/``restored`` as the backend heals it,
     and ``deregistered`` at the end. Subscribe with :meth:`on_change` or wait with :meth:`wait_for`.
+
+    Not thread-safe: use it on the registry's event loop (the blocking :class:`~discovery.Registration` wraps it for
+    threads); ``state`` and ``instance`` may be read from any thread.
     """
 
     def __init__(

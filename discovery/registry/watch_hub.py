@@ -1,7 +1,8 @@
 """One backend watch per service per registry, fanned out to every subscriber, with its snapshot cached.
 
-The cache is an immutable :class:`Snapshot` held in a plain attribute, so a reader in any thread gets a
-consistent set without a lock or a hop onto the event loop.
+This is the only fan-out: a backend's ``watch()`` is a plain stream per call, and one task here reads it and
+calls every subscriber (docs/decisions/watch-fan-out.md). The cache is an immutable :class:`Snapshot` held in a
+plain attribute, so a reader in any thread gets a consistent set without a lock or a hop onto the event loop.
 """
 
 from __future__ import annotations
@@ -9,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 from tenacity import wait_exponential_jitter
 
 from discovery.core.backend import Backend
+from discovery.core.backoff import retry_delay
 from discovery.core.models import Snapshot
+from discovery.observability.metrics import METRICS
 
 log = logging.getLogger("discovery.registry.watch_hub")
 
@@ -71,11 +75,19 @@ class SharedWatch:
         previous = self.latest
         if previous is not None and previous.stale == snapshot.stale and previous.same_members(snapshot):
             return
+        arrived = time.perf_counter()
         self._revision += 1
         stamped = snapshot.with_revision(self._revision)
         self.latest = stamped
         for callback in list(self._subscribers):
             self._deliver_one(callback, stamped)
+        if stamped.stale and (previous is None or not previous.stale):
+            log.info("%s/%s: serving the last known set, marked stale (backend unreachable)",
+                     self.namespace, self.service)
+        elif previous is not None and previous.stale and not stamped.stale:
+            log.info("%s/%s: fresh again (%d instances)", self.namespace, self.service, len(stamped))
+        if METRICS.active:
+            METRICS.snapshot(stamped, time.perf_counter() - arrived)
 
     async def _run(self) -> None:
         failures = 0
@@ -93,15 +105,7 @@ class SharedWatch:
                 log.warning("watch of %s/%s failed (%s); retrying", self.namespace, self.service, error)
                 if self.latest is not None and not self.latest.stale:
                     self._publish(self.latest.with_revision(self.latest.revision, stale=True))
-                await asyncio.sleep(_retry_wait_seconds(failures))
-
-
-def _retry_wait_seconds(attempt: int) -> float:
-    from tenacity import RetryCallState
-
-    state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
-    state.attempt_number = attempt
-    return float(_retry_wait(state))
+                await asyncio.sleep(retry_delay(_retry_wait, failures))
 
 
 class WatchHub:
@@ -129,6 +133,10 @@ class WatchHub:
         if watch.subscriber_count == 0:
             del self._watches[key]
             await watch.stop()
+
+    def watches(self) -> tuple[SharedWatch, ...]:
+        """Every shared watch running now (for health reports)."""
+        return tuple(self._watches.values())
 
     def cached(self, namespace: str, service: str) -> Snapshot | None:
         """The latest snapshot of a watched service, or None. Safe from any thread."""

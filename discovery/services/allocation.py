@@ -53,7 +53,10 @@ def parse_cluster_ip_range(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6N
 
 @dataclass(frozen=True, slots=True)
 class AllocationRanges:
-    """Where ClusterIPs and node ports come from."""
+    """Where ClusterIPs and node ports come from.
+
+    Immutable: safe to share between threads.
+    """
 
     cluster_ips: ipaddress.IPv4Network | ipaddress.IPv6Network
     node_ports: range

@@ -94,7 +94,10 @@ class _NamespaceInstances:
 
 
 class ServiceCatalog:
-    """Services (all namespaces, or one) and their endpoints, kept current. Start with :meth:`start`."""
+    """Services (all namespaces, or one) and their endpoints, kept current. Start with :meth:`start`.
+
+    Not thread-safe: use it on its registry's event loop.
+    """
 
     def __init__(
         self,

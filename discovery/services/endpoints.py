@@ -28,7 +28,10 @@ def endpoint_hostname(instance_id: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """One address:port that a Service port forwards to."""
+    """One address:port that a Service port forwards to.
+
+    Immutable: safe to share between threads.
+    """
 
     instance: Instance
     port: int
@@ -46,7 +49,10 @@ class Endpoint:
 
 @dataclass(frozen=True, slots=True)
 class PortEndpoints:
-    """The endpoints of one Service port."""
+    """The endpoints of one Service port.
+
+    Immutable: safe to share between threads.
+    """
 
     port: ServicePort
     endpoints: tuple[Endpoint, ...]
@@ -54,7 +60,10 @@ class PortEndpoints:
 
 @dataclass(frozen=True, slots=True)
 class Endpoints:
-    """The endpoints of a Service, port by port. ``stale`` when some instance data is stale."""
+    """The endpoints of a Service, port by port. ``stale`` when some instance data is stale.
+
+    Immutable: safe to share between threads.
+    """
 
     namespace: str
     name: str

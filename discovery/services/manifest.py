@@ -82,6 +82,7 @@ class ManifestProblem:
     """One problem of one manifest document: where (``source``, e.g. ``web.yaml#2``), which field, what is wrong.
 
     ``unsupported`` marks a field this implementation does not support (its ``reason`` is "is not supported").
+    Immutable: safe to share between threads.
     """
 
     source: str
@@ -137,7 +138,10 @@ class MissingExtraError(DiscoveryError, ImportError):
 
 @dataclass(frozen=True, slots=True)
 class LoadedService:
-    """A Service read from a manifest, with the warnings about fields that were ignored."""
+    """A Service read from a manifest, with the warnings about fields that were ignored.
+
+    Immutable: safe to share between threads.
+    """
 
     service: Service
     warnings: tuple[str, ...] = ()

@@ -127,6 +127,8 @@ class ServicePort:
 
     ``target_port`` is a number, or the name of a port every instance declares in ``Instance.ports``.
     ``node_port`` is set for NodePort/LoadBalancer Services (allocated on apply when absent).
+
+    Immutable: safe to share between threads.
     """
 
     port: int
@@ -175,6 +177,8 @@ class ServicePort:
 class Service:
     """A Kubernetes-style Service (see module docs). ``cluster_ip`` is ``None`` until allocated on apply,
     :data:`HEADLESS` for a headless Service.
+
+    Immutable: safe to share between threads.
     """
 
     name: str

@@ -105,7 +105,10 @@ def check_ownership(service: Service, others: Sequence[Service]) -> None:
 
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
-    """The Service as stored (allocations filled in) and what happened."""
+    """The Service as stored (allocations filled in) and what happened.
+
+    Immutable: safe to share between threads.
+    """
 
     service: Service
     action: ApplyAction
@@ -113,7 +116,10 @@ class ApplyResult:
 
 @dataclass(frozen=True, slots=True)
 class ServiceSet:
-    """Every Service of a watch at one moment; ``stale`` while the backend is unreachable."""
+    """Every Service of a watch at one moment; ``stale`` while the backend is unreachable.
+
+    Immutable: safe to share between threads.
+    """
 
     services: tuple[Service, ...]
     stale: bool = False
@@ -144,7 +150,10 @@ def decode_stored(items: tuple[StoredDefinition, ...]) -> tuple[Service, ...]:
 
 
 class ServiceStore:
-    """Create, read, delete and watch Services in one backend (async; use on the registry's loop)."""
+    """Create, read, delete and watch Services in one backend (async; use on the registry's loop).
+
+    Not thread-safe: use it on the event loop of the backend's registry.
+    """
 
     def __init__(self, backend: Backend, ranges: AllocationRanges | None = None) -> None:
         self._backend = backend

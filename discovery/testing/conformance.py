@@ -244,15 +244,21 @@ class ConformanceSuite:
         assert second.state is RegistrationState.REGISTERED
         assert await registry.instances("rereg") == (second_instance,)
 
-    async def test_register_same_id_twice_replaces(self, registry: AsyncRegistry) -> None:
+    async def test_ttl_below_the_minimum_is_refused(self, registry: AsyncRegistry) -> None:
+        minimum = registry.capabilities.min_ttl
+        with pytest.raises(ValidationError, match=r"below the .* minimum"):
+            await registry.register(make_instance("short", 1), ttl=minimum / 2)
+        assert await registry.instances("short", statuses=None) == ()
+        registration = await registry.register(make_instance("short", 1), ttl=minimum)
+        assert registration.ttl == registry.backend.effective_ttl(minimum)
+
+    async def test_register_same_id_twice_rewrites_the_held_registration(self, registry: AsyncRegistry) -> None:
         first = await registry.register(make_instance("twice", 1, labels={"gen": "1"}))
         newer = make_instance("twice", 1, labels={"gen": "2"})
-        second = await registry.register(newer)
+        again = await registry.register(newer)
+        assert again is first and first.active and first.instance == newer
         assert await registry.instances("twice") == (newer,)
-        assert first.state is RegistrationState.DEREGISTERED and second.state is RegistrationState.REGISTERED
-        await first.deregister()  # the replaced handle no longer owns the key
-        assert await registry.instances("twice") == (newer,)
-        assert registry.registrations == (second,)
+        assert registry.registrations == (first,)
 
     # -- liveness -----------------------------------------------------------------------------------------
 

@@ -32,12 +32,23 @@ async def eventually(
 
 
 class Follower:
-    """Reads a watch (an async iterator of snapshots, e.g. ``backend.watch(namespace, service)``) and keeps every
-    snapshot it yielded in :attr:`seen`."""
+    """Reads a watch (an async iterator of snapshots, e.g. ``backend.watch(namespace, service)``) in a task of its
+    own - as the registry's watch hub does: a backend watch is a plain stream that only moves while someone reads
+    it - and keeps every snapshot :meth:`until` went through in :attr:`seen`. Create it on a running loop."""
 
     def __init__(self, stream: AsyncIterator[Snapshot]) -> None:
         self.stream = stream
         self.seen: list[Snapshot] = []
+        self._arrived: asyncio.Queue[Snapshot | BaseException] = asyncio.Queue()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for snapshot in self.stream:
+                self._arrived.put_nowait(snapshot)
+            self._arrived.put_nowait(StopAsyncIteration())
+        except Exception as error:
+            self._arrived.put_nowait(error)
 
     async def until(self, accept: Callable[[Snapshot], bool], timeout: float) -> Snapshot:
         """The first snapshot (the last one seen included) that ``accept`` holds for; AssertionError on time-out."""
@@ -47,16 +58,20 @@ class Follower:
         while True:
             remaining = deadline - time.monotonic()
             try:
-                snapshot = await asyncio.wait_for(anext(self.stream), max(0.001, remaining))
+                arrived = await asyncio.wait_for(self._arrived.get(), max(0.001, remaining))
             except TimeoutError:
                 last = self.seen[-1] if self.seen else None
                 raise AssertionError(f"no matching snapshot within {timeout:.1f} s; last: {last!r}") from None
-            self.seen.append(snapshot)
-            if accept(snapshot):
-                return snapshot
+            if isinstance(arrived, BaseException):
+                raise arrived
+            self.seen.append(arrived)
+            if accept(arrived):
+                return arrived
 
     async def close(self) -> None:
-        """Stop the watch."""
+        """Stop reading and close the watch."""
+        self._reader.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
         close = getattr(self.stream, "aclose", None)  # an async generator; a plain iterator has nothing to stop
         if close is not None:
             await close()

@@ -32,19 +32,19 @@ def raw_client(host: str, port: int) -> Any:
 
 
 class ReconnectGate:
-    """Holds a shared watch's reconnects until :meth:`open`, so a test can change etcd while it is away."""
+    """Holds a watch stream's reconnects until :meth:`open` (through its ``before_reconnect`` test seam), so a test
+    can change etcd while the watch is away.
+    """
 
     def __init__(self, watch: ServiceWatch) -> None:
         self.opened = asyncio.Event()
         self.waiting = asyncio.Event()
-        original = watch._connect
 
-        async def gated() -> None:
+        async def gate() -> None:
             self.waiting.set()
             await self.opened.wait()
-            await original()
 
-        watch._connect = gated  # type: ignore[method-assign]
+        watch.before_reconnect = gate
 
     def open(self) -> None:
         """Let the watch reconnect."""

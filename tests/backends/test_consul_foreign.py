@@ -162,7 +162,7 @@ async def test_an_undecodable_entry_is_skipped_with_one_debug_line(
 ) -> None:
     # Port 0 (a plain definition without a port) cannot be an instance; the rest of the service still reads.
     put_json(consul_server, "/v1/agent/service/register", {"ID": f"{ecosystem}-noport", "Name": ecosystem})
-    caplog.set_level(logging.DEBUG, logger="discovery.consul")
+    caplog.set_level(logging.DEBUG, logger="discovery.backends.consul")
     try:
         async with AsyncRegistry.connect(consul_server.url) as registry:
             for _ in range(3):
@@ -204,7 +204,7 @@ async def test_a_service_name_that_is_no_dns_label_is_not_listed(
 ) -> None:
     name = f"Legacy_{unique('api')}"
     put_json(consul_server, "/v1/agent/service/register", {"ID": name, "Name": name, "Port": 80})
-    caplog.set_level(logging.DEBUG, logger="discovery.consul")
+    caplog.set_level(logging.DEBUG, logger="discovery.backends.consul")
     try:
         async with AsyncRegistry.connect(consul_server.url) as registry:
             assert name not in await registry.services()

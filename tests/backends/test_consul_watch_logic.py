@@ -7,7 +7,7 @@ from typing import Any
 
 from discovery.core.errors import BackendUnavailableError
 from discovery.core.models import Instance
-from discovery_consul.watch import HealthWatch
+from discovery_consul.watch import ServiceWatch
 from tests.backends.test_consul_records import live_entry
 
 INSTANCE = Instance("web", "w1", "127.0.0.1", 80)
@@ -33,19 +33,19 @@ class ScriptedAgent:
 
 
 async def run_script(agent: ScriptedAgent) -> list[tuple[frozenset[str], bool]]:
-    watch = HealthWatch(agent, None, "default", "web", wait=60.0)  # type: ignore[arg-type]
-    task = asyncio.create_task(watch.run())
+    watch = ServiceWatch(agent, None, "default", "web", 60.0, lambda: False)  # type: ignore[arg-type]
     seen: list[tuple[frozenset[str], bool]] = []
 
     async def collect() -> None:
-        async for snapshot in watch.snapshots(task):
+        async for snapshot in watch:
             seen.append((snapshot.ids(), snapshot.stale))
 
     collector = asyncio.create_task(collect())
+    # The stream asks the agent again only after its consumer took the last snapshot, so once the script is
+    # exhausted every answer has been delivered.
     await asyncio.wait_for(agent.exhausted.wait(), 30)
-    await asyncio.sleep(0)  # let the collector take the last published snapshot
-    task.cancel()
-    await asyncio.gather(task, collector, return_exceptions=True)
+    collector.cancel()
+    await asyncio.gather(collector, return_exceptions=True)
     return seen
 
 
@@ -64,7 +64,7 @@ async def test_errors_publish_the_last_set_stale_then_relist_fresh() -> None:
     agent = ScriptedAgent([(5, [entry]), down, down, (9, [entry])])
     seen = await run_script(agent)
     assert agent.asked == [0, 5, 0, 0, 9]  # after a failure: a re-list, not the old index
-    # Bursts coalesce, so the first fresh set may be overtaken by the stale copy before the reader wakes.
+    assert seen[0] == (frozenset({"w1"}), False)
     assert (frozenset({"w1"}), True) in seen
     assert seen[-1] == (frozenset({"w1"}), False)
     assert seen.count((frozenset({"w1"}), True)) == 1, "one stale snapshot per outage, not one per retry"

@@ -53,11 +53,10 @@ async def test_restart_during_watch_misses_no_event(fresh_server: Callable[[str]
     try:
         for n in (1, 2):
             await registrant.register(instance("restart", n), TTL, states.append)
-        follower = Follower(watcher.watch("default", "restart"))
+        stream = watcher.watch("default", "restart")
+        follower = Follower(stream)
         await follower.until(lambda s: s.ids() == {"restart-1", "restart-2"}, CONVERGENCE)
-        shared = watcher.shared_watch("default", "restart")
-        assert shared is not None
-        gate = ReconnectGate(shared)
+        gate = ReconnectGate(stream)
         await _restart(server)
         stale = await follower.until(lambda s: s.stale, CONVERGENCE)
         assert stale.ids() == {"restart-1", "restart-2"}, "a stale snapshot keeps the last set"
@@ -73,7 +72,7 @@ async def test_restart_during_watch_misses_no_event(fresh_server: Callable[[str]
         assert fresh.same_members(listed)
         assert fresh.ids() == {"restart-2", "restart-3", "restart-4"}
         assert fresh.get("restart-2").weight == 7  # type: ignore[union-attr]
-        assert shared.resume_count == 1
+        assert stream.resume_count == 1
         # Registrations survive the restart: etcd keeps leases across restarts and our keepalive goes on.
         await follower.until(lambda s: s.ids() == {"restart-2", "restart-3", "restart-4"}, CONVERGENCE)
         assert RegistrationState.LOST not in states or states[-1] is RegistrationState.RESTORED
@@ -91,12 +90,11 @@ async def test_compaction_past_the_watch_revision_relists(fresh_server: Callable
     raw = raw_client(server.host, server.port)
     try:
         await registrant.register(instance("compact", 1), TTL, lambda state: None)
-        follower = Follower(watcher.watch("default", "compact"))
+        stream = watcher.watch("default", "compact")
+        follower = Follower(stream)
         await follower.until(lambda s: s.ids() == {"compact-1"}, CONVERGENCE)
-        shared = watcher.shared_watch("default", "compact")
-        assert shared is not None
-        lists_before = shared.list_count
-        gate = ReconnectGate(shared)
+        lists_before = stream.list_count
+        gate = ReconnectGate(stream)
         await _restart(server)
         await follower.until(lambda s: s.stale, CONVERGENCE)
         await asyncio.wait_for(gate.waiting.wait(), CONVERGENCE)
@@ -108,10 +106,10 @@ async def test_compaction_past_the_watch_revision_relists(fresh_server: Callable
         fresh = await follower.until(lambda s: not s.stale and s.ids() == {"compact-2"}, CONVERGENCE)
         assert fresh.same_members(await watcher.list("default", "compact"))
         # etcd cancels the resumed watch as compacted (possibly just after the gap re-list was delivered).
-        await eventually(_async(lambda: shared.compacted_count), lambda count: count == 1, CONVERGENCE)
+        await eventually(_async(lambda: stream.compacted_count), lambda count: count == 1, CONVERGENCE)
         final = await follower.until(lambda s: not s.stale, CONVERGENCE)
         assert final.same_members(await watcher.list("default", "compact"))
-        assert shared.list_count > lists_before, "the watcher must re-list after compaction"
+        assert stream.list_count > lists_before, "the watcher must re-list after compaction"
         await follower.close()
     finally:
         await raw.close()

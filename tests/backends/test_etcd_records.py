@@ -76,7 +76,7 @@ def test_go_naming_key_host_port_becomes_an_escaped_reversible_id() -> None:
 
 
 def test_an_undecodable_key_is_logged_once_at_debug(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="discovery_etcd.records")
+    caplog.set_level(logging.DEBUG, logger="discovery.backends.etcd.records")
     raw = b'{"Op":0,"Addr":"no-port-here"}'
     for _ in range(3):
         assert decode_endpoint(raw, "default", "api", "logged-once") is None

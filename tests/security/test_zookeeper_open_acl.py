@@ -41,7 +41,7 @@ async def test_connecting_without_credentials_warns_once_and_the_risk_is_real(
     caplog.set_level(logging.WARNING)
     root = f"/open-{uuid.uuid4().hex[:8]}"
     async with AsyncRegistry.connect(f"{zookeeper_server.url}{root}?session_timeout=2") as registry:
-        warnings = [r.getMessage() for r in caplog.records if r.name.startswith("discovery_zookeeper")
+        warnings = [r.getMessage() for r in caplog.records if r.name.startswith("discovery.backends.zookeeper")
                     and "world:anyone" in r.getMessage()]
         assert len(warnings) == 1, warnings
         assert root in warnings[0] and "rewrite" in warnings[0] and "username=" in warnings[0]

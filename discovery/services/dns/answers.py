@@ -81,7 +81,10 @@ _EndpointRecords = tuple[dns.rdata.Rdata, dns.name.Name, dns.rrset.RRset | None]
 
 
 class ZoneAnswers:
-    """Builds responses for one zone (``cluster.local`` by default) from a catalog."""
+    """Builds responses for one zone (``cluster.local`` by default) from a catalog.
+
+    Not thread-safe: the DNS server calls it on its catalog's event loop.
+    """
 
     def __init__(self, catalog: ServiceCatalog, *, domain: str = CLUSTER_DOMAIN, ttl: int = DEFAULT_TTL) -> None:
         self._catalog = catalog

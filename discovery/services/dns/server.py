@@ -66,7 +66,10 @@ _CacheKey = tuple[bytes, bool, bool, int]
 
 @dataclass(slots=True)
 class DnsStats:
-    """Counters since start."""
+    """Counters since start.
+
+    Not thread-safe: counted on the server's event loop; read it there.
+    """
 
     queries: int = 0
     nxdomain: int = 0
@@ -212,7 +215,7 @@ class DnsServer:
     """Serves a catalog's Services as DNS (see :mod:`discovery.services.dns.answers` and the module docs).
 
     ``udp_rate_limit`` is queries per second per source address (``None``: no limit); the TCP limits are the
-    connection cap and the idle and write timeouts in seconds.
+    connection cap and the idle and write timeouts in seconds. Not thread-safe: use it on its catalog's event loop.
     """
 
     def __init__(

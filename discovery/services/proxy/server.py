@@ -39,12 +39,14 @@ import ipaddress
 import logging
 import resource
 import socket
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from discovery.client.balancers import Balancer, RoundRobin
+from discovery.client.balancers import Balancer, BalancerSpec, RoundRobin
+from discovery.client.balancers import balancer_factory as balancer_factory_of
 from discovery.core.models import Instance
 from discovery.services.catalog import ServiceCatalog
 from discovery.services.endpoints import Endpoint
@@ -90,7 +92,10 @@ class ListenerKind(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ListenerSpec:
-    """One address:port the proxy should listen on, and the Service port it serves."""
+    """One address:port the proxy should listen on, and the Service port it serves.
+
+    Immutable: safe to share between threads.
+    """
 
     address: str
     port: int
@@ -107,7 +112,10 @@ class ListenerSpec:
 
 @dataclass(slots=True)
 class PortStats:
-    """Counters of one Service port (all its listeners together)."""
+    """Counters of one Service port (all its listeners together).
+
+    Not thread-safe: counted on the proxy's event loop; read it there.
+    """
 
     #: Connections accepted.
     connections: int = 0
@@ -272,6 +280,9 @@ class ServiceProxy:
     ``cluster_ip_range`` (default: the catalog's store's range) is where no endpoint may be;
     ``max_connections`` (default :func:`default_max_connections`), ``idle_timeout`` and ``half_open_timeout``
     bound what clients can hold.
+    ``balancer`` is a balancer instance (shared by every Service port) or a factory such as ``RoundRobin``
+    (one balancer per Service port), as everywhere else; checked here (``TypeError``). Thread safety: not
+    thread-safe; use it on the event loop of its catalog's registry.
     """
 
     def __init__(
@@ -279,21 +290,26 @@ class ServiceProxy:
         catalog: ServiceCatalog,
         *,
         node_address: str = DEFAULT_NODE_ADDRESS,
-        balancer_factory: Callable[[], Balancer] = RoundRobin,
+        balancer: BalancerSpec = RoundRobin,
         connect_timeout: float = 3.0,
         max_connections: int | None = None,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         half_open_timeout: float = DEFAULT_HALF_OPEN_TIMEOUT,
         cluster_ip_range: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None,
+        balancer_factory: Callable[[], Balancer] | None = None,
     ) -> None:
+        if balancer_factory is not None:  # the earlier name of ``balancer``
+            warnings.warn("ServiceProxy(balancer_factory=...) is deprecated; pass balancer=", DeprecationWarning,
+                          stacklevel=2)
+            balancer = balancer_factory
         self._catalog = catalog
         self._node_address = node_address
-        self._balancer_factory = balancer_factory
+        self._balancer_factory = balancer_factory_of(balancer)
         self._connect_timeout = connect_timeout
         self.max_connections = default_max_connections() if max_connections is None else max_connections
         self._idle_timeout = idle_timeout
         self._half_open_timeout = half_open_timeout
-        self._cluster_ip_range = cluster_ip_range if cluster_ip_range is not None else catalog.ranges.cluster_ips
+        self._requested_cluster_ip_range = cluster_ip_range
         self._listeners: dict[tuple[str, int], _Listener] = {}
         self._balancers: dict[Target, Balancer] = {}
         self._instance_memo: dict[Target, tuple[tuple[Endpoint, ...], tuple[Instance, ...]]] = {}
@@ -312,6 +328,14 @@ class ServiceProxy:
         self.conflicts: dict[ListenerSpec, str] = {}
         #: Endpoints not used, by ``(namespace, service, port label, "address:port")``, with the reason.
         self.refused_endpoints: dict[tuple[str, str, str, str], str] = {}
+
+
+    @property
+    def _cluster_ip_range(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        # read when needed, not at construction: the catalog's ranges are its store's, fixed once it exists
+        if self._requested_cluster_ip_range is not None:
+            return self._requested_cluster_ip_range
+        return self._catalog.ranges.cluster_ips
 
     @property
     def listeners(self) -> tuple[ListenerSpec, ...]:
@@ -456,8 +480,9 @@ class ServiceProxy:
             parsed = None
         if parsed is not None and parsed.is_unspecified:
             return "is the unspecified address (this host)"
-        if parsed is not None and parsed in self._cluster_ip_range:
-            return f"lies inside the ClusterIP range {self._cluster_ip_range}"
+        cluster_ips = self._cluster_ip_range
+        if parsed is not None and parsed in cluster_ips:
+            return f"lies inside the ClusterIP range {cluster_ips}"
         if (address, endpoint.port) in self._listeners:
             return "is one of the proxy's own listening addresses"
         if _loopback(address) and any(_unspecified(a) and p == endpoint.port for a, p in self._listeners):
