@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import signal
 import uuid
 from collections.abc import Iterator
 
@@ -16,8 +17,10 @@ import yaml
 from discovery import Instance, Registry, Status
 from discovery.cli import main
 from discovery.cli.app import command_paths
-from discovery.core.codec import instance_from_dict
+from discovery.core.codec import instance_from_dict, snapshot_from_dict
 from discovery.services import parse_manifests, resolve_endpoints, service_from_manifest
+from tests.cli.support import Running
+from tests.harness import ServerHandle
 
 MANIFEST = """apiVersion: v1
 kind: Service
@@ -166,3 +169,27 @@ def test_a_bad_output_format_is_a_usage_error(url: str, capsys: pytest.CaptureFi
     assert main(["--url", url, "list", "shop", "-o", "xml"]) == 2
     assert "'xml' is not one of" in capsys.readouterr().err
     assert main(["--url", url, "watch", "shop", "-o", "name"]) == 2
+
+
+@pytest.mark.servers
+def test_watch_prints_json_lines_of_the_selected_instances(etcd_server: ServerHandle) -> None:
+    """``watch -o json -l``: one JSON line per change, each a snapshot that reads back with snapshot_from_dict,
+    holding only the selected instances; a change to an instance the selector leaves out prints nothing."""
+    url = f"{etcd_server.url}/watch-json-{uuid.uuid4().hex[:8]}?ttl=30"
+    watcher = Running("watch", "web", "-l", "tier=front", "-o", "json", "--url", url)
+    try:
+        first = snapshot_from_dict(json.loads(watcher.next_line()))
+        assert (first.service, first.namespace, first.instances, first.stale) == ("web", "default", (), False)
+        with Registry.connect(url) as registry:
+            front = registry.register(Instance("web", "f1", "127.0.0.1", 8081, labels={"tier": "front"}))
+            second = snapshot_from_dict(json.loads(watcher.next_line()))
+            assert second.instances == (front.instance,) and second.revision > first.revision
+            back = registry.register(Instance("web", "b1", "127.0.0.1", 8082, labels={"tier": "back"}))
+            back.update(status=Status.DRAINING)  # neither change touches the selected set
+            front.update(status=Status.DRAINING)
+            third = snapshot_from_dict(json.loads(watcher.next_line()))
+            assert third.instances == (front.instance,) and third.instances[0].status is Status.DRAINING
+            assert watcher.stop(signal.SIGINT) == 130  # before the registry closes and deregisters them
+        assert watcher.lines.empty(), "nothing was printed for the changes the selector leaves out"
+    finally:
+        watcher.kill()
