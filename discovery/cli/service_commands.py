@@ -233,6 +233,10 @@ def describe_service(options: GlobalOptions, name: str, namespace: str, output: 
     options.run(work, quiet=True)
 
 
+_KINDS = ("service", "services", "svc")
+_KIND_PREFIXES = tuple(f"{kind}/" for kind in _KINDS)
+
+
 @click.command()
 @click.argument("what", required=False, shell_complete=complete_service_definition)
 @click.argument("names", nargs=-1, shell_complete=complete_service_definition)
@@ -246,15 +250,13 @@ def delete(options: GlobalOptions, what: str | None, names: Sequence[str], files
 
     Exit 1 if any named Service did not exist (the others are deleted).
     """
-    wanted = list(names)
-    if what is not None and what.startswith(("service/", "services/", "svc/")):
-        wanted.insert(0, what.partition("/")[2])  # what ``get services -o name`` prints
-    elif what is not None and what not in ("service", "services", "svc"):
+    words = list(names)
+    if what is not None and what.startswith(_KIND_PREFIXES):
+        words.insert(0, what)
+    elif what is not None and what not in _KINDS:
         raise click.BadParameter(f"{what!r}: say 'service NAME...' or 'service/NAME'", param_hint="WHAT")
-    for name in wanted:
-        if name.startswith(("service/", "services/", "svc/")):
-            wanted[wanted.index(name)] = name.partition("/")[2]
-    keys = [(namespace, name) for name in wanted]
+    # ``service/NAME`` is what ``get services -o name`` prints
+    keys = [(namespace, word.partition("/")[2] if word.startswith(_KIND_PREFIXES) else word) for word in words]
     keys += [item.service.key for item in _read_manifests(files, namespace)] if files else []
     if not keys:
         raise click.UsageError("name a Service (delete service NAME) or a manifest (delete -f FILE)")

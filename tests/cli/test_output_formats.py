@@ -193,3 +193,13 @@ def test_watch_prints_json_lines_of_the_selected_instances(etcd_server: ServerHa
         assert watcher.lines.empty(), "nothing was printed for the changes the selector leaves out"
     finally:
         watcher.kill()
+
+
+def test_delete_takes_what_get_services_o_name_prints(url: str, capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(MANIFEST))
+    cli(capsys, "--url", url, "apply", "-f", "-")
+    names = cli(capsys, "--url", url, "get", "services", "-o", "name").split()
+    assert names == ["service/cart", "service/shop"]
+    assert cli(capsys, "--url", url, "delete", *names) == 'service "cart" deleted\nservice "shop" deleted\n'
+    assert main(["--url", url, "delete", "deployment/x"]) == 2
