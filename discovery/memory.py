@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from discovery.core.backend import Backend, Capabilities, LostReason, RegistrationState, StateListener
 from discovery.core.definitions import DefinitionSnapshot, DefinitionStore, StoredDefinition
 from discovery.core.errors import ClosedError, NotRegisteredError
-from discovery.core.models import Instance, Snapshot
+from discovery.core.models import Instance, Snapshot, Status
 from discovery.core.urls import BackendURL
 
 Key = tuple[str, str, str]
@@ -114,6 +114,19 @@ class MemoryStore:
                 return "taken"
             entry.deadline = time.monotonic() + entry.ttl
             return "ok"
+
+    def set_status(self, key: Key, status: Status) -> Instance:
+        """Rewrite an entry's status whoever owns it, keeping its owner and deadline; the entry as now stored.
+
+        Raises :class:`NotRegisteredError` when there is no such entry.
+        """
+        with self._lock:
+            entry = self._entry(key)
+            if entry is None:
+                raise NotRegisteredError(f"{'/'.join(key)} is not registered")
+            entry.instance = entry.instance.with_changes(status=status)
+            self._changed(key[0], key[1])
+            return entry.instance
 
     def remove(self, key: Key, owner: int | None = None) -> None:
         """Remove an entry (only if ``owner`` owns it, when given)."""
@@ -413,6 +426,17 @@ class MemoryBackend(Backend):
         """Remove the instance."""
         self._owned.pop(instance.key, None)
         self._store.remove(instance.key, self._owner)
+
+    async def set_status(self, namespace: str, service: str, instance_id: str, status: Status) -> Instance:
+        """Rewrite the stored instance's status, whichever backend of this store owns it (its TTL runs on)."""
+        self._check_open()
+        return self._store.set_status((namespace, service, instance_id), status)
+
+    def adopt(self, instance: Instance) -> None:
+        """Keep ``instance`` as what the keep-alive writes back if the entry ever expires under us."""
+        owned = self._owned.get(instance.key)
+        if owned is not None:
+            owned.instance = instance
 
     async def list(self, namespace: str, service: str) -> tuple[Instance, ...]:
         """All instances of a service."""

@@ -11,17 +11,24 @@ import weakref
 from typing import Any
 
 from discovery.core.backend import Backend, Capabilities, StateListener
-from discovery.core.errors import ClosedError, DiscoveryError, NotRegisteredError, ValidationError
+from discovery.core.errors import (
+    ClosedError,
+    ConfigurationError,
+    DiscoveryError,
+    NotRegisteredError,
+    UnsupportedOperationError,
+    ValidationError,
+)
 from discovery.core.foreign import log_skipped
-from discovery.core.models import Instance
+from discovery.core.models import Instance, Status
 from discovery.core.urls import BackendURL
 from discovery.core.validation import validate_service_name
 from discovery_consul import layout, records
-from discovery_consul.connection import ConsulClient
+from discovery_consul.connection import ConsulClient, UnknownToAgentError
 from discovery_consul.definitions import ConsulDefinitions
 from discovery_consul.keepalive import Registration
 from discovery_consul.settings import MIN_TTL, ConsulSettings
-from discovery_consul.watch import ServiceWatch, decode_entries
+from discovery_consul.watch import ServiceWatch, decode_entries, decoded_entries
 
 log = logging.getLogger("discovery.backends.consul.backend")
 
@@ -248,6 +255,48 @@ class ConsulBackend(Backend):
             except ValidationError:
                 return False
         return expected is None
+
+    async def set_status(self, namespace: str, service: str, instance_id: str, status: Status) -> Instance:
+        """Consul's own mechanisms, on the agent that holds the service: maintenance mode for DRAINING (what
+        ``consul maint`` does), otherwise maintenance off and the status check passed (UP) or failed with the status
+        as its note (DOWN, STARTING). A foreign service can be drained and undrained only."""
+        client = self._require_client()
+        _, entries = await client.health_service(service, records.query_tag(self._settings.scope, namespace))
+        found = [(entry, instance) for entry, instance in decoded_entries(self._settings.scope, namespace, service,
+                                                                         entries) if instance.id == instance_id]
+        if not found:
+            raise NotRegisteredError(f"{namespace}/{service}/{instance_id} is not registered (or its check is failing)")
+        entry, instance = found[0]
+        service_id = records.entry_service_id(entry)
+        checks = entry.get("Checks")
+        status_check = records.status_check_of(service_id, checks if isinstance(checks, list) else [])
+        if status is not Status.DRAINING and status is not Status.UP and status_check is None:
+            raise UnsupportedOperationError(
+                f"{namespace}/{service}/{instance_id} was registered by another tool: it can be drained (maintenance "
+                f"mode) and set UP again, not set {status.value}")
+        try:
+            if status is Status.DRAINING:
+                await client.set_maintenance(service_id, True, reason=f"{records.STATUS_CHECK_NOTE_PREFIX}DRAINING")
+            else:
+                if status_check is not None:  # first, so that DRAINING -> DOWN never shows UP in between
+                    await client.update_ttl_check(str(status_check.get("CheckID")),
+                                                  records.status_check_passing(status),
+                                                  note=f"{records.STATUS_CHECK_NOTE_PREFIX}{status.value}")
+                await client.set_maintenance(service_id, False)
+        except UnknownToAgentError:
+            node = entry.get("Node") or {}
+            where = f"{node.get('Node')} ({node.get('Address')})" if isinstance(node, dict) else "another node"
+            raise ConfigurationError(
+                f"{namespace}/{service}/{instance_id} is registered with the Consul agent of node {where}, not with "
+                f"{self._settings.host}:{self._settings.port}: maintenance and checks are set on that agent") from None
+        return instance.with_changes(status=status)
+
+    def adopt(self, instance: Instance) -> None:
+        """Write ``instance`` (its status: maintenance, status check) back when re-registering after an agent
+        forgot us, and in the daily status refresh."""
+        registration = self._registrations.get(instance.key)
+        if registration is not None:
+            registration.instance = instance
 
     async def list(self, namespace: str, service: str) -> tuple[Instance, ...]:
         """The live instances of a service in a namespace (every status; dead registrants excluded)."""

@@ -200,13 +200,37 @@ def instance_from_health_entry(entry: Mapping[str, Any]) -> Instance | None:
         return None
     if any(not check.get("ServiceID") and check.get("Status") == "critical" for check in checks):
         return None
+    status_check = status_check_of(service_id, checks)
     if _check_status(checks, maintenance_check_id(service_id)) is not None:
         status = Status.DRAINING
-    elif _check_status(checks, status_check_id(service_id, owner)) == "critical":
-        status = instance.status if instance.status in (Status.DOWN, Status.STARTING) else Status.DOWN
+    elif status_check is not None and status_check.get("Status") == "critical":
+        noted = noted_status(status_check.get("Output"))
+        declared = instance.status if instance.status in (Status.DOWN, Status.STARTING) else Status.DOWN
+        status = noted if noted in (Status.DOWN, Status.STARTING) else declared
     else:
         status = Status.UP
     return instance if status == instance.status else instance.with_changes(status=status)
+
+
+def status_check_of(service_id: str, checks: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The status check of a service among a health entry's checks (its id is :func:`status_check_id`, possibly
+    followed by ``:<owner mark>``), or ``None``."""
+    check_id = status_check_id(service_id)
+    for check in checks:
+        found = str(check.get("CheckID"))
+        if found == check_id or found.startswith(f"{check_id}:"):
+            return check
+    return None
+
+
+def noted_status(output: object) -> Status | None:
+    """The status a status check's note names (``discovery: DOWN``, written by its owner or by ``set-status``)."""
+    if not isinstance(output, str) or not output.startswith(STATUS_CHECK_NOTE_PREFIX):
+        return None
+    try:
+        return Status(output[len(STATUS_CHECK_NOTE_PREFIX):].strip())
+    except ValueError:
+        return None
 
 
 def is_ours(entry: Mapping[str, Any]) -> bool:

@@ -18,7 +18,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 
 from tenacity import wait_random_exponential
 
@@ -77,15 +77,14 @@ class TokenBucket:
         self._tokens -= 1.0
 
 
-def decode_entries(
+def decoded_entries(
     scope: str | None, namespace: str, service: str, entries: list[dict[str, object]]
-) -> tuple[Instance, ...]:
-    """The instances of one scope and namespace in a health answer: ours that are alive and, in an unscoped
+) -> Iterator[tuple[dict[str, object], Instance]]:
+    """Each health entry of one scope and namespace with its instance: ours that are alive and, in an unscoped
     ``default`` namespace, every foreign entry (read-only). An undecodable entry is skipped with one DEBUG line."""
     with_foreign = records.sees_foreign(scope, namespace)
     # An agent service ID is unique per agent only: where several nodes use one ID, the node tells them apart.
     foreign_ids = Counter(records.entry_service_id(e) for e in entries if with_foreign and not records.is_ours(e))
-    found: list[Instance] = []
     for entry in entries:
         ours = records.is_ours(entry)
         if (ours and records.scope_of(entry) != scope) or (not ours and not with_foreign):
@@ -100,8 +99,14 @@ def decode_entries(
             log_skipped(log, f"Consul service {service_id[:160]!r} of {service}", str(error))
             continue
         if instance is not None and instance.namespace == namespace and instance.service == service:
-            found.append(instance)
-    return tuple(found)
+            yield entry, instance
+
+
+def decode_entries(
+    scope: str | None, namespace: str, service: str, entries: list[dict[str, object]]
+) -> tuple[Instance, ...]:
+    """The instances of one scope and namespace in a health answer (see :func:`decoded_entries`)."""
+    return tuple(instance for _, instance in decoded_entries(scope, namespace, service, entries))
 
 
 class ServiceWatch(AsyncIterator[Snapshot]):

@@ -208,6 +208,12 @@ class LeaseGroup:
         """The record of a key this group keeps alive."""
         return self._keys.get(key)
 
+    def adopt(self, key: bytes, value: bytes) -> None:
+        """Someone else rewrote a key this group keeps alive: re-put ``value``, not ours, after a lost lease."""
+        leased = self._keys.get(key)
+        if leased is not None:
+            self._keys[key] = LeasedKey(key, value, leased.on_state)
+
     def forget(self, key: bytes) -> None:
         """Stop keeping a key alive without deleting it (it moved to another lease)."""
         self._keys.pop(key, None)

@@ -100,6 +100,12 @@ class Registrations:
             _notify(entry, RegistrationState.RESTORED)
         await self._arm(entry)
 
+    def adopt(self, instance: Instance) -> None:
+        """Someone else rewrote a registered znode: the healer writes ``instance`` back after an expiry, not ours."""
+        entry = self._entries.get(instance.key)
+        if entry is not None:
+            entry.instance = instance
+
     async def deregister(self, instance: Instance) -> None:
         """Forget the instance and delete its znode if our session owns it; a missing node is fine."""
         self._entries.pop(instance.key, None)

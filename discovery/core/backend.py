@@ -19,7 +19,8 @@ from typing import ClassVar, Protocol
 
 from discovery.core.connection import ConnectionMonitor
 from discovery.core.definitions import DefinitionStore
-from discovery.core.models import Instance, Snapshot
+from discovery.core.errors import UnsupportedOperationError
+from discovery.core.models import Instance, Snapshot, Status
 from discovery.core.urls import BackendURL
 
 
@@ -180,6 +181,28 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def watch(self, namespace: str, service: str) -> AsyncIterator[Snapshot]:
         """Yield the current snapshot, then one after every change; see the class rules."""
+
+    async def set_status(self, namespace: str, service: str, instance_id: str, status: Status) -> Instance:
+        """Set the status of an instance whoever registered it (an operator draining it from another process),
+        through the backend's own mechanism and keeping its owner's liveness (lease, session, checks).
+
+        Returns the instance as now stored. Raises :class:`~discovery.core.errors.NotRegisteredError` when no such
+        instance is registered and :class:`~discovery.core.errors.UnsupportedOperationError` when it is read-only
+        (written by another tool) or the backend cannot change it. The owner learns it through its registry, which
+        follows its own records and calls :meth:`adopt`. The default refuses.
+        """
+        raise UnsupportedOperationError(
+            f"the {self.capabilities.name} backend cannot change the status of another registrant's instance"
+        )
+
+    def adopt(self, instance: Instance) -> None:
+        """Someone else rewrote one of this backend's registrations (``set_status`` from another process): keep
+        ``instance`` as what to write back when healing (after a lost session, lease or agent), without writing now.
+
+        Called by the owning registry on its event loop. The default does nothing; a backend that heals from its
+        own copy then writes the old fields back at its next heal.
+        """
+        return None
 
     @property
     def definitions(self) -> DefinitionStore | None:

@@ -18,14 +18,21 @@ from discovery.core.plugins import create_backend
 from discovery.core.selectors import Selector, parse_selector
 from discovery.core.urls import BackendURL, parse_url
 from discovery.core.validation import (
+    validate_instance_id,
     validate_namespace,
     validate_service_name,
     validate_ttl,
     validate_ttl_minimum,
 )
 from discovery.observability.metrics import METRICS
+from discovery.registry.follow import RecordFollower
 from discovery.registry.health import RegistryHealth, registration_health, watch_health
-from discovery.registry.registration import UPDATABLE_FIELDS, AsyncRegistration, RegistrationStates
+from discovery.registry.registration import (
+    UPDATABLE_FIELDS,
+    AsyncRegistration,
+    RegistrationRecord,
+    RegistrationStates,
+)
 from discovery.registry.watch_hub import EndCallback, SnapshotCallback, WatchHub
 
 log = logging.getLogger("discovery.registry")
@@ -89,27 +96,38 @@ class AsyncRegistry:
     #: The longest a write waits for the watch of its service to show it (then it returns anyway, and says so).
     settle_timeout: float = SETTLE_TIMEOUT
 
-    def __init__(self, backend: Backend, *, url: BackendURL | None = None) -> None:
+    def __init__(self, backend: Backend, *, url: BackendURL | None = None, follow_records: bool = True) -> None:
         self._backend = backend
         self._url = url
         self._hub = WatchHub(backend)
         # Each live registration with the state record only this registry (and its backend) writes.
         self._registrations: dict[tuple[str, str, str], tuple[AsyncRegistration, RegistrationStates]] = {}
+        self._records: dict[tuple[str, str, str], RegistrationRecord] = {}
+        self._follower = RecordFollower(backend) if follow_records else None
         self._closed = False
         self._started = False
 
     @classmethod
     def connect(
-        cls, url: str | BackendURL | None = None, *, timeout: float | None = DEFAULT_CONNECT_TIMEOUT
+        cls,
+        url: str | BackendURL | None = None,
+        *,
+        timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+        follow_records: bool = True,
     ) -> _Connecting:
         """Connect to the backend named by ``url`` (``None`` = ``$DISCOVERY_URL``, else ``memory://``).
 
         A backend that cannot be reached, or does not answer within ``timeout`` seconds (``None``: no limit),
         raises :class:`BackendUnavailableError` naming the URL (secrets redacted); whatever the attempt opened
         (connections, threads, tasks) is closed first.
+
+        ``follow_records``: watch the records of this registry's registrations and adopt what someone else changes
+        in them (an operator's ``discovery drain``; see :mod:`discovery.registry.follow`). It costs one backend
+        watch stream per service this registry has registrations of (on Consul a parked blocking query); ``False``
+        saves it, and then an operator's change is written back over at the owner's next ``update()`` or heal.
         """
         parsed = parse_url(url)
-        return _Connecting(cls(create_backend(parsed), url=parsed), timeout)
+        return _Connecting(cls(create_backend(parsed), url=parsed, follow_records=follow_records), timeout)
 
 
     @property
@@ -222,6 +240,7 @@ class AsyncRegistry:
         if held is not None and held[0].active and held[0].lost_reason is not LostReason.TAKEN_OVER:
             return await self._register_again(held[0], instance, requested, effective)
         states = RegistrationStates()
+        record = RegistrationRecord(instance)
         registration = AsyncRegistration(
             instance,
             effective,
@@ -229,13 +248,22 @@ class AsyncRegistry:
             self._update,
             lambda deregistered: self._deregister(deregistered, states),
             states,
+            record,
         )
         registration.on_change(_report_registration_state)
-        await self._backend.register(instance, effective, states.enter)
+        record.writing += 1
+        try:
+            await self._backend.register(instance, effective, states.enter)
+        finally:
+            record.writing -= 1
+        record.written(instance)
         previous = self._registrations.get(instance.key)
         if previous is not None:
             previous[1].enter(RegistrationState.DEREGISTERED)  # replaced: the key is the new one's now
         self._registrations[instance.key] = (registration, states)
+        self._records[instance.key] = record
+        if self._follower is not None:
+            self._follower.track(record)
         states.enter(RegistrationState.REGISTERED)
         await self._settle(instance, lambda snapshot: snapshot.get(instance.id) == instance, registration)
         return registration
@@ -265,6 +293,9 @@ class AsyncRegistry:
         removed = registration.instance
         if current is not None and current[0] is registration:
             del self._registrations[key]
+            record = self._records.pop(key, None)
+            if record is not None and self._follower is not None:
+                await self._follower.untrack(record)
             if not self._closed:
                 await self._backend.deregister(removed)
                 # Gone, or another registrant's now: either way no longer what this registration wrote.
@@ -289,6 +320,31 @@ class AsyncRegistry:
                 written.namespace, written.service, written.id, self.settle_timeout,
             )
 
+    async def set_status(
+        self, service: str, instance_id: str, status: Status | str, namespace: str = DEFAULT_NAMESPACE
+    ) -> Instance:
+        """Set the status of an instance whichever process registered it: what ``discovery drain`` and
+        ``discovery set-status`` do. Returns the instance as now stored.
+
+        A registration of this registry is updated through its handle. Another process's goes through the backend's
+        own mechanism (Consul: maintenance mode for DRAINING and the status check otherwise; etcd: the key rewritten
+        on its owner's lease; ZooKeeper: the znode rewritten, its ephemeral owner kept); that owner adopts the change
+        (see :mod:`discovery.registry.follow`). Raises :class:`ValidationError` for a bad name or status,
+        :class:`NotRegisteredError` when no such instance is registered, :class:`UnsupportedOperationError` for a
+        read-only (foreign) registration or a backend that cannot do it.
+        """
+        validate_service_name(service)
+        validate_namespace(namespace)
+        validate_instance_id(instance_id)
+        try:
+            wanted = Status(status)
+        except ValueError:
+            raise ValidationError("status", f"{status!r} is not one of {', '.join(s.value for s in Status)}") from None
+        self._check_open()
+        own = self._registrations.get((namespace, service, instance_id))
+        if own is not None and own[0].active:
+            return await own[0].update(status=wanted)
+        return await self._backend.set_status(namespace, service, instance_id, wanted)
 
     @property
     def registrations(self) -> tuple[AsyncRegistration, ...]:
@@ -383,6 +439,8 @@ class AsyncRegistry:
             return
         self._closed = True
         await self._hub.close()  # first: every loop over a watch of this registry ends now
+        if self._follower is not None:
+            await self._follower.close()
         if self._started:
             if deregister:
                 await self._backend.close()
@@ -391,6 +449,7 @@ class AsyncRegistry:
         for _, states in list(self._registrations.values()):
             states.enter(RegistrationState.DEREGISTERED)
         self._registrations.clear()
+        self._records.clear()
         last = self._backend.connection.status
         if self._started and last is not None and METRICS.active:
             METRICS.connection_closed(last)

@@ -19,7 +19,7 @@ from typing import Any
 from discovery.core.backend import Capabilities, LostReason, RegistrationState
 from discovery.core.connection import ConnectionListener, ConnectionState, ConnectionStatus
 from discovery.core.errors import ClosedError, NotRegisteredError
-from discovery.core.models import DEFAULT_NAMESPACE, Instance, Snapshot
+from discovery.core.models import DEFAULT_NAMESPACE, Instance, Snapshot, Status
 from discovery.core.selectors import parse_selector
 from discovery.core.urls import BackendURL
 from discovery.core.validation import validate_namespace, validate_service_name
@@ -91,6 +91,11 @@ class Registration:
     def on_change(self, callback: Callable[[Registration, RegistrationState], None]) -> Callable[[], None]:
         """Call ``callback(registration, state)`` on each change (in the loop thread; must not block)."""
         return self._inner.on_change(lambda _inner, state: callback(self, state))
+
+    def on_instance_change(self, callback: Callable[[Registration, Instance], None]) -> Callable[[], None]:
+        """Call ``callback(registration, instance)`` when someone else changed this registration's record and it
+        adopted the change (see :meth:`AsyncRegistration.on_instance_change`; in the loop thread, must not block)."""
+        return self._inner.on_instance_change(lambda _inner, instance: callback(self, instance))
 
     def wait_for(self, state: RegistrationState, timeout: float | None = None) -> None:
         """Block until the registration has been in ``state`` (``TimeoutError`` after ``timeout``)."""
@@ -223,14 +228,18 @@ class Registry:
 
     @classmethod
     def connect(
-        cls, url: str | BackendURL | None = None, *, timeout: float | None = DEFAULT_CONNECT_TIMEOUT
+        cls,
+        url: str | BackendURL | None = None,
+        *,
+        timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+        follow_records: bool = True,
     ) -> Registry:
         """Connect (``None`` = ``$DISCOVERY_URL``, else ``memory://``) on a new background loop thread.
 
         See :meth:`AsyncRegistry.connect`: an unreachable backend raises :class:`BackendUnavailableError`
-        naming the URL after ``timeout`` seconds at most, and leaves no thread behind.
+        naming the URL after ``timeout`` seconds at most, and leaves no thread behind; ``follow_records`` as there.
         """
-        connecting = AsyncRegistry.connect(url, timeout=timeout)  # parses the URL: bad ones fail here
+        connecting = AsyncRegistry.connect(url, timeout=timeout, follow_records=follow_records)  # bad URLs fail here
         loop = LoopThread()
         try:
             core = loop.run(_connected(connecting))
@@ -320,6 +329,12 @@ class Registry:
             if handle is None:
                 handle = self._handles[inner] = Registration(inner, self._loop)
             return handle
+
+    def set_status(
+        self, service: str, instance_id: str, status: Status | str, namespace: str = DEFAULT_NAMESPACE
+    ) -> Instance:
+        """Set the status of an instance whichever process registered it; see :meth:`AsyncRegistry.set_status`."""
+        return self._loop.run(self._core.set_status(service, instance_id, status, namespace))
 
     def instances(
         self,

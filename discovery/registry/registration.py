@@ -1,13 +1,16 @@
 """The handle ``register()`` returns: it keeps its instance alive and reports lost/restored.
 
 A registration's state lives in a :class:`RegistrationStates` that only its registry (and, through the listener
-the registry hands over, the backend) writes; the :class:`AsyncRegistration` users hold only reads it.
+the registry hands over, the backend) writes; the :class:`AsyncRegistration` users hold only reads it. Likewise its
+instance lives in a :class:`RegistrationRecord`: what the registration last wrote, or adopted when someone else
+rewrote it (an operator's ``discovery drain``), which only the registry writes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -85,6 +88,68 @@ class RegistrationStates:
             await self._changed.wait()
 
 
+#: Seconds after one of its own writes during which a registry reads a different record as its watch lagging
+#: behind, not as someone else's change (it looks again when they are over).
+OWN_WRITE_GRACE = 5.0
+
+InstanceListener = Callable[[Instance], None]
+
+
+class RegistrationRecord:
+    """The instance a registration last wrote or adopted, its own writes in flight, and who is told about adoptions.
+
+    The registry writes it: :meth:`written` after each of the registration's own writes, :meth:`adopt` when the
+    record in the backend was changed by someone else (see :mod:`discovery.registry.follow`). Not thread-safe: used
+    on the registry's event loop (reading :attr:`instance` from another thread is safe: it is one immutable value).
+    """
+
+    def __init__(self, instance: Instance) -> None:
+        self._instance = instance
+        self._listeners: list[InstanceListener] = []
+        #: Writes of the owner in flight: meanwhile the backend may show the record before or after them.
+        self.writing = 0
+        #: Until this ``time.monotonic()``, a record that differs may be the watch lagging behind our own write.
+        self.settling_until = time.monotonic() + OWN_WRITE_GRACE
+
+    @property
+    def instance(self) -> Instance:
+        """The instance as last written or adopted."""
+        return self._instance
+
+    def written(self, instance: Instance) -> None:
+        """The owner wrote ``instance``."""
+        self._instance = instance
+        self.settling_until = time.monotonic() + OWN_WRITE_GRACE
+
+    def confirmed(self) -> None:
+        """The backend showed the record as last written: a later difference is someone else's change."""
+        self.settling_until = 0.0
+
+    def settling(self) -> bool:
+        """Whether a different record may still be the backend lagging behind the owner's own write."""
+        return self.writing > 0 or time.monotonic() < self.settling_until
+
+    def adopt(self, instance: Instance) -> None:
+        """Someone else changed the record to ``instance``: take it as ours and tell every listener."""
+        self._instance = instance
+        self.settling_until = 0.0
+        for listener in list(self._listeners):
+            try:
+                listener(instance)
+            except Exception:
+                log.exception("instance change listener failed")
+
+    def listen(self, listener: InstanceListener) -> Callable[[], None]:
+        """Call ``listener(instance)`` on every adoption; returns a function that removes it."""
+        self._listeners.append(listener)
+
+        def remove() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return remove
+
+
 class AsyncRegistration:
     """A live registration. States: ``registered``, then ``lost``/``restored`` as the backend heals it,
     and ``deregistered`` at the end. Subscribe with :meth:`on_change` or wait with :meth:`wait_for`.
@@ -101,8 +166,9 @@ class AsyncRegistration:
         update: Callable[[AsyncRegistration, Instance], Awaitable[None]],
         deregister: Callable[[AsyncRegistration], Awaitable[None]],
         states: RegistrationStates,
+        record: RegistrationRecord | None = None,
     ) -> None:
-        self._instance = instance
+        self._record = record if record is not None else RegistrationRecord(instance)
         self._ttl = ttl
         self._detection_bound = detection_bound
         self._update = update
@@ -110,13 +176,13 @@ class AsyncRegistration:
         self._states = states
 
     def __repr__(self) -> str:
-        key = "/".join(self._instance.key)
+        key = "/".join(self._record.instance.key)
         return f"<Registration {key} {self._states.state.value}>"
 
     @property
     def instance(self) -> Instance:
-        """The instance as last written."""
-        return self._instance
+        """The instance as last written, or as someone else rewrote it (see :meth:`on_instance_change`)."""
+        return self._record.instance
 
     @property
     def ttl(self) -> float:
@@ -157,6 +223,15 @@ class AsyncRegistration:
         """
         return self._states.listen(lambda state: callback(self, state))
 
+    def on_instance_change(self, callback: Callable[[AsyncRegistration, Instance], None]) -> Callable[[], None]:
+        """Call ``callback(registration, instance)`` when someone else changed this registration's record (an
+        operator's ``discovery drain`` or ``set-status``) and the registration adopted it, on the registry's loop.
+
+        From then on :attr:`instance` is the changed one, :meth:`update` starts from it, and the backend writes it
+        back if it ever heals the registration. Returns a function that removes the callback.
+        """
+        return self._record.listen(lambda instance: callback(self, instance))
+
     async def wait_for(self, state: RegistrationState, timeout: float | None = None) -> None:
         """Wait until the registration has been in ``state`` (now or since it was created)."""
         async with asyncio.timeout(timeout):
@@ -174,9 +249,13 @@ class AsyncRegistration:
             )
         if not self.active:
             raise NotRegisteredError(f"{self!r} is deregistered")
-        updated = self._instance.with_changes(**changes)
-        await self._update(self, updated)
-        self._instance = updated
+        updated = self._record.instance.with_changes(**changes)
+        self._record.writing += 1
+        try:
+            await self._update(self, updated)
+        finally:
+            self._record.writing -= 1
+        self._record.written(updated)
         return updated
 
     async def deregister(self) -> None:

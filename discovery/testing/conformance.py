@@ -125,7 +125,14 @@ def _open_descriptors() -> int:
     return len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 0
 
 
-def _async_value(read: Callable[[], T]) -> Callable[[], Awaitable[T]]:
+def _shows(instance_id: str, instance: Instance) -> Callable[[Snapshot], bool]:
+    """A snapshot predicate: the snapshot holds ``instance`` under ``instance_id``."""
+    return lambda snapshot: snapshot.get(instance_id) == instance
+
+
+def _value(read: Callable[[], T]) -> Callable[[], Awaitable[T]]:
+    """An async probe for :func:`eventually` that reads a value without I/O."""
+
     async def probe() -> T:
         return read()
 
@@ -145,9 +152,9 @@ async def _connect_fails_cleanly(dead: BackendURL, timeout: float) -> None:
     assert where in str(caught.value), caught.value
     assert elapsed <= timeout + SCHEDULING_ALLOWANCE * 2, f"took {elapsed:.1f} s"
     del caught
-    await eventually(_async_value(_threads), threads.issuperset, 5.0)
+    await eventually(_value(_threads), threads.issuperset, 5.0)
     assert asyncio.all_tasks() <= tasks
-    await eventually(_async_value(_open_descriptors), lambda now: now <= descriptors, 5.0)
+    await eventually(_value(_open_descriptors), lambda now: now <= descriptors, 5.0)
 
 
 def _blocking_close_case(url: str) -> None:
@@ -600,6 +607,59 @@ class ConformanceSuite:
         assert registration.instance == original
         assert await registry.instances("keep") == (original,)
 
+    # -- an operator's status change (discovery drain / set-status) --------------------------------------------
+
+    async def test_an_operator_sets_the_status_and_the_owner_adopts_it(
+        self, registry: AsyncRegistry, open_registry: Callable[[], Awaitable[AsyncRegistry]]
+    ) -> None:
+        operator = await open_registry()
+        registration = await registry.register(make_instance("oper", 1, labels={"v": "1"}))
+        adopted: list[Instance] = []
+        registration.on_instance_change(lambda _registration, instance: adopted.append(instance))
+        async with operator.watch("oper") as watch:
+            await watch.until(lambda s: s.get("oper-1") == registration.instance, CONVERGENCE_TIMEOUT)
+
+            drained = await operator.set_status("oper", "oper-1", Status.DRAINING)
+            assert drained == registration.instance.with_changes(status=Status.DRAINING)
+            await watch.until(lambda s: s.get("oper-1") == drained, CONVERGENCE_TIMEOUT)
+            await eventually(_value(lambda: registration.instance), lambda i: i == drained, CONVERGENCE_TIMEOUT)
+            assert adopted == [drained], "the owner is told once"
+            assert await operator.instances("oper") == (), "a DRAINING instance leaves the picks"
+
+            # The owner's own update starts from what it adopted: the drain is not written back over.
+            relabelled = await registration.update(labels={"v": "2"})
+            assert relabelled == drained.with_changes(labels={"v": "2"})
+            await watch.until(lambda s: s.get("oper-1") == relabelled, CONVERGENCE_TIMEOUT)
+
+            for status in (Status.DOWN, Status.UP):
+                changed = await operator.set_status("oper", "oper-1", status.value)
+                assert changed == relabelled.with_changes(status=status)
+                await watch.until(_shows("oper-1", changed), CONVERGENCE_TIMEOUT)
+                await eventually(_value(lambda: registration.instance), changed.__eq__, CONVERGENCE_TIMEOUT)
+        assert [i.status for i in adopted] == [Status.DRAINING, Status.DOWN, Status.UP]
+        assert registration.state is RegistrationState.REGISTERED
+
+    async def test_setting_the_status_of_a_missing_instance_or_a_bad_status_fails(
+        self, registry: AsyncRegistry, open_registry: Callable[[], Awaitable[AsyncRegistry]]
+    ) -> None:
+        operator = await open_registry()
+        await registry.register(make_instance("oper-bad", 1))
+        with pytest.raises(NotRegisteredError):
+            await operator.set_status("oper-bad", "oper-bad-9", Status.DRAINING)
+        with pytest.raises(NotRegisteredError):
+            await operator.set_status("oper-none", "x", Status.DRAINING)
+        for service, instance_id, status in (("oper-bad", "oper-bad-1", "SLEEPY"), ("Bad_Name", "x", "UP"),
+                                             ("oper-bad", "bad id", "UP")):
+            with pytest.raises(ValidationError):
+                await operator.set_status(service, instance_id, status)
+        assert [i.status for i in await registry.instances("oper-bad", statuses=None)] == [Status.UP]
+
+    async def test_the_owner_setting_its_own_status_updates_its_registration(self, registry: AsyncRegistry) -> None:
+        registration = await registry.register(make_instance("oper-own", 1))
+        drained = await registry.set_status("oper-own", "oper-own-1", Status.DRAINING)
+        assert registration.instance == drained
+        assert await registry.instances("oper-own", statuses=None) == (drained,)
+
     async def test_declared_bound_is_concrete(self, registry: AsyncRegistry) -> None:
         caps = registry.capabilities
         bound = registry.detection_bound(self.short_ttl)
@@ -828,7 +888,7 @@ class ConformanceSuite:
             with pytest.raises(BackendUnavailableError, match=f"127.0.0.1:{silent_port}"):
                 await asyncio.to_thread(Registry.connect, dead, timeout=1.0)
             allowed = threads | _to_thread_workers()
-            await eventually(_async_value(_threads), allowed.issuperset, 5.0)
+            await eventually(_value(_threads), allowed.issuperset, 5.0)
 
     # -- ownership: the last registrant owns an instance id -------------------------------------------------------
 
