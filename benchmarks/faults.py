@@ -25,8 +25,8 @@ from tests.faults.scenarios import FAULTS, PROFILES, FaultServers, run_fault
 from tests.faults.targets import BACKENDS, Target
 from tests.faults.trial import TrialResult
 
-HEADER = ("| fault | backend | trials | lost | stale | converged | violations | restore p50 / max (s) "
-          "| convergence p50 / max (s) |")
+HEADER = ("| fault | backend | trials | lost | stale | converged | violations | own writes read back "
+          "| read-your-writes violations | monotonic violations | restore p50 / max (s) | convergence p50 / max (s) |")
 
 
 def _times(values: list[float]) -> str:
@@ -37,7 +37,7 @@ def _times(values: list[float]) -> str:
 
 def table(results: Sequence[TrialResult]) -> str:
     """The Markdown table of ``results``, one row per fault and backend."""
-    rows = [HEADER, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    rows = [HEADER, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for fault in FAULTS:
         for backend in BACKENDS:
             mine = [r for r in results if r.fault == fault and r.backend == backend]
@@ -50,7 +50,9 @@ def table(results: Sequence[TrialResult]) -> str:
             violations = sum(len(r.violations) + r.duplicates for r in mine)
             rows.append(
                 f"| {fault} | {backend} | {len(mine)} | {sum(r.lost for r in mine)} | {sum(r.stale for r in mine)} "
-                f"| {converged:.1f} % | {violations} | {_times(restore)} | {_times(convergence)} |"
+                f"| {converged:.1f} % | {violations} | {sum(r.own_writes for r in mine)} "
+                f"| {sum(r.read_your_writes for r in mine)} | {sum(r.monotonic for r in mine)} "
+                f"| {_times(restore)} | {_times(convergence)} |"
             )
     return "\n".join(rows)
 

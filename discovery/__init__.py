@@ -20,7 +20,7 @@ from discovery.client.balancers import (
 from discovery.client.cache import ServiceCache
 from discovery.client.feedback import DownInstancePolicy, FailureTracker
 from discovery.client.lifecycle import AsyncHealthCheck, DrainResult, HealthCheck, drain, drain_async
-from discovery.core.backend import Backend, Capabilities, RegistrationState
+from discovery.core.backend import Backend, Capabilities, LostReason, RegistrationState
 from discovery.core.connection import ConnectionState, ConnectionStatus
 from discovery.core.errors import (
     AuthenticationError,
@@ -68,6 +68,7 @@ __all__ = [
     "FailureTracker",
     "HealthCheck",
     "Instance",
+    "LostReason",
     "NoInstanceAvailableError",
     "NotRegisteredError",
     "PermissionDeniedError",

@@ -16,12 +16,12 @@ import itertools
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from discovery.core.backend import Backend, Capabilities, RegistrationState, StateListener
+from discovery.core.backend import Backend, Capabilities, LostReason, RegistrationState, StateListener
 from discovery.core.definitions import DefinitionSnapshot, DefinitionStore, StoredDefinition
-from discovery.core.errors import ClosedError
-from discovery.core.models import Instance, Snapshot
+from discovery.core.errors import ClosedError, NotRegisteredError
+from discovery.core.models import Instance, Snapshot, Status
 from discovery.core.urls import BackendURL
 
 Key = tuple[str, str, str]
@@ -71,15 +71,38 @@ class MemoryStore:
         return None if entries is None else entries.get(key[2])
 
     def put(self, instance: Instance, owner: int, ttl: float) -> None:
-        """Insert or replace an instance, owned by ``owner``, alive for ``ttl`` seconds."""
+        """Insert or replace an instance, owned by ``owner`` from now on, alive for ``ttl`` seconds."""
         with self._lock:
-            entry = _Entry(instance, owner, ttl, time.monotonic() + ttl)
-            self._services.setdefault((instance.namespace, instance.service), {})[instance.id] = entry
-            earliest = self._deadlines[0][0] if self._deadlines else None
-            heapq.heappush(self._deadlines, (entry.deadline, next(self._sequence), entry))
-            self._changed(instance.namespace, instance.service)
-            if earliest is None or entry.deadline < earliest:
-                self._lock.notify_all()
+            self._put_locked(instance, owner, ttl)
+
+    def put_owned(self, instance: Instance, owner: int, ttl: float) -> str:
+        """Replace an instance only if ``owner`` owns it: ``"ok"``, ``"missing"`` or ``"taken"`` (nothing written)."""
+        with self._lock:
+            entry = self._entry(instance.key)
+            if entry is None:
+                return "missing"
+            if entry.owner != owner:
+                return "taken"
+            self._put_locked(instance, owner, ttl)
+            return "ok"
+
+    def put_if_absent(self, instance: Instance, owner: int, ttl: float) -> str:
+        """Write an instance back unless another owner holds its key: ``"ok"`` or ``"taken"`` (nothing written)."""
+        with self._lock:
+            entry = self._entry(instance.key)
+            if entry is not None and entry.owner != owner:
+                return "taken"
+            self._put_locked(instance, owner, ttl)
+            return "ok"
+
+    def _put_locked(self, instance: Instance, owner: int, ttl: float) -> None:
+        entry = _Entry(instance, owner, ttl, time.monotonic() + ttl)
+        self._services.setdefault((instance.namespace, instance.service), {})[instance.id] = entry
+        earliest = self._deadlines[0][0] if self._deadlines else None
+        heapq.heappush(self._deadlines, (entry.deadline, next(self._sequence), entry))
+        self._changed(instance.namespace, instance.service)
+        if earliest is None or entry.deadline < earliest:
+            self._lock.notify_all()
 
     def refresh(self, key: Key, owner: int) -> str:
         """Push an owned entry's deadline forward: ``"ok"``, ``"missing"``, or ``"taken"`` (another owner)."""
@@ -91,6 +114,19 @@ class MemoryStore:
                 return "taken"
             entry.deadline = time.monotonic() + entry.ttl
             return "ok"
+
+    def set_status(self, key: Key, status: Status) -> Instance:
+        """Rewrite an entry's status whoever owns it, keeping its owner and deadline; the entry as now stored.
+
+        Raises :class:`NotRegisteredError` when there is no such entry.
+        """
+        with self._lock:
+            entry = self._entry(key)
+            if entry is None:
+                raise NotRegisteredError(f"{'/'.join(key)} is not registered")
+            entry.instance = entry.instance.with_changes(status=status)
+            self._changed(key[0], key[1])
+            return entry.instance
 
     def remove(self, key: Key, owner: int | None = None) -> None:
         """Remove an entry (only if ``owner`` owns it, when given)."""
@@ -285,6 +321,7 @@ class _Owned:
     instance: Instance
     ttl: float
     on_state: StateListener
+    refreshed_at: float = field(default_factory=time.monotonic)
     #: When the keep-alive next refreshes this entry (a third of its TTL after the last refresh).
     due: float = 0.0
 
@@ -295,7 +332,7 @@ class MemoryBackend(Backend):
     Like every backend, its registry's loop calls it; but its writes and reads need no I/O, so they are also offered
     as :attr:`immediate` operations, callable from any thread: the blocking ``Registry`` runs them in the caller's
     thread. ``_lock`` makes each of them atomic with respect to the keep-alive (on the event loop) and to
-    :meth:`close`; the store it shares is thread-safe.
+    :meth:`close`; the store it shares is thread-safe. State listeners are called outside the lock.
     """
 
     scheme = "memory"
@@ -377,12 +414,28 @@ class MemoryBackend(Backend):
         self.register_now(instance, ttl, on_state)
 
     async def update(self, instance: Instance) -> None:
-        """Replace the stored instance, keeping its TTL."""
+        """Replace the stored instance, keeping its TTL, if this backend still owns it.
+
+        Removed meanwhile (by someone who is not a registrant): written back, ``LOST`` → ``RESTORED``. Taken over
+        by another registrant: ``LOST`` (``TAKEN_OVER``) and :class:`NotRegisteredError`, nothing written.
+        """
         self.update_now(instance)
 
     async def deregister(self, instance: Instance) -> None:
         """Remove the instance."""
         self.deregister_now(instance)
+
+    async def set_status(self, namespace: str, service: str, instance_id: str, status: Status) -> Instance:
+        """Rewrite the stored instance's status, whichever backend of this store owns it (its TTL runs on)."""
+        self._check_open()
+        return self._store.set_status((namespace, service, instance_id), status)
+
+    def adopt(self, instance: Instance) -> None:
+        """Keep ``instance`` as what the keep-alive writes back if the entry ever expires under us."""
+        with self._lock:
+            owned = self._owned.get(instance.key)
+            if owned is not None:
+                owned.instance = instance
 
     async def list(self, namespace: str, service: str) -> tuple[Instance, ...]:
         """All instances of a service."""
@@ -397,7 +450,7 @@ class MemoryBackend(Backend):
         due = time.monotonic() + ttl / 3
         with self._lock:
             self._check_open()
-            self._owned[instance.key] = _Owned(instance, ttl, on_state, due)
+            self._owned[instance.key] = _Owned(instance, ttl, on_state, due=due)
             self._store.put(instance, self._owner, ttl)
             wake = due < self._next_due
         if wake and self._loop is not None and self._wakeup is not None:
@@ -409,9 +462,19 @@ class MemoryBackend(Backend):
         """:meth:`update` in the calling thread."""
         with self._lock:
             self._check_open()
-            owned = self._owned[instance.key]
+            owned = self._owned.get(instance.key)
+            if owned is None:
+                raise NotRegisteredError(f"{'/'.join(instance.key)} is not registered by this backend")
+            outcome = self._store.put_owned(instance, self._owner, owned.ttl)
             owned.instance = instance
-            self._store.put(instance, self._owner, owned.ttl)
+            if outcome == "ok":
+                owned.refreshed_at = time.monotonic()
+        if outcome == "missing":
+            self._write_back(instance.key, owned, LostReason.REMOVED)
+        elif outcome == "taken":
+            self._taken_over(instance.key, owned)
+        if self._owned.get(instance.key) is not owned:
+            raise NotRegisteredError(f"{'/'.join(instance.key)} was taken over by another registrant")
 
     def deregister_now(self, instance: Instance) -> None:
         """:meth:`deregister` in the calling thread."""
@@ -449,8 +512,8 @@ class MemoryBackend(Backend):
     async def _keep_alive(self) -> None:
         """Refresh each owned entry a third of its TTL after the last refresh.
 
-        A wake-up (a registration due sooner than the next round) only re-plans the sleep: entries are
-        refreshed when due, so registering costs O(1), not a refresh of everything owned.
+        A wake-up (a registration due sooner than the next round) only re-plans the sleep: entries are refreshed
+        when due, so registering costs O(1), not a refresh of everything owned.
         """
         assert self._wakeup is not None
         while True:
@@ -463,8 +526,8 @@ class MemoryBackend(Backend):
             self._wakeup.clear()
             now = time.monotonic()
             with self._lock:
-                # An entry due within half its period is refreshed now too: rounds stay one per half period
-                # at most, and no entry goes longer than a third of its TTL without a refresh.
+                # An entry due within half its period is refreshed now too: rounds stay one per half period at
+                # most, and no entry goes longer than a third of its TTL without a refresh.
                 due = [(key, o) for key, o in self._owned.items() if o.due <= now + o.ttl / 6]
             for key, owned in due:
                 with self._lock:  # per entry: a registration from another thread waits for one refresh at most
@@ -472,14 +535,32 @@ class MemoryBackend(Backend):
                         continue  # deregistered or replaced since the round began
                     owned.due = now + owned.ttl / 3
                     outcome = self._store.refresh(key, self._owner)
-                    if outcome == "missing":
-                        # Expired while we were alive (e.g. the loop was blocked past the TTL): write it back.
-                        self._store.put(owned.instance, self._owner, owned.ttl)
-                    elif outcome == "taken":
-                        # Another registrant registered the same id since: it owns the entry now.
-                        del self._owned[key]
+                    if outcome == "ok":
+                        owned.refreshed_at = now
                 if outcome == "missing":
-                    owned.on_state(RegistrationState.LOST)
-                    owned.on_state(RegistrationState.RESTORED)
+                    # Expired while we were still alive (the loop was blocked past the TTL), or removed by someone
+                    # who is not a registrant: write it back.
+                    late = now - owned.refreshed_at > owned.ttl
+                    self._write_back(key, owned, LostReason.EXPIRED if late else LostReason.REMOVED)
                 elif outcome == "taken":
-                    owned.on_state(RegistrationState.LOST)
+                    self._taken_over(key, owned)
+
+    def _write_back(self, key: Key, owned: _Owned, reason: LostReason) -> None:
+        owned.on_state(RegistrationState.LOST, reason)
+        with self._lock:
+            if self._owned.get(key) is not owned:
+                return  # deregistered meanwhile (from another thread): nothing to write back
+            written = self._store.put_if_absent(owned.instance, self._owner, owned.ttl)
+            if written != "taken":
+                owned.refreshed_at = time.monotonic()
+        if written == "taken":
+            self._taken_over(key, owned)  # another registrant wrote the id in between: it owns it now
+            return
+        owned.on_state(RegistrationState.RESTORED)
+
+    def _taken_over(self, key: Key, owned: _Owned) -> None:
+        """Another registrant registered the same id since: it owns the entry now; never touch it again."""
+        with self._lock:
+            if self._owned.get(key) is owned:
+                del self._owned[key]
+        owned.on_state(RegistrationState.LOST, LostReason.TAKEN_OVER)

@@ -6,19 +6,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
+import weakref
+from typing import Any
 
 from discovery.core.backend import Backend, Capabilities, StateListener
-from discovery.core.errors import ClosedError, DiscoveryError, ValidationError
+from discovery.core.errors import (
+    ClosedError,
+    ConfigurationError,
+    DiscoveryError,
+    NotRegisteredError,
+    UnsupportedOperationError,
+    ValidationError,
+)
 from discovery.core.foreign import log_skipped
-from discovery.core.models import Instance
+from discovery.core.models import Instance, Status
 from discovery.core.urls import BackendURL
 from discovery.core.validation import validate_service_name
 from discovery_consul import layout, records
-from discovery_consul.connection import ConsulClient
+from discovery_consul.connection import ConsulClient, UnknownToAgentError
 from discovery_consul.definitions import ConsulDefinitions
 from discovery_consul.keepalive import Registration
 from discovery_consul.settings import MIN_TTL, ConsulSettings
-from discovery_consul.watch import ChangeFeed, ServiceWatch, decode_entries
+from discovery_consul.watch import ChangeFeed, ServiceWatch, decode_entries, decoded_entries
 
 log = logging.getLogger("discovery.backends.consul.backend")
 
@@ -50,6 +60,10 @@ class ConsulBackend(Backend):
         # Service ids the agent may hold checks of that this backend did not write (left by an earlier process,
         # or a write whose answer was lost): their first registration must set the checks' statuses explicitly.
         self._maybe_at_agent: set[str] = set()
+        # This process's watch streams per service: its own writes wake them (read-your-writes).
+        self._service_watches: dict[tuple[str, str], weakref.WeakSet[ServiceWatch]] = {}
+        #: This registrant's owner mark (docs/decisions/session-ownership.md); random, not a secret.
+        self._owner = secrets.token_hex(6)
         self._closed = False
         self._definitions = ConsulDefinitions(self._require_client, settings.scope, settings.wait)
 
@@ -70,6 +84,11 @@ class ConsulBackend(Backend):
     def settings(self) -> ConsulSettings:
         """The parsed options."""
         return self._settings
+
+    @property
+    def owner_mark(self) -> str:
+        """This registrant's owner mark: written in each registration's ``Meta`` and check ids."""
+        return self._owner
 
     @property
     def definitions(self) -> ConsulDefinitions:
@@ -110,10 +129,18 @@ class ConsulBackend(Backend):
             await registration.stop()
             if client is not None:
                 try:
-                    await client.deregister_service(registration.service_id)
+                    await self._deregister_if_ours(client, registration)
                 except DiscoveryError as error:
                     log.warning("could not deregister %s on close: %s", registration.service_id, error)
         await self._shutdown()
+
+    @staticmethod
+    async def _deregister_if_ours(client: ConsulClient, registration: Registration) -> None:
+        """Remove the service from the agent unless another registrant holds it now (then it is theirs)."""
+        if registration.given_up or await registration.holder() == "other":
+            return
+        await client.deregister_service(registration.service_id)
+
 
     async def abort(self) -> None:
         """Stop heartbeats and disconnect without deregistering: the checks go critical at their TTL."""
@@ -142,7 +169,7 @@ class ConsulBackend(Backend):
         service_id = layout.consul_service_id(instance, self._settings.scope)
         registration = Registration(
             client, instance, ttl, on_state, self._settings.deregister_after, self._settings.scope,
-            known_to_agent=previous is not None or service_id in self._maybe_at_agent,
+            owner=self._owner, known_to_agent=previous is not None or service_id in self._maybe_at_agent,
         )
         try:
             await registration.write(fresh=True)
@@ -159,26 +186,121 @@ class ConsulBackend(Backend):
             await overtaken.stop()
         self._registrations[instance.key] = registration
         registration.start()
+        await self._until_in_catalog(instance, service_id, instance)
 
     async def update(self, instance: Instance) -> None:
-        """Rewrite the registered instance's fields, status and maintenance mode; its heartbeat goes on."""
+        """Rewrite the registered instance's fields, status and maintenance mode; its heartbeat goes on.
+
+        :class:`NotRegisteredError` (nothing written) if another registrant took the id over.
+        """
         self._require_client()
         registration = self._registrations.get(instance.key)
-        if registration is None:
-            raise DiscoveryError(f"{instance.key} is not registered by this backend")
+        if registration is None or registration.given_up:
+            raise NotRegisteredError(f"{'/'.join(instance.key)} is not registered by this backend")
         registration.instance = instance
-        await registration.write(fresh=False)
+        await registration.update()
+        await self._until_in_catalog(instance, registration.service_id, instance)
 
     async def deregister(self, instance: Instance) -> None:
-        """Stop the heartbeat and remove the service from the agent (a missing one is not an error)."""
+        """Stop the heartbeat and remove the service from the agent, if it is still ours (a missing one is not
+        an error; one another registrant took over is left alone).
+        """
         client = self._require_client()
         registration = self._registrations.pop(instance.key, None)
-        if registration is not None:
-            await registration.stop()
-        service_id = layout.consul_service_id(instance, self._settings.scope)
+        if registration is None:
+            return  # not ours
+        await registration.stop()
+        service_id = registration.service_id
         self._maybe_at_agent.add(service_id)
-        await client.deregister_service(service_id)
+        await self._deregister_if_ours(client, registration)
         self._maybe_at_agent.discard(service_id)
+        await self._until_in_catalog(instance, service_id, None)
+
+    async def _until_in_catalog(
+        self, instance: Instance, service_id: str, expected: Instance | None
+    ) -> None:
+        """Read-your-writes: the agent syncs a write to the servers' catalog (what every read and watch queries) on
+        its own schedule, a few milliseconds later; wait until the catalog shows this process's write
+        (``expected``, or no record of ours for ``None``), at most the URL's ``timeout``. The query is filtered to
+        this one service id (the answer stays small however large the service is), and blocking: it returns as
+        soon as the service changes. This process's watches of the service query again at once.
+        """
+        for stream in list(self._service_watches.get((instance.namespace, instance.service), ())):
+            stream.expect_change()
+        client = self._require_client()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.timeout
+        only_this = f'Service.ID == "{service_id}"'  # ids hold no quote or backslash (validated names and ids)
+        index = 0
+        while True:
+            new_index, entries = await client.health_service(
+                instance.service, instance.namespace, index=index, wait=max(0.05, deadline - loop.time()),
+                filter_expr=only_this, parked=False,
+            )
+            if self._catalog_shows(entries, service_id, expected):
+                return
+            if loop.time() >= deadline:
+                log.warning("the Consul catalog did not show the write of %s within %g s", service_id,
+                            self._settings.timeout)
+                return
+            index = 0 if new_index < index else max(new_index, 1)
+
+    def _catalog_shows(self, entries: list[dict[str, Any]], service_id: str, expected: Instance | None) -> bool:
+        for entry in entries:
+            service = entry.get("Service") or {}
+            if service.get("ID") != service_id:
+                continue
+            if records.owner_of(service) != self._owner:
+                return expected is None  # another registrant's now: ours is gone either way
+            if expected is None:
+                return False
+            try:
+                return records.instance_from_health_entry(entry) == expected
+            except ValidationError:
+                return False
+        return expected is None
+
+    async def set_status(self, namespace: str, service: str, instance_id: str, status: Status) -> Instance:
+        """Consul's own mechanisms, on the agent that holds the service: maintenance mode for DRAINING (what
+        ``consul maint`` does), otherwise maintenance off and the status check passed (UP) or failed with the status
+        as its note (DOWN, STARTING). A foreign service can be drained and undrained only."""
+        client = self._require_client()
+        _, entries = await client.health_service(service, records.query_tag(self._settings.scope, namespace))
+        found = [(entry, instance) for entry, instance in decoded_entries(self._settings.scope, namespace, service,
+                                                                         entries) if instance.id == instance_id]
+        if not found:
+            raise NotRegisteredError(f"{namespace}/{service}/{instance_id} is not registered (or its check is failing)")
+        entry, instance = found[0]
+        service_id = records.entry_service_id(entry)
+        checks = entry.get("Checks")
+        status_check = records.status_check_of(service_id, checks if isinstance(checks, list) else [])
+        if status is not Status.DRAINING and status is not Status.UP and status_check is None:
+            raise UnsupportedOperationError(
+                f"{namespace}/{service}/{instance_id} was registered by another tool: it can be drained (maintenance "
+                f"mode) and set UP again, not set {status.value}")
+        try:
+            if status is Status.DRAINING:
+                await client.set_maintenance(service_id, True, reason=f"{records.STATUS_CHECK_NOTE_PREFIX}DRAINING")
+            else:
+                if status_check is not None:  # first, so that DRAINING -> DOWN never shows UP in between
+                    await client.update_ttl_check(str(status_check.get("CheckID")),
+                                                  records.status_check_passing(status),
+                                                  note=f"{records.STATUS_CHECK_NOTE_PREFIX}{status.value}")
+                await client.set_maintenance(service_id, False)
+        except UnknownToAgentError:
+            node = entry.get("Node") or {}
+            where = f"{node.get('Node')} ({node.get('Address')})" if isinstance(node, dict) else "another node"
+            raise ConfigurationError(
+                f"{namespace}/{service}/{instance_id} is registered with the Consul agent of node {where}, not with "
+                f"{self._settings.host}:{self._settings.port}: maintenance and checks are set on that agent") from None
+        return instance.with_changes(status=status)
+
+    def adopt(self, instance: Instance) -> None:
+        """Write ``instance`` (its status: maintenance, status check) back when re-registering after an agent
+        forgot us, and in the daily status refresh."""
+        registration = self._registrations.get(instance.key)
+        if registration is not None:
+            registration.instance = instance
 
     async def list(self, namespace: str, service: str) -> tuple[Instance, ...]:
         """The live instances of a service in a namespace (every status; dead registrants excluded)."""
@@ -211,9 +333,11 @@ class ConsulBackend(Backend):
         """
         client = self._require_client()
         assert self._feed is not None  # made with the client
-        return ServiceWatch(
+        stream = ServiceWatch(
             client, self._feed, self._settings.scope, namespace, service, self._settings.wait, lambda: self._closed
         )
+        self._service_watches.setdefault((namespace, service), weakref.WeakSet()).add(stream)
+        return stream
 
 
 def is_service_name(name: str) -> bool:

@@ -135,6 +135,15 @@ class ConsulClient:
         call = self._consul.http.get(CB.json(), "/v1/agent/services", headers=self._consul.prepare_headers())
         return set(cast(dict[str, Any], await self._call("GET /v1/agent/services", call)))
 
+    async def agent_service(self, service_id: str) -> dict[str, Any] | None:
+        """``GET /v1/agent/service/<id>``: the agent's record of one service (with ``Meta``), ``None`` if unknown."""
+        path = f"/v1/agent/service/{service_id}"  # as py-consul builds deregister/<id>: ids hold no '/', '?', '#'
+        call = self._consul.http.get(CB.json(), path, headers=self._consul.prepare_headers())
+        try:
+            return cast(dict[str, Any], await self._call(f"GET /v1/agent/service/{service_id}", call))
+        except UnknownToAgentError:
+            return None
+
     async def register_service(
         self,
         *,
@@ -187,19 +196,34 @@ class ConsulClient:
             raise UnknownToAgentError(f"Consul agent does not know the service {service_id!r}")
 
     async def health_service(
-        self, service: str, tag: str | None, index: int = 0, wait: float = 0.0
+        self,
+        service: str,
+        tag: str | None,
+        index: int = 0,
+        wait: float = 0.0,
+        filter_expr: str | None = None,
+        *,
+        parked: bool = True,
     ) -> tuple[int, list[dict[str, Any]]]:
-        """``GET /v1/health/service/<service>[?tag=<tag>]`` (every status); blocking when ``index`` > 0."""
+        """``GET /v1/health/service/<service>[?tag=<tag>][&filter=…]`` (every status); blocking when ``index`` > 0.
+
+        ``filter_expr`` is a Consul filter expression (Consul 1.5+): the agent answers only the matching entries.
+        A blocking query goes on the pool for parked queries unless ``parked`` is false: a short wait (a write
+        waiting to read itself back, bounded by the URL's timeout) shares the ordinary pool, so that it never
+        queues behind the watches' long ones.
+        """
         blocking = index > 0
         # Consul adds up to wait/16 of jitter to a blocking wait; leave room for it and for the answer.
         timeout = self._timeout + (wait * 17 / 16 if blocking else 0.0)
         what = f"GET /v1/health/service/{service}"
         if blocking:
-            raw_index, entries = await self._call_blocking(
-                what, self._blocking.health.service(service, tag=tag, index=index, wait=f"{wait:g}s"), timeout
-            )
+            client = self._blocking if parked else self._consul
+            call = client.health.service(service, tag=tag, index=index, wait=f"{wait:g}s", filter_expr=filter_expr)
+            raw_index, entries = await (self._call_blocking(what, call, timeout) if parked
+                                        else self._call(what, call, timeout))
         else:
-            raw_index, entries = await self._call(what, self._consul.health.service(service, tag=tag), timeout)
+            call = self._consul.health.service(service, tag=tag, filter_expr=filter_expr)
+            raw_index, entries = await self._call(what, call, timeout)
         return int(raw_index), list(entries or ())
 
     async def health_state(

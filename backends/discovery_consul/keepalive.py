@@ -1,9 +1,16 @@
-"""Writing one registration to the agent and keeping it alive: the TTL heartbeat and self-healing.
+"""Writing one registration to the agent and keeping it alive: the TTL heartbeat, ownership and self-healing.
 
 The heartbeat passes the liveness check every TTL/3 (jittered). When the agent answers that it does not
-know the check (it restarted and lost its state) — or when heartbeats have failed for longer than the TTL,
-so the check has certainly gone critical — the registration reports ``LOST``, writes itself again (retried
-with jittered backoff until the agent answers) and reports ``RESTORED``.
+know the check, the registration asks the agent who holds the service now (the owner mark in its ``Meta``,
+docs/decisions/session-ownership.md): another registrant → the id was taken over: ``LOST`` (``TAKEN_OVER``), the
+heartbeat stops and the registration never writes or deletes the service again; nobody (an operator deregistered
+it, or the agent restarted and lost its state) → ``LOST`` (``REMOVED``), written again (retried with jittered
+backoff until the agent answers), ``RESTORED``. Heartbeats failing for longer than the TTL (the check has
+certainly gone critical) are ``LOST`` (``EXPIRED``), healed the same way once the agent answers.
+
+The agent API has no compare-and-set: an update or delete first reads the owner mark, then writes. A takeover
+landing between the two (milliseconds) is the one window left; the check ids carry the owner mark, so even then
+the old owner's heartbeat never keeps the newcomer's registration alive.
 """
 
 from __future__ import annotations
@@ -19,8 +26,8 @@ from typing import Any
 from consul import Check
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
-from discovery.core.backend import RegistrationState, StateListener
-from discovery.core.errors import BackendUnavailableError
+from discovery.core.backend import LostReason, RegistrationState, StateListener
+from discovery.core.errors import BackendUnavailableError, NotRegisteredError
 from discovery.core.models import Instance, Status
 from discovery_consul import layout, records
 from discovery_consul.connection import ConsulClient, UnknownToAgentError
@@ -50,6 +57,7 @@ class Registration:
         deregister_after: float,
         scope: str | None = None,
         *,
+        owner: str | None = None,
         known_to_agent: bool = True,
     ) -> None:
         self.instance = instance
@@ -61,6 +69,9 @@ class Registration:
         self.ttl = ttl
         self.on_state = on_state
         self.service_id = layout.consul_service_id(instance, scope)
+        #: This registrant's owner mark (in ``Meta`` and in the check ids).
+        self.owner = owner
+        self._given_up = False
         self._client = client
         self._deregister_after = deregister_after
         self._lock = asyncio.Lock()
@@ -80,7 +91,7 @@ class Registration:
     def _checks(self) -> list[dict[str, Any]]:
         liveness: dict[str, Any] = {
             **Check.ttl(_consul_duration(self.ttl)),
-            "CheckID": layout.liveness_check_id(self.service_id),
+            "CheckID": layout.liveness_check_id(self.service_id, self.owner),
             "Name": f"discovery heartbeat of {self.instance.id}",
             # Check.ttl() has no parameter for this; Consul's minimum is one minute.
             "DeregisterCriticalServiceAfter": _consul_duration(self._deregister_after),
@@ -88,7 +99,7 @@ class Registration:
         }
         status: dict[str, Any] = {
             **Check.ttl(STATUS_CHECK_TTL),
-            "CheckID": layout.status_check_id(self.service_id),
+            "CheckID": layout.status_check_id(self.service_id, self.owner),
             "Name": f"discovery status of {self.instance.id}",
             "Status": "passing" if records.status_check_passing(self.instance.status) else "critical",
             # The record's digest: rewriting any field rewrites this check, which moves its ModifyIndex in
@@ -111,14 +122,14 @@ class Registration:
         """
         async with self._lock:
             instance = self.instance
-            meta = records.instance_meta(instance, self.scope)
+            meta = records.instance_meta(instance, self.scope, self.owner)
             records.check_meta_limits(meta)
             await self._client.register_service(
                 name=instance.service,
                 service_id=self.service_id,
                 address=instance.address,
                 port=instance.port,
-                tags=layout.service_tags(instance),
+                tags=[instance.namespace],
                 meta=meta,
                 weight=instance.weight,
                 checks=self._checks(),
@@ -132,17 +143,57 @@ class Registration:
                     await self._client.set_maintenance(self.service_id, True, reason="discovery: DRAINING")
                 return
             await self._client.update_ttl_check(
-                layout.status_check_id(self.service_id),
+                layout.status_check_id(self.service_id, self.owner),
                 records.status_check_passing(instance.status),
                 note=f"{records.STATUS_CHECK_NOTE_PREFIX}{instance.status.value}",
             )
             self._status_set_at = time.monotonic()
             # A TTL service starts critical until its first pass: pass now, not one interval later.
-            await self._client.update_ttl_check(layout.liveness_check_id(self.service_id), True)
+            await self._client.update_ttl_check(layout.liveness_check_id(self.service_id, self.owner), True)
             self._last_alive = time.monotonic()
             draining = instance.status == Status.DRAINING
             if draining or not fresh:
                 await self._client.set_maintenance(self.service_id, draining, reason="discovery: DRAINING")
+
+    @property
+    def given_up(self) -> bool:
+        """Whether another registrant took the id over: this registration never touches it again."""
+        return self._given_up
+
+    async def holder(self) -> str:
+        """Who holds the service at the agent now: ``"ours"``, ``"missing"`` or ``"other"``."""
+        service = await self._client.agent_service(self.service_id)
+        if service is None:
+            return "missing"
+        return "ours" if records.owner_of(service) == self.owner else "other"
+
+    async def update(self) -> None:
+        """Write :attr:`instance` (already set to the new value) if the service is still ours.
+
+        Gone: written back (``LOST`` ``REMOVED`` → ``RESTORED``). Another registrant's: given up (``LOST``
+        ``TAKEN_OVER``) and :class:`NotRegisteredError`, nothing written.
+        """
+        holder = await self.holder()
+        if holder == "other":
+            self._give_up()
+            await self.stop()
+            raise NotRegisteredError(f"{self.service_id} was taken over by another registrant")
+        if holder == "ours":
+            await self.write(fresh=False)
+            return
+        already_lost = self._lost
+        self._set_lost(LostReason.REMOVED)
+        await self.write(fresh=True)
+        if not already_lost:
+            self._lost = False
+            self.on_state(RegistrationState.RESTORED)
+
+    def _give_up(self) -> None:
+        if self._given_up:
+            return
+        self._given_up = self._lost = True
+        log.warning("%s: taken over by another registrant; no longer kept alive here", self)
+        self.on_state(RegistrationState.LOST, LostReason.TAKEN_OVER)
 
     def start(self) -> None:
         """Start the heartbeat task."""
@@ -157,7 +208,7 @@ class Registration:
             await asyncio.gather(task, return_exceptions=True)
 
     async def _heartbeat_forever(self) -> None:
-        while True:
+        while not self._given_up:
             jitter = random.uniform(1 - HEARTBEAT_JITTER, 1.0)  # spread, not secrecy
             await asyncio.sleep(self.heartbeat_interval * jitter)
             try:
@@ -181,29 +232,32 @@ class Registration:
         except BackendUnavailableError as error:
             if not self._lost and time.monotonic() - self._last_alive > self.ttl:
                 log.warning("%s: no heartbeat for longer than its TTL (%s); registration lost", self, error)
-                self._set_lost()
+                self._set_lost(LostReason.EXPIRED)
             return
         except UnknownToAgentError:
-            log.warning("%s: the Consul agent forgot the registration; registering again", self)
-            self._set_lost()
+            if await self.holder() == "other":
+                self._give_up()
+                return
+            log.warning("%s: the Consul agent no longer holds the registration; registering again", self)
+            self._set_lost(LostReason.REMOVED)
         if self._lost:
             await self._restore()
 
     async def _pass_checks(self) -> None:
-        await self._client.update_ttl_check(layout.liveness_check_id(self.service_id), True)
+        await self._client.update_ttl_check(layout.liveness_check_id(self.service_id, self.owner), True)
         self._last_alive = time.monotonic()
         if time.monotonic() - self._status_set_at > STATUS_REFRESH_SECONDS:
             await self._client.update_ttl_check(
-                layout.status_check_id(self.service_id),
+                layout.status_check_id(self.service_id, self.owner),
                 records.status_check_passing(self.instance.status),
                 note=f"{records.STATUS_CHECK_NOTE_PREFIX}{self.instance.status.value}",
             )
             self._status_set_at = time.monotonic()
 
-    def _set_lost(self) -> None:
+    def _set_lost(self, reason: LostReason) -> None:
         if not self._lost:
             self._lost = True
-            self.on_state(RegistrationState.LOST)
+            self.on_state(RegistrationState.LOST, reason)
 
     async def _restore(self) -> None:
         async for attempt in AsyncRetrying(
@@ -212,6 +266,9 @@ class Registration:
             reraise=True,
         ):
             with attempt:
+                if await self.holder() == "other":
+                    self._give_up()
+                    return
                 await self.write(fresh=True)
         self._lost = False
         log.info("%s restored", self)

@@ -6,8 +6,10 @@ One instance is one agent service (see docs/decisions/consul-record-layout.md):
   ``<namespace>.<service>.service.consul`` answers in Consul DNS and ``?tag=`` filters server-side.
 * ``ID`` = ``[<scope>:]<namespace>:<service>:<id>``: agent service ids are unique per agent across all services,
   and ``:`` appears in no scope, namespace or service name, so the id is unambiguous.
-* Two TTL checks: ``service:<ID>`` proves liveness (the heartbeat) and ``service:<ID>:status`` mirrors the status;
-  maintenance mode adds Consul's own ``_service_maintenance:<ID>``.
+* Two TTL checks: ``service:<ID>:<owner>`` proves liveness (the heartbeat) and ``service:<ID>:status:<owner>``
+  mirrors the status; maintenance mode adds Consul's own ``_service_maintenance:<ID>``. ``<owner>`` is the
+  registrant's owner mark (also in ``Meta``, docs/decisions/session-ownership.md); records written before owner
+  marks have ``service:<ID>`` and ``service:<ID>:status``.
 
 What the service's ``Meta`` holds (the instance's fields) is the record codec, :mod:`discovery_consul.records`;
 durable definitions live in KV, see :mod:`discovery_consul.definitions`.
@@ -29,14 +31,14 @@ def service_tags(instance: Instance) -> list[str]:
     return [instance.namespace]
 
 
-def liveness_check_id(service_id: str) -> str:
-    """The TTL check our heartbeat passes; Consul's own name for a service's check."""
-    return f"service:{service_id}"
+def liveness_check_id(service_id: str, owner: str | None = None) -> str:
+    """The TTL check the owner's heartbeat passes (``service:<ID>``, Consul's own name, without an owner mark)."""
+    return f"service:{service_id}" if owner is None else f"service:{service_id}:{owner}"
 
 
-def status_check_id(service_id: str) -> str:
+def status_check_id(service_id: str, owner: str | None = None) -> str:
     """The TTL check that is critical while the instance is DOWN or STARTING."""
-    return f"service:{service_id}:status"
+    return f"service:{service_id}:status" if owner is None else f"service:{service_id}:status:{owner}"
 
 
 def maintenance_check_id(service_id: str) -> str:

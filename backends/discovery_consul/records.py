@@ -12,6 +12,10 @@ docs/decisions/consul-record-layout.md for both.
   DeregisterCriticalServiceAfter) decides whether the instance is alive, the status check is critical for
   DOWN/STARTING (so Consul DNS and ``?passing`` drop those instances, yet a long-DOWN instance is never reaped),
   and maintenance mode is DRAINING.
+* ``discovery-owner`` is the owner mark: a random token of the registrant (one per backend), also part of the check
+  ids (:mod:`discovery_consul.layout`). A newcomer registering the same id (the last registrant owns it, see
+  docs/decisions/session-ownership.md) replaces the old owner's checks, so the old owner's next heartbeat fails
+  instead of keeping the newcomer alive. Records written before owner marks have none.
 
 Every other catalog entry (Spring Cloud Consul, ``consul services register``, any agent service without our
 ``Meta``) is a read-only *foreign* instance of the ``default`` namespace of an unscoped registry:
@@ -41,6 +45,7 @@ META_STATUS = "discovery-status"
 META_WEIGHT = "discovery-weight"
 META_ZONE = "discovery-zone"
 META_PORTS = "discovery-ports"
+META_OWNER = "discovery-owner"
 LABEL_PREFIX = "l-"
 
 # Consul Meta keys allow only [A-Za-z0-9_-]; label keys also hold "." and "/". "_" escapes, so it escapes itself.
@@ -92,10 +97,12 @@ def status_check_passing(status: Status) -> bool:
     return status not in (Status.DOWN, Status.STARTING)
 
 
-def instance_meta(instance: Instance, scope: str | None = None) -> dict[str, str]:
+def instance_meta(instance: Instance, scope: str | None = None, owner: str | None = None) -> dict[str, str]:
     """The ``Meta`` mapping of an instance (fits Consul's limits for every valid instance)."""
     canonical = instance_to_dict(instance)
     meta = {} if scope is None else {META_SCOPE: scope}
+    if owner is not None:
+        meta[META_OWNER] = owner
     meta |= {
         META_SCHEMA: str(canonical["schema"]),
         META_NAMESPACE: canonical["namespace"],
@@ -163,6 +170,12 @@ def _check_status(checks: list[Mapping[str, Any]], check_id: str) -> str | None:
     return None
 
 
+def owner_of(service: Mapping[str, Any]) -> str | None:
+    """The owner mark of a Consul ``Service`` object (``None``: written without one)."""
+    meta: Mapping[str, str] = service.get("Meta") or {}
+    return meta.get(META_OWNER)
+
+
 def scope_of(entry: Mapping[str, Any]) -> str | None:
     """The scope a health entry's service was written in (None: unscoped)."""
     meta: Mapping[str, str] = (entry.get("Service") or {}).get("Meta") or {}
@@ -182,17 +195,42 @@ def instance_from_health_entry(entry: Mapping[str, Any]) -> Instance | None:
     checks: list[Mapping[str, Any]] = list(entry.get("Checks") or ())
     instance = instance_from_service(service)
     service_id = str(service.get("ID"))
-    if _check_status(checks, liveness_check_id(service_id)) in (None, "critical"):
+    owner = owner_of(service)
+    if _check_status(checks, liveness_check_id(service_id, owner)) in (None, "critical"):
         return None
     if any(not check.get("ServiceID") and check.get("Status") == "critical" for check in checks):
         return None
+    status_check = status_check_of(service_id, checks)
     if _check_status(checks, maintenance_check_id(service_id)) is not None:
         status = Status.DRAINING
-    elif _check_status(checks, status_check_id(service_id)) == "critical":
-        status = instance.status if instance.status in (Status.DOWN, Status.STARTING) else Status.DOWN
+    elif status_check is not None and status_check.get("Status") == "critical":
+        noted = noted_status(status_check.get("Output"))
+        declared = instance.status if instance.status in (Status.DOWN, Status.STARTING) else Status.DOWN
+        status = noted if noted in (Status.DOWN, Status.STARTING) else declared
     else:
         status = Status.UP
     return instance if status == instance.status else instance.with_changes(status=status)
+
+
+def status_check_of(service_id: str, checks: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The status check of a service among a health entry's checks (its id is :func:`status_check_id`, possibly
+    followed by ``:<owner mark>``), or ``None``."""
+    check_id = status_check_id(service_id)
+    for check in checks:
+        found = str(check.get("CheckID"))
+        if found == check_id or found.startswith(f"{check_id}:"):
+            return check
+    return None
+
+
+def noted_status(output: object) -> Status | None:
+    """The status a status check's note names (``discovery: DOWN``, written by its owner or by ``set-status``)."""
+    if not isinstance(output, str) or not output.startswith(STATUS_CHECK_NOTE_PREFIX):
+        return None
+    try:
+        return Status(output[len(STATUS_CHECK_NOTE_PREFIX):].strip())
+    except ValueError:
+        return None
 
 
 def is_ours(entry: Mapping[str, Any]) -> bool:

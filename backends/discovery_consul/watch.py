@@ -31,7 +31,7 @@ import logging
 import random
 import time
 from collections import Counter, OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,29 +84,42 @@ class TokenBucket:
         self._jitter = jitter
         self._tokens = burst
         self._stamp = time.monotonic()
+        self._granted = asyncio.Event()
+
+    def grant(self) -> None:
+        """Allow one query now, whatever the rate (wakes a :meth:`take` that is waiting)."""
+        self._granted.set()
 
     async def take(self) -> None:
-        """Wait until a token is available and take it."""
+        """Wait until a token is available (or one is granted) and take it."""
+        if self._granted.is_set():
+            self._granted.clear()
+            return
         now = time.monotonic()
         self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
         self._stamp = now
         if self._tokens < 1.0:
             delay = (1.0 - self._tokens) / self._rate + random.uniform(0, self._jitter)
-            await asyncio.sleep(delay)
+            try:
+                async with asyncio.timeout(delay):
+                    await self._granted.wait()
+                self._granted.clear()
+                return  # a granted query does not use up the rate
+            except TimeoutError:
+                pass
             self._tokens = 1.0
             self._stamp = time.monotonic()
         self._tokens -= 1.0
 
 
-def decode_entries(
+def decoded_entries(
     scope: str | None, namespace: str, service: str, entries: list[dict[str, object]]
-) -> tuple[Instance, ...]:
-    """The instances of one scope and namespace in a health answer: ours that are alive and, in an unscoped
+) -> Iterator[tuple[dict[str, object], Instance]]:
+    """Each health entry of one scope and namespace with its instance: ours that are alive and, in an unscoped
     ``default`` namespace, every foreign entry (read-only). An undecodable entry is skipped with one DEBUG line."""
     with_foreign = records.sees_foreign(scope, namespace)
     # An agent service ID is unique per agent only: where several nodes use one ID, the node tells them apart.
     foreign_ids = Counter(records.entry_service_id(e) for e in entries if with_foreign and not records.is_ours(e))
-    found: list[Instance] = []
     for entry in entries:
         ours = records.is_ours(entry)
         if (ours and records.scope_of(entry) != scope) or (not ours and not with_foreign):
@@ -121,8 +134,14 @@ def decode_entries(
             log_skipped(log, f"Consul service {service_id[:160]!r} of {service}", str(error))
             continue
         if instance is not None and instance.namespace == namespace and instance.service == service:
-            found.append(instance)
-    return tuple(found)
+            yield entry, instance
+
+
+def decode_entries(
+    scope: str | None, namespace: str, service: str, entries: list[dict[str, object]]
+) -> tuple[Instance, ...]:
+    """The instances of one scope and namespace in a health answer (see :func:`decoded_entries`)."""
+    return tuple(instance for _, instance in decoded_entries(scope, namespace, service, entries))
 
 
 CheckKey = tuple[str, str]  # (node, check id)
@@ -410,7 +429,17 @@ class ServiceWatch(AsyncIterator[Snapshot]):
         self._evicted = asyncio.Event()
         self._feed_error: BaseException | None = None
         self._follower = Follower(service, self._wake.set, self._on_feed_error, self._evicted.set)
+        self._bucket = TokenBucket(QUERY_RATE, QUERY_BURST, QUERY_JITTER)
         self._snapshots = self._stream()
+
+    def expect_change(self) -> None:
+        """This process just wrote the service: read it again at once, whatever the rate limit (the limit is for
+        changes made by others; our own writes are paced by their callers, who wait to read them back). A cold
+        stream reads without waiting for the feed; a hot one's own blocking query answers with the change.
+        """
+        self._bucket.grant()
+        if not self._feed.is_hot(self._follower):
+            self._wake.set()
 
     async def __anext__(self) -> Snapshot:
         return await anext(self._snapshots)
@@ -440,7 +469,7 @@ class ServiceWatch(AsyncIterator[Snapshot]):
         self._wake.set()
 
     async def _stream(self) -> AsyncGenerator[Snapshot, None]:
-        bucket = TokenBucket(QUERY_RATE, QUERY_BURST, QUERY_JITTER)
+        bucket = self._bucket
         stop_following = self._feed.follow(self._follower)
         try:
             must_read, first, failures = True, True, 0

@@ -4,20 +4,31 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import Any
 
 from discovery.core.backend import Backend, Capabilities, StateListener
-from discovery.core.errors import ClosedError, DiscoveryError, NotRegisteredError
-from discovery.core.models import Instance
+from discovery.core.errors import (
+    BackendUnavailableError,
+    ClosedError,
+    DiscoveryError,
+    NotRegisteredError,
+    UnsupportedOperationError,
+)
+from discovery.core.foreign import foreign_key_of
+from discovery.core.models import Instance, Status
 from discovery.core.urls import BackendURL
 from discovery_etcd.connection import EndpointPool
 from discovery_etcd.definitions import EtcdDefinitions
 from discovery_etcd.keepalive import LeasedKey, LeaseGroup, LeaseGroupRetired, lease_ttl
 from discovery_etcd.layout import KeyLayout
-from discovery_etcd.records import decode_endpoint_cached, encode_endpoint
+from discovery_etcd.records import decode_endpoint, decode_endpoint_cached, encode_endpoint, is_ours
 from discovery_etcd.settings import DETECTION_SLACK, MIN_TTL, EtcdSettings
 from discovery_etcd.watch import Lister, ServiceWatch, StreamProbe
 
 log = logging.getLogger("discovery.backends.etcd.backend")
+
+#: Read-compare-rewrite rounds of ``set_status`` before giving up on a key that keeps changing.
+_REWRITE_ATTEMPTS = 5
 
 
 class EtcdBackend(Backend):
@@ -138,7 +149,7 @@ class EtcdBackend(Backend):
         leased = group.leased(key) if group is not None else None
         if group is None or leased is None:
             raise NotRegisteredError(f"{instance.namespace}/{instance.service}/{instance.id} is not registered here")
-        await group.put(LeasedKey(key, encode_endpoint(instance), leased.on_state))
+        await group.update(LeasedKey(key, encode_endpoint(instance), leased.on_state))
 
     async def deregister(self, instance: Instance) -> None:
         """Delete the key; the lease is revoked once no key uses it."""
@@ -150,6 +161,48 @@ class EtcdBackend(Backend):
             return
         await group.delete(key)
         await self._drop_if_empty(group)
+
+    async def set_status(self, namespace: str, service: str, instance_id: str, status: Status) -> Instance:
+        """Rewrite the key with the new status on the lease it has (its owner's), in a transaction that compares
+        its mod revision, so a concurrent write is never overwritten (re-read and tried again)."""
+        self._check_open()
+        key = self._layout.instance_key(namespace, service, instance_id)
+        foreign_key = self._layout.instance_key(namespace, service, foreign_key_of(instance_id))
+        for _ in range(_REWRITE_ATTEMPTS):
+            current = await self._pool.call("read a registration", lambda client: client.get(key))
+            if current is None and foreign_key != key:  # a foreign key segment, escaped into this id
+                current = await self._pool.call("read a registration", lambda client: client.get(foreign_key))
+            if current is None:
+                raise NotRegisteredError(f"{namespace}/{service}/{instance_id} is not registered")
+            if not is_ours(current.value):
+                raise UnsupportedOperationError(
+                    f"{namespace}/{service}/{instance_id} was registered by another tool (etcd naming endpoint "
+                    "without our metadata): it is read-only here")
+            instance = decode_endpoint(current.value, namespace, service, instance_id)
+            if instance is None:
+                raise UnsupportedOperationError(f"{namespace}/{service}/{instance_id} cannot be decoded: read-only")
+            changed = instance.with_changes(status=status)
+            revision, lease = current.mod_revision, current.lease
+
+            async def rewrite(client: Any, value: bytes = encode_endpoint(changed), revision: int = revision,
+                              lease: int = lease) -> bool:
+                succeeded, _ = await client.transaction(
+                    compare=[client.transactions.mod(key) == revision],
+                    success=[client.transactions.put(key, value, lease=lease or None)],
+                    failure=[],
+                )
+                return bool(succeeded)
+
+            if await self._pool.call("rewrite a registration", rewrite):
+                return changed
+        raise BackendUnavailableError(f"{namespace}/{service}/{instance_id} kept changing; try again")
+
+    def adopt(self, instance: Instance) -> None:
+        """Re-put ``instance`` (not our earlier value) if our lease is ever lost and re-granted."""
+        key = self._key(instance)
+        group = self._owner.get(key)
+        if group is not None:
+            group.adopt(key, encode_endpoint(instance))
 
     async def list(self, namespace: str, service: str) -> tuple[Instance, ...]:
         """A linearizable read of ``<target>/``."""

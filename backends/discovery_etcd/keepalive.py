@@ -6,6 +6,12 @@ from outside): the group emits ``LOST``, grants a new lease, re-puts every key i
 ``RESTORED``. When no refresh has succeeded for a whole TTL the lease has expired as far as this client can
 know, so ``LOST`` is emitted then already; if the lease survived after all (an etcd restart extends leases),
 the next successful refresh emits ``RESTORED``.
+
+Ownership (docs/decisions/session-ownership.md, :mod:`discovery_etcd.ownership`): a key is ours while it is on
+our lease. After every refresh the group checks that in one transaction per 128 keys: a key gone (an operator
+deleted it) is written back (``LOST`` ``REMOVED`` → ``RESTORED``), a key on another lease (another registrant
+registered the id) is given up (``LOST`` ``TAKEN_OVER``) and never written or deleted again. Updates, deletes
+and write-backs are transactions that hold only while the key is ours (or absent).
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ from typing import Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
-from discovery.core.backend import RegistrationState, StateListener
+from discovery.core.backend import LostReason, RegistrationState, StateListener
 from discovery.core.errors import BackendUnavailableError, DiscoveryError, NotRegisteredError
+from discovery_etcd import ownership
 from discovery_etcd.connection import EndpointPool, is_lease_not_found
 
 log = logging.getLogger("discovery.backends.etcd.keepalive")
@@ -216,17 +223,63 @@ class LeaseGroup:
             self._retired = True
             return True
 
+    async def update(self, leased: LeasedKey) -> None:
+        """Rewrite a key this group holds, only while it is still ours.
+
+        Gone (an operator deleted it): written back, ``LOST`` (``REMOVED``) → ``RESTORED``. On another lease:
+        given up, ``LOST`` (``TAKEN_OVER``), and :class:`NotRegisteredError` with nothing written.
+        """
+        async with self._key_locks.hold(leased.key):
+            async with self._lock:
+                if leased.key not in self._keys:
+                    raise NotRegisteredError("this key is not held by this lease group")
+                self._keys[leased.key] = leased  # a re-grant running now writes the new value
+                lease_id = self._lease_id
+                if lease_id is None or self._rewrite_pending:
+                    return
+                self._writers += 1
+            try:
+                outcome = await self._pool.call(
+                    "update a registration",
+                    lambda client: ownership.transact(
+                        client,
+                        [ownership.owned_by(leased.key, lease_id)],
+                        [ownership.put_op(leased.key, leased.value, lease_id)],
+                        [ownership.read_op(leased.key)],
+                    ),
+                )
+                if not outcome.succeeded:
+                    await self._settle_unowned(leased, outcome.read[0], lease_id)
+            finally:
+                self._writers -= 1
+        if self._keys.get(leased.key) is not leased:
+            raise NotRegisteredError("the instance id was taken over by another registrant")
+
     async def delete(self, key: bytes) -> None:
-        """Delete a key and stop keeping it alive (missing keys are fine)."""
+        """Delete a key if it is still ours, and stop keeping it alive (missing keys are fine)."""
         async with self._key_locks.hold(key):
             # Popped under the group lock so that no re-grant re-puts it; deleted outside it.
             async with self._lock:
                 self._keys.pop(key, None)
-            await self._pool.call("delete a registration", lambda client: client.delete(key))
+                lease_id = self._lease_id
+            if lease_id is None:
+                return
+            await self._pool.call(
+                "delete a registration",
+                lambda client: ownership.transact(
+                    client, [ownership.owned_by(key, lease_id)], [ownership.delete_op(key)], []
+                ),
+            )
 
     def leased(self, key: bytes) -> LeasedKey | None:
         """The record of a key this group keeps alive."""
         return self._keys.get(key)
+
+    def adopt(self, key: bytes, value: bytes) -> None:
+        """Someone else rewrote a key this group keeps alive: re-put ``value``, not ours, after a lost lease."""
+        leased = self._keys.get(key)
+        if leased is not None:
+            self._keys[key] = LeasedKey(key, value, leased.on_state)
 
     def forget(self, key: bytes) -> None:
         """Stop keeping a key alive without deleting it (it moved to another lease)."""
@@ -263,17 +316,104 @@ class LeaseGroup:
         await self._puts.put(leased.key, leased.value, lease_id)
 
     async def _put_all_locked(self) -> None:
-        # One transaction per chunk: watchers see the whole set come back at one revision, not key by key.
+        # One transaction per chunk: watchers see the whole set come back at one revision, not key by key. Each
+        # key is written only while absent: one that another registrant wrote meanwhile is theirs now.
         lease_id = self._lease_id
+        assert lease_id is not None
         records = list(self._keys.values())
         for start in range(0, len(records), MAX_TXN_OPS):
             chunk = records[start : start + MAX_TXN_OPS]
 
-            async def put_chunk(client: Any, chunk: list[LeasedKey] = chunk) -> None:
-                puts = [client.transactions.put(leased.key, leased.value, lease=lease_id) for leased in chunk]
-                await client.transaction(compare=[], success=puts, failure=[])
+            async def put_chunk(client: Any, chunk: list[LeasedKey] = chunk) -> ownership.Outcome:
+                return await ownership.transact(
+                    client,
+                    [ownership.absent(leased.key) for leased in chunk],
+                    [ownership.put_op(leased.key, leased.value, lease_id) for leased in chunk],
+                    [ownership.read_op(leased.key) for leased in chunk],
+                )
 
-            await self._pool.call("re-write registrations", put_chunk)
+            outcome = await self._pool.call("re-write registrations", put_chunk)
+            if outcome.succeeded:
+                continue
+            for leased, state in zip(chunk, outcome.read, strict=True):
+                if state.lease is None:
+                    await self._put_if_absent(leased, lease_id)
+                elif state.lease != lease_id:
+                    self._give_up(leased)
+
+    async def _put_if_absent(self, leased: LeasedKey, lease_id: int) -> bool:
+        """Write a key back unless someone else wrote it meanwhile (then it is theirs: given up). True if ours."""
+        outcome = await self._pool.call(
+            "write a registration back",
+            lambda client: ownership.transact(
+                client,
+                [ownership.absent(leased.key)],
+                [ownership.put_op(leased.key, leased.value, lease_id)],
+                [ownership.read_op(leased.key)],
+            ),
+        )
+        if outcome.succeeded or outcome.read[0].lease == lease_id:
+            return True
+        self._give_up(leased)
+        return False
+
+    async def _settle_unowned(self, leased: LeasedKey, state: ownership.KeyState, lease_id: int) -> None:
+        """A key found not on our lease: write it back if it is gone, give it up if another lease holds it."""
+        if self._keys.get(leased.key) is not leased:
+            return  # deregistered or replaced meanwhile
+        if state.lease is not None:
+            if state.lease != lease_id:
+                self._give_up(leased)
+            return
+        log.warning("etcd key %r was deleted by someone else while our lease lives; writing it back", leased.key)
+        _notify(leased, RegistrationState.LOST, LostReason.REMOVED)
+        try:
+            ours = await self._put_if_absent(leased, lease_id)
+        except DiscoveryError as error:
+            if not is_lease_not_found(error.__cause__ or error):
+                raise
+            async with self._lock:  # the lease went too: the re-grant writes this key with the others
+                if self._lease_id == lease_id:
+                    await self._recover_locked()
+            return
+        if ours:
+            _notify(leased, RegistrationState.RESTORED)
+
+    def _give_up(self, leased: LeasedKey) -> None:
+        """Another registrant's lease holds the key: it owns the id now. Never write or delete it again."""
+        if self._keys.get(leased.key) is not leased:
+            return
+        del self._keys[leased.key]
+        log.warning("etcd key %r was taken over by another registrant", leased.key)
+        _notify(leased, RegistrationState.LOST, LostReason.TAKEN_OVER)
+
+    async def _verify_owned(self) -> None:
+        """Check that every key of the group is still on our lease (one transaction per chunk), and settle the
+        ones that are not.
+        """
+        lease_id = self._lease_id
+        records = list(self._keys.values())
+        if lease_id is None or not records:
+            return
+        for start in range(0, len(records), MAX_TXN_OPS):
+            chunk = records[start : start + MAX_TXN_OPS]
+
+            async def check_chunk(client: Any, chunk: list[LeasedKey] = chunk) -> ownership.Outcome:
+                return await ownership.transact(
+                    client,
+                    [ownership.owned_by(leased.key, lease_id) for leased in chunk],
+                    [],
+                    [ownership.read_op(leased.key) for leased in chunk],
+                )
+
+            outcome = await self._pool.call("check registrations", check_chunk, timeout=max(self.ttl / 3, 0.5))
+            if outcome.succeeded:
+                continue
+            for leased, state in zip(chunk, outcome.read, strict=True):
+                if state.lease == lease_id or self._lease_id != lease_id:
+                    continue
+                async with self._key_locks.hold(leased.key):
+                    await self._settle_unowned(leased, state, lease_id)
 
     async def _recover_locked(self) -> None:
         self._mark_lost()
@@ -288,7 +428,7 @@ class LeaseGroup:
             return
         self._lost = True
         log.warning("etcd lease %s (ttl %ss) lost; %d registration(s) affected", self._lease_id, self.ttl, len(self))
-        self._emit(RegistrationState.LOST)
+        self._emit(RegistrationState.LOST, LostReason.EXPIRED)
 
     def _mark_restored(self) -> None:
         if not self._lost:
@@ -297,12 +437,9 @@ class LeaseGroup:
         log.info("etcd lease %s (ttl %ss) restored", self._lease_id, self.ttl)
         self._emit(RegistrationState.RESTORED)
 
-    def _emit(self, state: RegistrationState) -> None:
+    def _emit(self, state: RegistrationState, reason: LostReason | None = None) -> None:
         for leased in list(self._keys.values()):
-            try:
-                leased.on_state(state)
-            except Exception:  # a listener's bug must not stop the keepalive
-                log.exception("registration state listener failed")
+            _notify(leased, state, reason)
 
     def _cadence(self) -> float:
         return self.ttl / 3 * random.uniform(0.8, 1.0)
@@ -338,10 +475,18 @@ class LeaseGroup:
             if reply is not None and int(reply.TTL) > 0:
                 self._last_refresh = time.monotonic()
                 self._mark_restored()
+                await self._verify_owned()
                 return
         async with self._lock:
             if self._lease_id == lease_id or self._rewrite_pending:
                 await self._recover_locked()
+
+
+def _notify(leased: LeasedKey, state: RegistrationState, reason: LostReason | None = None) -> None:
+    try:
+        leased.on_state(state, reason)
+    except Exception:  # a listener's bug must not stop the keepalive
+        log.exception("registration state listener failed")
 
 
 def lease_ttl(ttl: float) -> int:

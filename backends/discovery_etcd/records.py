@@ -64,6 +64,16 @@ def encode_endpoint(instance: Instance) -> bytes:
     return f'{{"Op":{OP_ADD},"Addr":{addr},"Metadata":{go_json(instance_to_dict(instance))}}}'.encode()
 
 
+def is_ours(raw: bytes) -> bool:
+    """Whether a stored value carries our canonical dict in ``Metadata`` (else another naming client wrote it)."""
+    try:
+        update = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    metadata = update.get("Metadata") if isinstance(update, Mapping) else None
+    return isinstance(metadata, Mapping) and "schema" in metadata
+
+
 def decode_endpoint(raw: bytes, namespace: str, service: str, key_segment: str) -> Instance | None:
     """The instance stored under ``<namespace>/<service>/<key_segment>``, or ``None`` when it cannot be decoded.
 

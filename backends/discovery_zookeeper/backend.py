@@ -6,22 +6,33 @@ import asyncio
 import logging
 import weakref
 
-from kazoo.exceptions import NoNodeError
+from kazoo.exceptions import BadVersionError, NoNodeError
 
 from discovery.core import validation
 from discovery.core.backend import Backend, Capabilities, StateListener
-from discovery.core.errors import ClosedError, DiscoveryError, NotRegisteredError, ValidationError
-from discovery.core.models import Instance
+from discovery.core.errors import (
+    BackendUnavailableError,
+    ClosedError,
+    DiscoveryError,
+    NotRegisteredError,
+    ValidationError,
+)
+from discovery.core.foreign import foreign_key_of
+from discovery.core.models import Instance, Status
 from discovery.core.urls import BackendURL
 from discovery_zookeeper.connection import SessionEvent, ZooKeeperSession
 from discovery_zookeeper.definitions import ZooKeeperDefinitions
 from discovery_zookeeper.keepalive import Registrations
 from discovery_zookeeper.layout import Layout
+from discovery_zookeeper.records import with_status
 from discovery_zookeeper.security import verify_root
 from discovery_zookeeper.settings import ZooKeeperConfig
 from discovery_zookeeper.watch import ServiceWatch, decode_or_none
 
 logger = logging.getLogger("discovery.backends.zookeeper.backend")
+
+#: Read-compare-rewrite rounds of ``set_status`` before giving up on a znode that keeps changing.
+_REWRITE_ATTEMPTS = 5
 
 
 class ZooKeeperBackend(Backend):
@@ -148,15 +159,39 @@ class ZooKeeperBackend(Backend):
         await self._live_registrations().register(instance, on_state)
 
     async def update(self, instance: Instance) -> None:
-        """Rewrite the data of a registered instance."""
-        try:
-            await self._live_registrations().update(instance)
-        except KeyError:
-            raise NotRegisteredError(f"{'/'.join(instance.key)} is not registered by this backend") from None
+        """Rewrite the data of a registered instance (``NotRegisteredError`` if it is not, or no longer, ours)."""
+        await self._live_registrations().update(instance)
 
     async def deregister(self, instance: Instance) -> None:
         """Delete the instance's znode (if this session owns it)."""
         await self._live_registrations().deregister(instance)
+
+    async def set_status(self, namespace: str, service: str, instance_id: str, status: Status) -> Instance:
+        """Rewrite the znode's data with the new status (``setData`` at the version read: its ephemeral owner, the
+        registrant's session, stays; a concurrent write makes us read and try again)."""
+        session = self._live_session()
+        node_name = instance_id
+        path = f"{self._layout.service_path(namespace, service)}/{node_name}"
+        if foreign_key_of(instance_id) != instance_id and await session.request(
+                "exists", session.client.exists_async, path) is None:
+            node_name = foreign_key_of(instance_id)  # a foreign znode name, escaped into this id
+            path = f"{self._layout.service_path(namespace, service)}/{node_name}"
+        for _ in range(_REWRITE_ATTEMPTS):
+            try:
+                raw, stat = await session.request("get", session.client.get_async, path)
+                data, changed = with_status(raw, status, namespace=namespace, service=service, node_name=node_name)
+                await session.request("set", session.client.set_async, path, data, stat.version)
+                return changed
+            except NoNodeError:
+                raise NotRegisteredError(f"{namespace}/{service}/{instance_id} is not registered") from None
+            except BadVersionError:
+                continue
+        raise BackendUnavailableError(f"{namespace}/{service}/{instance_id} kept changing; try again")
+
+    def adopt(self, instance: Instance) -> None:
+        """Write ``instance`` back (not our earlier data) if the session ever expires and we heal."""
+        if self._registrations is not None:
+            self._registrations.adopt(instance)
 
     async def list(self, namespace: str, service: str) -> tuple[Instance, ...]:
         """Read every instance znode of a service."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -141,3 +142,44 @@ async def await_kazoo(async_result: Any, timeout: float, what: str) -> Any:
         raise BackendUnavailableError(f"ZooKeeper connection lost during {what}: {type(lost).__name__}") from lost
     finally:
         timer.cancel()
+
+
+def _settle_call(future: asyncio.Future[Any], error: BaseException | None, value: Any) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
+
+
+async def in_own_thread(function: Callable[..., T], *args: Any, name: str) -> T:
+    """Run a blocking ``function(*args)`` in a thread of its own that ends when it returns.
+
+    Not ``run_in_executor``: a pooled thread outlives the call, and a backend that failed to start (or was
+    closed) must leave no thread behind. If the awaiting task is cancelled, the call still runs to its end.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def run() -> None:
+        try:
+            value = function(*args)
+        except BaseException as error:  # handed to the awaiting task, never lost in the thread
+            call_in_loop(loop, _settle_call, future, error, None)
+        else:
+            call_in_loop(loop, _settle_call, future, None, value)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return await future
+
+
+async def finish(awaitable: Any) -> Any:
+    """Await cleanup to its end even if the awaiting task is cancelled meanwhile (the cancellation is re-raised)."""
+    task = asyncio.ensure_future(awaitable)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise

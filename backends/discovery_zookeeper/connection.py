@@ -11,6 +11,7 @@ import contextlib
 import enum
 import logging
 import socket
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +20,7 @@ from kazoo.exceptions import AuthFailedError, NoAuthError
 from kazoo.retry import KazooRetry
 
 from discovery.core.errors import AuthenticationError, BackendUnavailableError, PermissionDeniedError
-from discovery_zookeeper.bridge import CONNECTION_ERRORS, LoopHandler, await_kazoo, call_in_loop
+from discovery_zookeeper.bridge import CONNECTION_ERRORS, LoopHandler, await_kazoo, call_in_loop, finish, in_own_thread
 from discovery_zookeeper.security import kazoo_logger, tls_preflight
 from discovery_zookeeper.settings import ZooKeeperConfig
 
@@ -49,6 +50,8 @@ class ZooKeeperSession:
         self.connected = asyncio.Event()
         self._expiry_timer: asyncio.TimerHandle | None = None
         self._stopping = False
+        #: Resolved by the first CONNECTED or LOST state while :meth:`start` waits.
+        self._first_state: asyncio.Future[str] | None = None
         self.client = self._new_client()
 
     def _new_client(self) -> KazooClient:
@@ -89,20 +92,33 @@ class ZooKeeperSession:
             self._listeners.remove(listener)
 
     async def start(self) -> None:
-        """Connect, or raise ``BackendUnavailableError`` after ``connect_timeout``."""
+        """Connect, or raise ``BackendUnavailableError`` after ``connect_timeout``.
+
+        However it ends without a session (timeout, refusal, cancellation), kazoo's threads are stopped first.
+        """
         self._loop = asyncio.get_running_loop()
-        tls = self._config.security.tls
-        if tls is not None:
-            await self._loop.run_in_executor(
-                None, tls_preflight, self._config.hosts, tls, min(self._config.connect_timeout, 5.0)
-            )
-        started = self.client.start_async()
-        ready = await self._loop.run_in_executor(None, started.wait, self._config.connect_timeout)
-        if not ready or not self.client.connected:
-            await self._loop.run_in_executor(None, self._stop_quietly)
-            raise BackendUnavailableError(
-                f"could not connect to ZooKeeper at {self._config.hosts} within {self._config.connect_timeout:g}s"
-            )
+        try:
+            tls = self._config.security.tls
+            if tls is not None:
+                await in_own_thread(
+                    tls_preflight, self._config.hosts, tls, min(self._config.connect_timeout, 5.0),
+                    name="zookeeper-tls-preflight",
+                )
+            self._first_state = self._loop.create_future()
+            self.client.start_async()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._config.connect_timeout):
+                    await self._first_state
+            if not self.client.connected:
+                raise BackendUnavailableError(
+                    f"could not connect to ZooKeeper at {self._config.hosts} within {self._config.connect_timeout:g}s"
+                )
+        except BaseException:
+            self._stopping = True
+            await finish(in_own_thread(self._stop_quietly, name="zookeeper-stop"))
+            raise
+        finally:
+            self._first_state = None
         self._session_id = self.session_id
         self.connected.set()
 
@@ -111,8 +127,7 @@ class ZooKeeperSession:
         self._stopping = True
         self._cancel_expiry_timer()
         self.connected.clear()
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self._stop_quietly)
+        await finish(in_own_thread(self._stop_quietly, name="zookeeper-stop"))
 
     async def drop(self) -> None:
         """Disconnect *without* closing the session, as a crashed process would.
@@ -125,7 +140,7 @@ class ZooKeeperSession:
         self._stopping = True
         self._cancel_expiry_timer()
         self.connected.clear()
-        await asyncio.get_running_loop().run_in_executor(None, _drop_client, self.client, self._config.session_timeout)
+        await finish(in_own_thread(_drop_client, self.client, self._config.session_timeout, name="zookeeper-drop"))
 
     def _stop_quietly(self) -> None:
         try:
@@ -142,6 +157,9 @@ class ZooKeeperSession:
             call_in_loop(self._loop, self._on_state, client, state)
 
     def _on_state(self, client: KazooClient, state: str) -> None:
+        waiter = self._first_state
+        if client is self.client and waiter is not None and not waiter.done() and state != KazooState.SUSPENDED:
+            waiter.set_result(state)
         if client is not self.client or self._stopping:
             return  # a replaced client's last words
         if state == KazooState.CONNECTED:
@@ -196,7 +214,9 @@ class ZooKeeperSession:
         old = self.client
         self.client = self._new_client()
         self.client.start_async()
-        self._loop.run_in_executor(None, _drop_client, old, self._config.session_timeout)
+        threading.Thread(
+            target=_drop_client, args=(old, self._config.session_timeout), name="zookeeper-drop", daemon=True
+        ).start()
         self._emit(SessionEvent.EXPIRED)
 
     # -- requests ------------------------------------------------------------------------------------------------

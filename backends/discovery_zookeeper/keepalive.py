@@ -1,9 +1,14 @@
-"""Ephemeral registrations and their self-healing after a session expiry.
+"""Ephemeral registrations, their ownership and their self-healing.
 
-Writing is owner-aware: when the znode already exists, its ``ephemeralOwner`` is compared with our live
-session. Ours → rewrite the data in place; someone else's (typically the node our *expired* session left behind,
-which the server has not yet reaped — Curator #131/#200, kazoo #491, dubbo #5135) → delete that exact version
-and create it again, so the node we keep is owned by the session we keep alive.
+Ownership (docs/decisions/session-ownership.md): the last registrant owns an instance id. ``register`` takes the
+znode over whoever holds it; a node held by another session is replaced in one ZooKeeper transaction (delete that
+exact version + create), so its previous owner never sees the id missing, only owned by someone else. Every other
+write (update, heal) checks ``ephemeralOwner`` first: our live session → rewrite in place; the session we had
+before an expiry (the node the server has not reaped yet — Curator #131/#200, kazoo #491, dubbo #5135) → replace
+it; anyone else → the id was taken over: report ``LOST`` (``TAKEN_OVER``) and never touch it again.
+
+Each registered znode carries an ``exists`` watch: deleted while our session lives (an operator) → written back,
+``LOST`` (``REMOVED``) → ``RESTORED``; owned by another session → taken over.
 """
 
 from __future__ import annotations
@@ -15,11 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+from kazoo.protocol.states import EventType, WatchedEvent
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from discovery.core.backend import RegistrationState, StateListener
-from discovery.core.errors import BackendUnavailableError
+from discovery.core.backend import LostReason, RegistrationState, StateListener
+from discovery.core.errors import BackendUnavailableError, DiscoveryError, NotRegisteredError
 from discovery.core.models import Instance
+from discovery_zookeeper.bridge import LoopWatcher
 from discovery_zookeeper.connection import SessionEvent, ZooKeeperSession
 from discovery_zookeeper.layout import Layout
 from discovery_zookeeper.records import encode_record
@@ -31,6 +38,10 @@ Key = tuple[str, str, str]
 
 class _Contended(Exception):
     """The znode changed between our read and our write; try the whole write again."""
+
+
+class _TakenOver(Exception):
+    """Another registrant's session owns the znode: it took the instance id over."""
 
 
 #: A transaction's creates are capped in number and bytes, well below ZooKeeper's 1 MiB request limit
@@ -51,16 +62,17 @@ class EphemeralCreates:
 
     def __init__(self, session: ZooKeeperSession) -> None:
         self._session = session
-        self._queued: list[tuple[str, bytes, asyncio.Future[bool]]] = []
+        self._queued: list[tuple[str, bytes, asyncio.Future[int | None]]] = []
         self._flush_planned = False
         self._in_flight = False
+        self._tasks: set[asyncio.Task[None]] = set()
 
-    async def create(self, path: str, data: bytes) -> bool:
-        """``True`` once the node is created (owned by the live session); ``False`` if it was not, for a reason the
-        one-by-one write handles (it exists, its parent is missing); ``BackendUnavailableError`` as any request.
+    async def create(self, path: str, data: bytes) -> int | None:
+        """The id of the session that created the node; ``None`` if it was not created, for a reason the one-by-one
+        write handles (it exists, its parent is missing); ``BackendUnavailableError`` as any request.
         """
         loop = asyncio.get_running_loop()
-        created: asyncio.Future[bool] = loop.create_future()
+        created: asyncio.Future[int | None] = loop.create_future()
         if not self._in_flight and not self._queued:
             # Nothing to share the round trip with: send it from here, now (no task, no extra loop iteration).
             self._in_flight = True
@@ -76,7 +88,7 @@ class EphemeralCreates:
         self._flush_planned = False
         if self._in_flight:
             return  # the transaction in flight sends what is queued when it completes
-        batch: list[tuple[str, bytes, asyncio.Future[bool]]] = []
+        batch: list[tuple[str, bytes, asyncio.Future[int | None]]] = []
         size = 0
         while self._queued and len(batch) < BATCH_MAX_CREATES:
             path, data, created = self._queued[0]
@@ -89,11 +101,14 @@ class EphemeralCreates:
             size += len(data)
         if batch:
             self._in_flight = True
-            asyncio.get_running_loop().create_task(self._commit(batch), name="zookeeper-creates")
+            task = asyncio.get_running_loop().create_task(self._commit(batch), name="zookeeper-creates")
+            self._tasks.add(task)  # held until done: a task nobody holds may be collected
+            task.add_done_callback(self._tasks.discard)
         elif self._queued:
             self._flush()
 
-    async def _commit(self, batch: list[tuple[str, bytes, asyncio.Future[bool]]]) -> None:
+    async def _commit(self, batch: list[tuple[str, bytes, asyncio.Future[int | None]]]) -> None:
+        session_id = self._session.session_id
         try:
             transaction = self._session.client.transaction()
             for path, data, _ in batch:
@@ -113,7 +128,7 @@ class EphemeralCreates:
         succeeded = isinstance(results, list) and not any(isinstance(result, Exception) for result in results)
         for _, _, created in batch:
             if not created.done():
-                created.set_result(succeeded)
+                created.set_result(session_id if succeeded else None)
 
 
 @dataclass(slots=True)
@@ -122,6 +137,8 @@ class _Registration:
     on_state: StateListener
     registered_at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     lost: bool = False
+    #: The session that owns the znode we last wrote (it may be a session that has since expired).
+    owner_session: int | None = None
 
 
 class Registrations:
@@ -132,8 +149,12 @@ class Registrations:
         self._layout = layout
         self._payload_class = payload_class
         self._entries: dict[Key, _Registration] = {}
-        self._creates = EphemeralCreates(session)
         self._healer: asyncio.Task[None] | None = None
+        self._checks: set[asyncio.Task[None]] = set()
+        self._session_loop = asyncio.get_running_loop()
+        self._creates = EphemeralCreates(session)
+        # One object, handed to kazoo on every exists(): kazoo keeps a set of watchers per path.
+        self._node_watch = LoopWatcher(self._session_loop, self._node_event)
         self._closed = False
         session.add_listener(self._on_session_event)
 
@@ -142,19 +163,39 @@ class Registrations:
         return list(self._entries)
 
     async def register(self, instance: Instance, on_state: StateListener) -> None:
-        """Write the instance's ephemeral znode (replacing any with the same key) and remember it."""
+        """Write the instance's ephemeral znode, taking it over from whoever holds it, and remember it."""
         entry = _Registration(instance, on_state)
-        await self._write(entry, create_first=True)
+        await self._write(entry, take_over=True, create_first=True)
         self._entries[instance.key] = entry
+        await self._arm(entry)
 
     async def update(self, instance: Instance) -> None:
-        """Rewrite the data of a registered instance; after an expiry the healer writes the new value."""
-        entry = self._entries.get(instance.key)
+        """Rewrite the data of a registered instance; after an expiry the healer writes the new value.
+
+        Raises :class:`NotRegisteredError` (nothing written) when the id is not ours, or no longer: taken over.
+        """
+        key = instance.key
+        entry = self._entries.get(key)
         if entry is None:
-            raise KeyError(instance.key)
+            raise NotRegisteredError(f"{'/'.join(key)} is not registered by this backend")
         entry.instance = instance
-        if not entry.lost:
-            await self._write(entry)
+        if entry.lost:
+            return
+        try:
+            created = await self._write(entry, take_over=False)
+        except _TakenOver:
+            self._taken_over(key, entry)
+            raise NotRegisteredError(f"{'/'.join(key)} was taken over by another registrant") from None
+        if created:  # someone deleted it behind our back; the write put it back
+            _notify(entry, RegistrationState.LOST, LostReason.REMOVED)
+            _notify(entry, RegistrationState.RESTORED)
+        await self._arm(entry)
+
+    def adopt(self, instance: Instance) -> None:
+        """Someone else rewrote a registered znode: the healer writes ``instance`` back after an expiry, not ours."""
+        entry = self._entries.get(instance.key)
+        if entry is not None:
+            entry.instance = instance
 
     async def deregister(self, instance: Instance) -> None:
         """Forget the instance and delete its znode if our session owns it; a missing node is fine."""
@@ -186,17 +227,20 @@ class Registrations:
 
     # -- writing -------------------------------------------------------------------------------------------------
 
-    async def _write(self, entry: _Registration, *, create_first: bool = False) -> None:
-        """Write the entry's znode, owned by the live session. ``create_first``: the node most likely does not
-        exist (a registration, a restore): try a create shared with others first (:class:`EphemeralCreates`).
+    async def _write(self, entry: _Registration, *, take_over: bool, create_first: bool = False) -> bool:
+        """Write the entry's znode; ``take_over`` replaces a node of any other session (``register``), otherwise
+        only one of our own earlier session (:class:`_TakenOver` for anyone else's). True if the node was created
+        because none was there. ``create_first``: the node most likely does not exist (a registration, a restore):
+        try a create shared with other writes first (:class:`EphemeralCreates`).
         """
         if create_first:
             path = self._layout.instance_path(entry.instance)
-            if await self._creates.create(path, self._record(entry)):
-                return
+            session_id = await self._creates.create(path, self._record(entry))
+            if session_id is not None:
+                entry.owner_session = session_id
+                return True
         try:
-            await self._write_once(entry)  # the common case, without building a retry loop per write
-            return
+            return await self._write_once(entry, take_over)  # the common case, without building a retry loop
         except _Contended:
             pass
         async for attempt in AsyncRetrying(
@@ -206,30 +250,111 @@ class Registrations:
             reraise=True,
         ):
             with attempt:
-                await self._write_once(entry)
+                return await self._write_once(entry, take_over)
+        raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
-    async def _write_once(self, entry: _Registration) -> None:
+    async def _write_once(self, entry: _Registration, take_over: bool) -> bool:
         client = self._session.client
         path = self._layout.instance_path(entry.instance)
         data = self._record(entry)
+        session_id = self._session.session_id
         try:
             await self._session.request("create", client.create_async, path, data, ephemeral=True, makepath=True)
-            return
+            entry.owner_session = session_id
+            return True
         except NodeExistsError:
             pass
         try:
             _, stat = await self._session.request("get", client.get_async, path)
-            if stat.ephemeralOwner == self._session.session_id:
+            if stat.ephemeralOwner == session_id:
                 await self._session.request("set", client.set_async, path, data, stat.version)
-                return
-            logger.info("replacing %s left by session 0x%x", path, stat.ephemeralOwner)
-            await self._session.request("delete", client.delete_async, path, stat.version)
+                entry.owner_session = session_id
+                return False
+            if not take_over and stat.ephemeralOwner != entry.owner_session:
+                raise _TakenOver(path)
+            logger.info("replacing %s held by session 0x%x", path, stat.ephemeralOwner)
+            # One transaction: whoever held it sees it owned by us, never missing (it would write it back).
+            transaction = client.transaction()
+            transaction.delete(path, stat.version)
+            transaction.create(path, data, ephemeral=True)
+            results = await self._session.request("replace", transaction.commit_async)
+            if not any(isinstance(result, Exception) for result in results):
+                entry.owner_session = session_id
+                return False
         except (NoNodeError, BadVersionError):
             pass
         raise _Contended(path)
 
     def _record(self, entry: _Registration) -> bytes:
         return encode_record(entry.instance, payload_class=self._payload_class, registered_at_ms=entry.registered_at_ms)
+
+    # -- watching our own znodes ---------------------------------------------------------------------------------
+
+    async def _arm(self, entry: _Registration) -> None:
+        """Set an ``exists`` watch on the entry's znode (kazoo keeps one per path and callback, so re-arming is
+        free) and check the owner once: a change between our write and the watch would otherwise go unseen. In a
+        task of its own: the write has returned, and the caller need not wait one more round trip for the watch.
+        """
+        self._node_changed(self._layout.instance_path(entry.instance))
+
+    def _node_event(self, event: WatchedEvent) -> None:
+        if event.type == EventType.NONE or event.path is None:
+            return  # connection state; the session listener handles it
+        self._node_changed(event.path)
+
+    def _node_changed(self, path: str) -> None:
+        key = self._layout.key_of(path)
+        if key is None or key not in self._entries or self._closed:
+            return
+        task = asyncio.get_running_loop().create_task(self._verify(key), name="zookeeper-verify-owner")
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+
+    async def _verify(self, key: Key) -> None:
+        """Check who owns the znode of a registration (and re-arm its watch): written back if missing, given up
+        if another session took it over.
+        """
+        entry = self._entries.get(key)
+        if entry is None or entry.lost or self._closed or not self._session.connected.is_set():
+            return  # an expiry is the healer's business; a disconnection is re-checked by kazoo's SetWatches
+        path = self._layout.instance_path(entry.instance)
+        try:
+            stat = await self._session.request("exists", self._session.client.exists_async, path, self._node_watch)
+        except DiscoveryError as error:
+            logger.debug("checking the owner of %s: %s", path, error)
+            return
+        if self._entries.get(key) is not entry or entry.lost:
+            return
+        if stat is None:
+            await self._write_back_removed(key, entry)
+        elif stat.ephemeralOwner not in (self._session.session_id, entry.owner_session):
+            self._taken_over(key, entry)
+
+    async def _write_back_removed(self, key: Key, entry: _Registration) -> None:
+        logger.warning("%s was deleted by someone else while our session lives; writing it back", key)
+        entry.lost = True
+        _notify(entry, RegistrationState.LOST, LostReason.REMOVED)
+        try:
+            await self._write(entry, take_over=False)
+        except _TakenOver:
+            self._taken_over(key, entry)
+            return
+        except DiscoveryError as error:
+            logger.warning("writing back %s failed (%s); the healer retries", key, error)
+            self._start_healer()
+            return
+        if self._entries.get(key) is entry and entry.lost:
+            entry.lost = False
+            _notify(entry, RegistrationState.RESTORED)
+            await self._verify(key)
+
+    def _taken_over(self, key: Key, entry: _Registration) -> None:
+        """Another registrant owns the id now: forget it (no heal, no delete) and say so."""
+        if self._entries.get(key) is entry:
+            del self._entries[key]
+        logger.warning("%s was taken over by another registrant", key)
+        entry.lost = True
+        _notify(entry, RegistrationState.LOST, LostReason.TAKEN_OVER)
 
     # -- healing -------------------------------------------------------------------------------------------------
 
@@ -238,14 +363,22 @@ class Registrations:
             return
         if event in (SessionEvent.EXPIRED, SessionEvent.NEW_SESSION):
             self._mark_lost()
-        if event is SessionEvent.NEW_SESSION and self._healer is None:
+        if event is SessionEvent.NEW_SESSION:
+            self._start_healer()
+        elif event is SessionEvent.RECONNECTED:
+            # Same session: kazoo re-sets our watches, but check each node once in case it changed meanwhile.
+            for key in list(self._entries):
+                self._node_changed(self._layout.instance_path(self._entries[key].instance))
+
+    def _start_healer(self) -> None:
+        if self._healer is None and not self._closed:
             self._healer = asyncio.get_running_loop().create_task(self._heal(), name="zookeeper-heal")
 
     def _mark_lost(self) -> None:
         for entry in self._entries.values():
             if not entry.lost:
                 entry.lost = True
-                _notify(entry, RegistrationState.LOST)
+                _notify(entry, RegistrationState.LOST, LostReason.EXPIRED)
 
     async def _heal(self) -> None:
         """Rewrite every lost registration under the new session, retrying with jittered backoff."""
@@ -272,19 +405,26 @@ class Registrations:
         for key, entry in list(self._entries.items()):
             if not entry.lost or self._entries.get(key) is not entry:
                 continue
-            await self._write(entry, create_first=True)
+            try:
+                await self._write(entry, take_over=False, create_first=True)
+            except _TakenOver:
+                self._taken_over(key, entry)
+                continue
             if self._entries.get(key) is entry and entry.lost:
                 entry.lost = False
                 _notify(entry, RegistrationState.RESTORED)
+                await self._verify(key)
 
     def _cancel_healer(self) -> None:
         if self._healer is not None:
             self._healer.cancel()
             self._healer = None
+        for check in list(self._checks):
+            check.cancel()
 
 
-def _notify(entry: _Registration, state: RegistrationState) -> None:
+def _notify(entry: _Registration, state: RegistrationState, reason: LostReason | None = None) -> None:
     try:
-        entry.on_state(state)
+        entry.on_state(state, reason)
     except Exception:
         logger.exception("registration state listener failed for %s", entry.instance.key)

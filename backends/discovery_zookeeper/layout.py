@@ -28,3 +28,13 @@ class Layout:
     def instance_path(self, instance: Instance) -> str:
         """The ephemeral znode of one instance."""
         return f"{self.service_path(instance.namespace, instance.service)}/{instance.id}"
+
+    def key_of(self, path: str) -> tuple[str, str, str] | None:
+        """``(namespace, service, id)`` of an instance znode path below the root, or ``None``."""
+        head = f"{self.root}/"
+        if not path.startswith(head):
+            return None
+        parts = path[len(head) :].split("/")
+        if len(parts) != 3 or not all(parts):
+            return None
+        return parts[0], parts[1], parts[2]

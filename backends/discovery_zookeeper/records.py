@@ -24,7 +24,7 @@ from typing import Any
 
 from discovery.core import validation
 from discovery.core.codec import instance_from_dict, instance_to_dict
-from discovery.core.errors import ValidationError
+from discovery.core.errors import UnsupportedOperationError, ValidationError
 from discovery.core.foreign import foreign_instance_id
 from discovery.core.models import Instance, Status
 
@@ -129,6 +129,33 @@ def decode_record(raw: bytes, *, namespace: str, service: str, node_name: str) -
         labels=_labels_from_metadata(metadata),
         status=status_from_spring(metadata.get(SPRING_STATUS_KEY)),
     )
+
+
+def with_status(raw: bytes, status: Status, *, namespace: str, service: str, node_name: str) -> tuple[bytes, Instance]:
+    """The znode bytes with another status, edited in place (every other byte of the record kept), and the instance
+    they now hold.
+
+    Ours: ``payload.status`` and Spring's ``payload.metadata.instance_status``; a Spring Cloud Zookeeper record
+    (a Curator payload with ``metadata``, as Spring's service-registry endpoint does): ``instance_status`` alone.
+    Anything else (a ServerSet member, a payload without metadata) raises ``UnsupportedOperationError``.
+    """
+    try:
+        decode_record(raw, namespace=namespace, service=service, node_name=node_name)  # readable at all?
+    except ValidationError as error:
+        raise UnsupportedOperationError(f"{namespace}/{service}/{node_name} cannot be read ({error}): "
+                                        "it is read-only here") from None
+    record = json.loads(raw)
+    payload = record.get("payload")
+    metadata = payload.get("metadata") if isinstance(payload, dict) else None
+    if not isinstance(payload, dict) or not isinstance(metadata, dict):
+        raise UnsupportedOperationError(
+            f"{namespace}/{service}/{node_name} was registered by another tool without Curator/Spring metadata: "
+            "it is read-only here")
+    if "schema" in payload:
+        payload["status"] = status.value
+    metadata[SPRING_STATUS_KEY] = status_to_spring(status)
+    data = json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode()
+    return data, decode_record(data, namespace=namespace, service=service, node_name=node_name)
 
 
 #: Finagle/Aurora ServerSet ``status`` (``com.twitter.thrift.Status``) as ours; WARNING still takes traffic.

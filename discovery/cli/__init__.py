@@ -2,12 +2,16 @@
 
 * :func:`main` - the entry point: checks the ``[cli]`` extra, then runs the click app.
 * :mod:`discovery.cli.app` - the click group, its global options, the list of subcommand modules, exit codes.
-* :mod:`discovery.cli.session` - what every subcommand shares: ``--url`` and a registry session, common options,
-  the exit codes.
-* :mod:`discovery.cli.output` - consoles, the spinner, and the rich table of each kind of object.
+* :mod:`discovery.cli.session` - what every subcommand shares: ``--url`` and ``-v`` (before or after the
+  subcommand) and a registry session, the no-URL warning, signals, common options, the exit codes.
+* :mod:`discovery.cli.output` - consoles, the spinner, the rich table of each kind of object, ``-o`` printers.
+* :mod:`discovery.cli.formats` - the documents of ``-o json|yaml`` (they read back into the model), ``-o name``.
 * :mod:`discovery.cli.registry_commands` - ``services``, ``list``, ``watch``, ``register``.
+* :mod:`discovery.cli.instance_commands` - ``drain``, ``set-status`` (on another process's registration).
+* :mod:`discovery.cli.completion` - ``completion bash|zsh|fish`` and the completers that ask the backend.
 * :mod:`discovery.cli.service_commands` - ``apply``, ``get``, ``describe``, ``delete`` (Services).
 * :mod:`discovery.cli.server_commands` - ``proxy`` and ``dns``.
+* :mod:`discovery.cli.xds_command` - ``xds``.
 * :mod:`discovery.cli.demo` - ``discovery demo``, the README's walk-through.
 * :mod:`discovery.cli.tables` - plain-text tables (the demo's and the benchmarks' output).
 

@@ -1,20 +1,18 @@
 """Server subcommands: ``proxy`` (an L4 TCP proxy serving Services) and ``dns`` (``<svc>.<ns>.svc.cluster.local``).
 
 Both read the Services and their endpoints through one :class:`~discovery.services.ServiceCatalog`, print one
-"ready" line (scripts and tests wait for it) and run until SIGINT or SIGTERM.
+"ready" line (scripts and tests wait for it) and run until SIGINT (exit 130) or SIGTERM (exit 0).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 from collections.abc import Awaitable, Callable
 
 import click
 
 from discovery.cli.output import new_table, out, status
-from discovery.cli.session import GlobalOptions
+from discovery.cli.session import GlobalOptions, finish, stop_signals
 from discovery.registry.async_registry import AsyncRegistry
 from discovery.services import ServiceCatalog, ServiceStore
 
@@ -23,13 +21,10 @@ ServerStarter = Callable[[ServiceCatalog], Awaitable[Callable[[], Awaitable[None
 
 
 def serve_until_stopped(options: GlobalOptions, namespace: str | None, rescan: float, start: ServerStarter) -> None:
-    """Run a catalog and a server on it until Ctrl-C or SIGTERM."""
+    """Run a catalog and a server on it until Ctrl-C (exit 130) or SIGTERM (exit 0)."""
 
     async def work(registry: AsyncRegistry) -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
+        stop = stop_signals()
         catalog = ServiceCatalog(registry, ServiceStore(registry.backend), namespace=namespace,
                                  rescan_interval=rescan)
         with status("reading Service definitions"):
@@ -37,14 +32,16 @@ def serve_until_stopped(options: GlobalOptions, namespace: str | None, rescan: f
         try:
             close = await start(catalog)
             try:
-                await stop.wait()
+                code = await stop
             finally:
                 await close()
         finally:
+            stop.cancel()
             await catalog.close()
         out().print("stopped")
+        finish(code)
 
-    options.run(work)
+    options.run(work, access="follow")
 
 
 serve_namespace_option = click.option("-n", "--namespace", default=None,

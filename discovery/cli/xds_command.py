@@ -1,18 +1,17 @@
-"""``discovery xds``: serve the backend's registrations to gRPC's xDS clients until Ctrl-C (needs ``[xds]``).
+"""``discovery xds``: serve the backend's registrations to gRPC's xDS clients until Ctrl-C (exit 130) or SIGTERM
+(exit 0); needs ``[xds]``.
 
 Listed in :data:`discovery.cli.app.COMMAND_MODULES`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import signal
 import sys
 
 import click
 
 from discovery.cli.output import err, out
-from discovery.cli.session import EXIT_BAD_INPUT, GlobalOptions
+from discovery.cli.session import EXIT_BAD_INPUT, GlobalOptions, finish, stop_signals
 from discovery.registry.async_registry import AsyncRegistry
 
 
@@ -61,10 +60,7 @@ def xds_command(settings: GlobalOptions, listen: str, port: int, cert: str | Non
     token = read_token(token_file) if token_file is not None else None
 
     async def work(registry: AsyncRegistry) -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
+        stop = stop_signals()
         server = XdsServer(registry, host=listen, port=port, tls=tls, token=token, lb_policy=lb_policy,
                            cluster_domain=cluster_domain, rescan_interval=rescan_interval)
         await server.start()
@@ -75,12 +71,14 @@ def xds_command(settings: GlobalOptions, listen: str, port: int, cert: str | Non
             if token is not None:
                 mode += ", token required"
             out().print(f"xds ready on {server.address} ({mode}); Ctrl-C stops")
-            await stop.wait()
+            code = await stop
         finally:
+            stop.cancel()
             await server.close()
         out().print("stopped")
+        finish(code)
 
-    settings.run(work)
+    settings.run(work, access="follow")
 
 
 COMMANDS = [xds_command]

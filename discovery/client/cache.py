@@ -140,10 +140,12 @@ class ServiceCache:
             registry, "ServiceCache.open()", "use await ServiceCache.open_async(registry, ...) on its event loop"
         )
         cache = cls(service, namespace, **options)
-        cache._unsubscribe = registry.subscribe(service, cache.feed, namespace)
+        cache._unsubscribe = registry.subscribe(service, cache.feed, namespace, on_end=cache._registry_closed)
         if not cache._ready.wait(ready_timeout):
             cache.close()
             raise TimeoutError(f"no snapshot of {namespace}/{service} within {ready_timeout} s")
+        if cache._closed and cache._state.snapshot is None:
+            raise ClosedError(f"the registry closed before the first snapshot of {namespace}/{service}")
         return cache
 
     @classmethod
@@ -167,7 +169,7 @@ class ServiceCache:
         cache._opened_async = True
         ready = asyncio.Event()
         remove = cache.on_update(lambda _cache: ready.set())
-        cache._unsubscribe = registry.subscribe(service, cache.feed, namespace)
+        cache._unsubscribe = registry.subscribe(service, cache.feed, namespace, on_end=cache._registry_closed)
         try:
             if cache._state.snapshot is None:
                 async with asyncio.timeout(ready_timeout):
@@ -177,7 +179,21 @@ class ServiceCache:
             raise TimeoutError(f"no snapshot of {namespace}/{service} within {ready_timeout} s") from None
         finally:
             remove()
+        if cache._closed and cache._state.snapshot is None:
+            raise ClosedError(f"the registry closed before the first snapshot of {namespace}/{service}")
         return cache
+
+    @property
+    def closed(self) -> bool:
+        """Whether the cache stopped following its service (closed, or its registry closed)."""
+        return self._closed
+
+    def _registry_closed(self) -> None:
+        """The registry closed under the cache: it follows nothing any more, and says so."""
+        self._closed = True
+        self._unsubscribe = None
+        self._ready.set()  # an open() still waiting for the first snapshot gives up now
+        self._notify()
 
     def close(self) -> None:
         """Stop following the service (for a cache made by :meth:`open`)."""
@@ -295,7 +311,11 @@ class ServiceCache:
         return state.pickable
 
     def pick(self, key: str | None = None) -> Instance:
-        """One instance, chosen by the balancer; :class:`NoInstanceAvailableError` when there is none."""
+        """One instance, chosen by the balancer; :class:`NoInstanceAvailableError` when there is none,
+        :class:`ClosedError` once the cache is closed (it no longer follows the service).
+        """
+        if self._closed:
+            raise self._none_available()
         state = self._state
         if state.recheck_at is not None and self.failures.clock() >= state.recheck_at:
             state = self._refresh()
@@ -309,6 +329,8 @@ class ServiceCache:
 
     def pick_excluding(self, tried: Collection[Instance], key: str | None = None) -> Instance:
         """A pick that avoids ``tried`` instances (for a retry); falls back to any when all were tried."""
+        if self._closed:
+            raise self._none_available()
         pickable = self.pickable()
         if tried:
             skip = {endpoint_of(i) for i in tried}

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 from discovery.core.connection import ConnectionMonitor
 from discovery.core.definitions import DefinitionStore
-from discovery.core.models import Instance, Snapshot
+from discovery.core.errors import UnsupportedOperationError
+from discovery.core.models import Instance, Snapshot, Status
 from discovery.core.urls import BackendURL
 
 
@@ -33,8 +34,30 @@ class RegistrationState(enum.StrEnum):
     DEREGISTERED = "deregistered"
 
 
-StateListener = Callable[[RegistrationState], None]
-"""Called by a backend, on the registry's event loop, when a registration is lost or restored."""
+class LostReason(enum.StrEnum):
+    """Why a registration is ``LOST``.
+
+    The ownership rule (docs/decisions/session-ownership.md): an instance id has one owner, the registrant whose
+    ``register()`` wrote it last. A registration whose id was taken over is told ``TAKEN_OVER`` and stays lost:
+    it never writes or deletes that id again. One that expired or was removed by someone who is not a registrant
+    is written back by its backend (``LOST`` → ``RESTORED``) within the detection bound.
+    """
+
+    #: Our liveness lapsed: session expired, lease gone, or no heartbeat reached the server for a whole TTL.
+    EXPIRED = "expired"
+    #: The record vanished while we were alive: an operator deleted it, or the server lost its state.
+    REMOVED = "removed"
+    #: Another registrant registered the same instance id: it owns the id now.
+    TAKEN_OVER = "taken-over"
+
+
+class StateListener(Protocol):
+    """Called by a backend, on the registry's event loop, when a registration is lost or restored.
+
+    A backend passes a :class:`LostReason` with every ``LOST``.
+    """
+
+    def __call__(self, state: RegistrationState, reason: LostReason | None = None) -> None: ...
 
 
 class ImmediateOperations(Protocol):
@@ -87,9 +110,13 @@ class Backend(abc.ABC):
 
     Rules every implementation keeps (the conformance kit checks them):
 
-    * ``register`` writes the instance and keeps it alive until ``deregister``/``close``; if the server
-      forgets it (session expiry, lease loss, agent restart), the backend writes it again by itself and
-      calls ``on_state(LOST)`` then ``on_state(RESTORED)``.
+    * ``register`` writes the instance, replacing whatever holds its key (the last registrant owns an id), and
+      keeps it alive until ``deregister``/``close``; if the server forgets it (session expiry, lease loss, agent
+      restart) or someone who is not a registrant removes it, the backend writes it again by itself within the
+      detection bound and calls ``on_state(LOST, reason)`` then ``on_state(RESTORED)``.
+    * A registration whose key another registrant took over gets ``on_state(LOST, LostReason.TAKEN_OVER)`` and
+      is forgotten: its backend never writes, heals or deletes that key again (``update`` raises
+      ``NotRegisteredError``, ``deregister`` removes nothing). Every write and delete checks ownership.
     * ``watch`` yields the current :class:`Snapshot` first, then a new full snapshot after every change
       (bursts may be coalesced), forever. While the server is unreachable it yields the last set with
       ``stale=True`` and, once back, re-lists so that no change is missed. ``revision`` may be the
@@ -177,6 +204,28 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def watch(self, namespace: str, service: str) -> AsyncIterator[Snapshot]:
         """Yield the current snapshot, then one after every change; see the class rules."""
+
+    async def set_status(self, namespace: str, service: str, instance_id: str, status: Status) -> Instance:
+        """Set the status of an instance whoever registered it (an operator draining it from another process),
+        through the backend's own mechanism and keeping its owner's liveness (lease, session, checks).
+
+        Returns the instance as now stored. Raises :class:`~discovery.core.errors.NotRegisteredError` when no such
+        instance is registered and :class:`~discovery.core.errors.UnsupportedOperationError` when it is read-only
+        (written by another tool) or the backend cannot change it. The owner learns it through its registry, which
+        follows its own records and calls :meth:`adopt`. The default refuses.
+        """
+        raise UnsupportedOperationError(
+            f"the {self.capabilities.name} backend cannot change the status of another registrant's instance"
+        )
+
+    def adopt(self, instance: Instance) -> None:
+        """Someone else rewrote one of this backend's registrations (``set_status`` from another process): keep
+        ``instance`` as what to write back when healing (after a lost session, lease or agent), without writing now.
+
+        Called by the owning registry on its event loop. The default does nothing; a backend that heals from its
+        own copy then writes the old fields back at its next heal.
+        """
+        return None
 
     @property
     def definitions(self) -> DefinitionStore | None:

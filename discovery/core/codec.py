@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from discovery.core.errors import ValidationError
-from discovery.core.models import DEFAULT_NAMESPACE, Instance, Status
+from discovery.core.models import DEFAULT_NAMESPACE, Instance, Snapshot, Status
 
 SCHEMA_VERSION = 1
 
@@ -60,6 +60,36 @@ def instance_from_dict(data: Mapping[str, Any]) -> Instance:
         if isinstance(bad, ValidationError):
             raise
         raise ValidationError("status", str(bad)) from None
+
+
+def snapshot_to_dict(snapshot: Snapshot) -> dict[str, Any]:
+    """A snapshot as a JSON-ready dict: ``service``, ``namespace``, ``revision``, ``stale`` and its ``instances``
+    (canonical dicts, sorted by id). ``discovery watch -o json`` prints one per line."""
+    return {
+        "service": snapshot.service,
+        "namespace": snapshot.namespace,
+        "revision": snapshot.revision,
+        "stale": snapshot.stale,
+        "instances": [instance_to_dict(instance) for instance in snapshot.instances],
+    }
+
+
+def snapshot_from_dict(data: Mapping[str, Any]) -> Snapshot:
+    """Rebuild a snapshot from :func:`snapshot_to_dict`'s form (raises :class:`ValidationError` on bad data)."""
+    if not isinstance(data, Mapping):
+        raise ValidationError("snapshot", f"expected an object, got {type(data).__name__}")
+    instances = data.get("instances") or []
+    if not isinstance(instances, list):
+        raise ValidationError("instances", f"expected a list, got {type(instances).__name__}")
+    revision = data.get("revision", 0)
+    if not isinstance(revision, int) or isinstance(revision, bool):
+        raise ValidationError("revision", f"expected an integer, got {type(revision).__name__}")
+    try:
+        service, namespace = data["service"], data.get("namespace", DEFAULT_NAMESPACE)
+    except KeyError as missing:
+        raise ValidationError(str(missing.args[0]), "is missing") from None
+    return Snapshot(service, namespace, tuple(instance_from_dict(i) for i in instances), revision,
+                    bool(data.get("stale", False)))
 
 
 def encode_instance(instance: Instance) -> bytes:

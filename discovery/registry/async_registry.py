@@ -6,33 +6,45 @@ import asyncio
 import contextlib
 import logging
 import threading
+import traceback
 from collections.abc import Callable, Collection, Generator, Mapping
 from types import TracebackType
 from typing import Any
 
-from discovery.core.backend import Backend, Capabilities, ImmediateOperations, RegistrationState
+from discovery.core.backend import Backend, Capabilities, ImmediateOperations, LostReason, RegistrationState
 from discovery.core.connection import ConnectionListener, ConnectionStatus
-from discovery.core.errors import ClosedError, ValidationError
+from discovery.core.errors import BackendUnavailableError, ClosedError, DiscoveryError, ValidationError
 from discovery.core.models import DEFAULT_NAMESPACE, Instance, Snapshot, Status
 from discovery.core.plugins import create_backend
 from discovery.core.selectors import Selector, parse_selector
-from discovery.core.urls import BackendURL
+from discovery.core.urls import BackendURL, parse_url
 from discovery.core.validation import (
+    validate_instance_id,
     validate_namespace,
     validate_service_name,
     validate_ttl,
     validate_ttl_minimum,
 )
 from discovery.observability.metrics import METRICS
+from discovery.registry.follow import RecordFollower
 from discovery.registry.health import RegistryHealth, registration_health, watch_health
-from discovery.registry.registration import UPDATABLE_FIELDS, AsyncRegistration, RegistrationStates
-from discovery.registry.watch_hub import SnapshotCallback, WatchHub
+from discovery.registry.registration import (
+    UPDATABLE_FIELDS,
+    AsyncRegistration,
+    RegistrationRecord,
+    RegistrationStates,
+)
+from discovery.registry.watch_hub import EndCallback, SnapshotCallback, WatchHub
 
 log = logging.getLogger("discovery.registry")
 
 SelectorLike = str | Mapping[str, str] | Selector | None
 StatusFilter = Collection[Status | str] | None
 DEFAULT_STATUSES: tuple[Status, ...] = (Status.UP,)
+#: How long ``connect`` waits for the backend by default (seconds).
+DEFAULT_CONNECT_TIMEOUT = 30.0
+#: How long a write waits, at most, for the watch of its service to show it (read-your-writes), in seconds.
+SETTLE_TIMEOUT = 5.0
 
 
 def parse_statuses(statuses: StatusFilter) -> frozenset[Status] | None:
@@ -43,6 +55,20 @@ def parse_statuses(statuses: StatusFilter) -> frozenset[Status] | None:
         return frozenset(Status(s) for s in statuses)
     except ValueError as bad:
         raise ValidationError("statuses", str(bad)) from None
+
+
+def _release_frames(error: BaseException) -> None:
+    """Drop the local variables held by the tracebacks of ``error`` and its causes (their text stays).
+
+    A failed connect's error otherwise keeps the half-made client's calls alive through its frames, and with
+    them gRPC's poller thread, until the garbage collector happens to run.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)
+        current = current.__cause__ or current.__context__
 
 
 def filter_instances(
@@ -58,28 +84,56 @@ class AsyncRegistry:
     """Register, look up and watch instances through one backend. Use ``await AsyncRegistry.connect(url)``
     or ``async with AsyncRegistry.connect(url) as registry``.
 
-    Not thread-safe: use it on the event loop it connected on; only :meth:`cached_snapshot` and, where the backend
-    offers :attr:`Backend.immediate` operations (the memory backend), the ``*_now`` methods may be called from other
-    threads (they do the same work without the event loop; the blocking :class:`~discovery.Registry` uses them).
-    For threads use the blocking :class:`~discovery.Registry`.
+    Not thread-safe: use it on the event loop it connected on; only :meth:`cached_snapshot` (and the
+    ``handed_out`` pair the blocking facade uses) may be called from other threads. For threads use the blocking
+    :class:`~discovery.Registry`.
+
+    Session guarantees (docs/decisions/session-read-your-writes.md): once ``register``, ``update`` or
+    ``deregister`` returns, every read of this registry reflects it — ``instances``, ``snapshot``, a watch's next
+    snapshot, a subscription, a ``ServiceCache`` — watched or not (a watched service's write returns once its watch
+    shows it, or the watch is stale); and no read is handed a snapshot older than one already handed out.
     """
 
-    def __init__(self, backend: Backend) -> None:
+    #: The longest a write waits for the watch of its service to show it (then it returns anyway, and says so).
+    settle_timeout: float = SETTLE_TIMEOUT
+
+    def __init__(self, backend: Backend, *, url: BackendURL | None = None, follow_records: bool = True) -> None:
         self._backend = backend
         self._immediate = backend.immediate
+        self._url = url
         self._hub = WatchHub(backend)
-        # Each live registration with the state record only this registry (and its backend) writes.
-        self._registrations: dict[tuple[str, str, str], tuple[AsyncRegistration, RegistrationStates]] = {}
-        # Guards _registrations and _closed against the *_now methods, which run in other threads.
+        # Guards _registrations, _records and _closed against the *_now methods, which run in other threads.
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Each live registration with the state record only this registry (and its backend) writes.
+        self._registrations: dict[tuple[str, str, str], tuple[AsyncRegistration, RegistrationStates]] = {}
+        self._records: dict[tuple[str, str, str], RegistrationRecord] = {}
+        self._follower = RecordFollower(backend) if follow_records else None
         self._closed = False
         self._started = False
 
     @classmethod
-    def connect(cls, url: str | BackendURL | None = None) -> _Connecting:
-        """Connect to the backend named by ``url`` (``None`` = ``$DISCOVERY_URL``, else ``memory://``)."""
-        return _Connecting(cls(create_backend(url)))
+    def connect(
+        cls,
+        url: str | BackendURL | None = None,
+        *,
+        timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+        follow_records: bool = True,
+    ) -> _Connecting:
+        """Connect to the backend named by ``url`` (``None`` = ``$DISCOVERY_URL``, else ``memory://``).
+
+        A backend that cannot be reached, or does not answer within ``timeout`` seconds (``None``: no limit),
+        raises :class:`BackendUnavailableError` naming the URL (secrets redacted); whatever the attempt opened
+        (connections, threads, tasks) is closed first.
+
+        ``follow_records``: watch the records of this registry's registrations and adopt what someone else changes
+        in them (an operator's ``discovery drain``; see :mod:`discovery.registry.follow`). It costs one backend
+        watch stream per service this registry has registrations of (on Consul a parked blocking query); ``False``
+        saves it, and then an operator's change is written back over at the owner's next ``update()`` or heal.
+        """
+        parsed = parse_url(url)
+        return _Connecting(cls(create_backend(parsed), url=parsed, follow_records=follow_records), timeout)
+
 
     @property
     def backend(self) -> Backend:
@@ -95,15 +149,42 @@ class AsyncRegistry:
         """Worst-case seconds for a dead registrant's instance to disappear, for a requested TTL."""
         return self._backend.detection_bound(ttl)
 
-    async def start(self) -> None:
-        """Connect the backend (done by ``connect``)."""
-        if not self._started:
-            self._loop = asyncio.get_running_loop()
-            await self._backend.start()
-            self._started = True
-            monitor = self._backend.connection
-            monitor.add_listener(_report_connection_state)
-            monitor.connected(f"{self._backend.capabilities.name} backend started")
+    async def start(self, timeout: float | None = None) -> None:
+        """Connect the backend (done by ``connect``); see :meth:`connect` for ``timeout`` and the errors."""
+        self._check_open()
+        if self._started:
+            return
+        where = str(self._url) if self._url is not None else f"the {self._backend.scheme} backend"
+        self._loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._backend.start()
+        except BaseException as error:
+            await self._abandon_start()
+            _release_frames(error)
+            if isinstance(error, TimeoutError) and timeout is not None:
+                raise BackendUnavailableError(f"could not connect to {where} within {timeout:g} s") from None
+            if isinstance(error, BackendUnavailableError):
+                raise BackendUnavailableError(f"could not connect to {where}: {error}") from error
+            if isinstance(error, DiscoveryError) or not isinstance(error, Exception):
+                raise  # a typed refusal (credentials, TLS, configuration), or a cancellation / interrupt
+            raise BackendUnavailableError(f"could not connect to {where}: {type(error).__name__}: {error}") from error
+        self._started = True
+        monitor = self._backend.connection
+        monitor.add_listener(_report_connection_state)
+        monitor.connected(f"{self._backend.capabilities.name} backend started")
+
+    async def _abandon_start(self) -> None:
+        """A start that failed or was cancelled: free what the backend may have opened, and close."""
+        self._closed = True
+        await self._hub.close()
+        try:
+            # Shielded: a start cancelled by a caller's own timeout must still release its connections.
+            await asyncio.shield(self._backend.abort())
+        except Exception as error:  # the original failure is what the caller needs to see
+            log.debug("releasing a backend whose start failed: %r", error)
+        self._backend.connection.reset()  # no "lost" later from a timer the failed start left pending
+
 
     @property
     def connection(self) -> ConnectionStatus | None:
@@ -150,41 +231,54 @@ class AsyncRegistry:
         self._check_open()
         prepared = self._prepare(instance, ttl)
         if isinstance(prepared, AsyncRegistration):
-            await self._rewrite(prepared, instance)
-            return prepared
-        registration, states = prepared
-        await self._backend.register(registration.instance, registration.ttl, states.enter)
+            return await self._register_again(prepared, instance)
+        registration, states, record = prepared
+        instance = registration.instance
+        record.writing += 1
+        try:
+            await self._backend.register(instance, registration.ttl, states.enter)
+        finally:
+            record.writing -= 1
+        record.written(instance)
         with self._lock:
-            replaced = self._commit(registration, states)
-        self._registered(states, replaced)
+            replaced = self._commit(registration, states, record)
+        self._registered(states, replaced, record)
+        await self._settle(instance, lambda snapshot: snapshot.get(instance.id) == instance, registration)
         return registration
 
     @property
     def immediate(self) -> bool:
-        """Whether the ``*_now`` methods work: the backend writes and reads without I/O."""
+        """Whether the ``*_now`` methods can work: the backend writes and reads without I/O."""
         return self._immediate is not None
 
+    def writes_now(self, namespace: str, service: str) -> bool:
+        """Whether a write of this service can be done by a ``*_now`` method: the backend needs no I/O, and no watch
+        of this registry must show the write before the call returns (read-your-writes then needs the loop)."""
+        return self._immediate is not None and not self._hub.watching(namespace, service)
+
     def register_now(self, instance: Instance, ttl: float | None = None) -> AsyncRegistration:
-        """:meth:`register`, done before returning, from any thread; only when :attr:`immediate`."""
+        """:meth:`register`, done before returning, from any thread; only where :meth:`writes_now` holds."""
         immediate = self._require_immediate()
         self._check_open()
         prepared = self._prepare(instance, ttl)
         if isinstance(prepared, AsyncRegistration):
+            self._check_again(prepared, instance, ttl)
             log.info("%s is already registered by this registry: rewriting it in place", "/".join(instance.key))
             prepared.update_now(**{name: getattr(instance, name) for name in UPDATABLE_FIELDS})
             return prepared
-        registration, states = prepared
+        registration, states, record = prepared
         with self._lock:  # atomic with close(): written and recorded before it, or refused after it
             self._check_open()
             immediate.register_now(registration.instance, registration.ttl, states.enter)
-            replaced = self._commit(registration, states)
-        self._registered(states, replaced)
+            replaced = self._commit(registration, states, record)
+        record.written(registration.instance)
+        self._registered(states, replaced, record)
         return registration
 
     def _prepare(
         self, instance: Instance, ttl: float | None
-    ) -> AsyncRegistration | tuple[AsyncRegistration, RegistrationStates]:
-        """A new registration and its states, or the live handle this registry already holds for the key."""
+    ) -> AsyncRegistration | tuple[AsyncRegistration, RegistrationStates, RegistrationRecord]:
+        """A new registration, its states and its record; or the live handle this registry holds for the key."""
         if not isinstance(instance, Instance):
             raise ValidationError("instance", f"expected an Instance, got {type(instance).__name__}")
         instance = instance.checked()  # validated again only if forged or changed since construction
@@ -198,15 +292,11 @@ class AsyncRegistry:
         )
         effective = self._backend.effective_ttl(requested)
         held = self._registrations.get(instance.key)
-        if held is not None and held[0].active:
-            if requested is not None and effective != held[0].ttl:
-                raise ValidationError(
-                    "ttl", f"{'/'.join(instance.key)} is already registered with a {held[0].ttl:g} s TTL; deregister"
-                    " it first to register it with another"
-                )
+        # A handle whose id another registrant took over holds nothing any more: registering takes the id back.
+        if held is not None and held[0].active and held[0].lost_reason is not LostReason.TAKEN_OVER:
             return held[0]
         states = RegistrationStates(self._loop)
-        states.observe(lambda state, previous: _report_registration_state(registration, state, previous))
+        record = RegistrationRecord(instance)
         immediate = self._immediate is not None
         registration = AsyncRegistration(
             instance,
@@ -215,37 +305,68 @@ class AsyncRegistry:
             self._update,
             lambda deregistered: self._deregister(deregistered, states),
             states,
+            record,
             update_now=self._update_now if immediate else None,
             deregister_now=(lambda deregistered: self._deregister_now(deregistered, states)) if immediate else None,
         )
-        return registration, states
+        states.observe(lambda state, previous: _report_registration_state(registration, state, previous))
+        return registration, states, record
 
-    def _commit(self, registration: AsyncRegistration, states: RegistrationStates) -> RegistrationStates | None:
+    def _commit(
+        self, registration: AsyncRegistration, states: RegistrationStates, record: RegistrationRecord
+    ) -> RegistrationStates | None:
         """Record a written registration (under ``_lock``); returns the states of the one it replaced."""
         key = registration.instance.key
         previous = self._registrations.get(key)
         self._registrations[key] = (registration, states)
+        self._records[key] = record
         return None if previous is None else previous[1]
 
-    @staticmethod
-    def _registered(states: RegistrationStates, replaced: RegistrationStates | None) -> None:
-        """Announce a committed registration (outside ``_lock``: listeners may call back into the registry)."""
+    def _registered(
+        self, states: RegistrationStates, replaced: RegistrationStates | None, record: RegistrationRecord
+    ) -> None:
+        """Announce a committed registration and follow its record (outside ``_lock``: listeners may call back)."""
+        if self._follower is not None:
+            self._on_loop(self._follower.track, record)
         if replaced is not None:
             replaced.enter(RegistrationState.DEREGISTERED)  # replaced: the key is the new one's now
         states.enter(RegistrationState.REGISTERED)
+
+    def _on_loop(self, function: Callable[..., object], *args: Any) -> None:
+        """Call ``function(*args)`` now when on the registry's loop, else soon on it (a ``*_now`` caller's thread)."""
+        try:
+            on_loop = asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop or self._loop is None:
+            function(*args)
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop closed: the registry is closed too
+                self._loop.call_soon_threadsafe(function, *args)
 
     def _require_immediate(self) -> ImmediateOperations:
         if self._immediate is None:
             raise RuntimeError(f"the {self._backend.scheme} backend needs I/O: use the coroutine instead")
         return self._immediate
 
-    async def _rewrite(self, held: AsyncRegistration, instance: Instance) -> None:
+    async def _register_again(self, held: AsyncRegistration, instance: Instance) -> AsyncRegistration:
+        self._check_again(held, instance, None)
         log.info("%s is already registered by this registry: rewriting it in place", "/".join(instance.key))
         await held.update(**{name: getattr(instance, name) for name in UPDATABLE_FIELDS})
+        return held
+
+    def _check_again(self, held: AsyncRegistration, instance: Instance, ttl: float | None) -> None:
+        requested = validate_ttl(ttl)
+        if requested is not None and self._backend.effective_ttl(requested) != held.ttl:
+            raise ValidationError(
+                "ttl", f"{'/'.join(instance.key)} is already registered with a {held.ttl:g} s TTL; deregister it"
+                " first to register it with another"
+            )
 
     async def _update(self, registration: AsyncRegistration, instance: Instance) -> None:
         self._check_open()
         await self._backend.update(instance)
+        await self._settle(instance, lambda snapshot: snapshot.get(instance.id) == instance, registration)
 
     def _update_now(self, registration: AsyncRegistration, instance: Instance) -> None:
         immediate = self._require_immediate()
@@ -253,28 +374,84 @@ class AsyncRegistry:
             self._check_open()
             immediate.update_now(instance)
 
-    async def _deregister(self, registration: AsyncRegistration, states: RegistrationStates) -> None:
-        key = registration.instance.key
-        with self._lock:
-            current = self._registrations.get(key)
-            owned = current is not None and current[0] is registration
-            if owned:
-                del self._registrations[key]
-            write = owned and not self._closed
-        if write:
-            await self._backend.deregister(registration.instance)
-        states.enter(RegistrationState.DEREGISTERED)
-
     def _deregister_now(self, registration: AsyncRegistration, states: RegistrationStates) -> None:
         immediate = self._require_immediate()
         key = registration.instance.key
+        record = None
         with self._lock:
             current = self._registrations.get(key)
             if current is not None and current[0] is registration:
                 del self._registrations[key]
+                record = self._records.pop(key, None)
                 if not self._closed:
                     immediate.deregister_now(registration.instance)
+        if record is not None and self._follower is not None:
+            follower = self._follower
+            self._on_loop(lambda: asyncio.ensure_future(follower.untrack(record)))
         states.enter(RegistrationState.DEREGISTERED)
+
+    async def _deregister(self, registration: AsyncRegistration, states: RegistrationStates) -> None:
+        key = registration.instance.key
+        removed = registration.instance
+        with self._lock:
+            current = self._registrations.get(key)
+            owned = current is not None and current[0] is registration
+            record = None
+            if owned:
+                del self._registrations[key]
+                record = self._records.pop(key, None)
+        if owned:
+            if record is not None and self._follower is not None:
+                await self._follower.untrack(record)
+            if not self._closed:
+                await self._backend.deregister(removed)
+                # Gone, or another registrant's now: either way no longer what this registration wrote.
+                await self._settle(removed, lambda snapshot: snapshot.get(removed.id) != removed, None)
+        states.enter(RegistrationState.DEREGISTERED)
+
+    async def _settle(
+        self, written: Instance, shows: Callable[[Snapshot], bool], registration: AsyncRegistration | None
+    ) -> None:
+        """Read-your-writes for a watched service: wait (at most :attr:`settle_timeout`) until its watch shows the
+        write just made, so the cache, every subscriber and every watch reflect it before the call returns.
+        A registration taken over meanwhile ends the wait: its write is no longer the newest.
+        """
+
+        def settled(snapshot: Snapshot) -> bool:
+            taken = registration is not None and registration.lost_reason is LostReason.TAKEN_OVER
+            return taken or shows(snapshot)
+
+        if not await self._hub.settle(written.namespace, written.service, settled, self.settle_timeout):
+            log.warning(
+                "the watch of %s/%s did not show this registry's write of %s within %g s; reads may lag behind it",
+                written.namespace, written.service, written.id, self.settle_timeout,
+            )
+
+    async def set_status(
+        self, service: str, instance_id: str, status: Status | str, namespace: str = DEFAULT_NAMESPACE
+    ) -> Instance:
+        """Set the status of an instance whichever process registered it: what ``discovery drain`` and
+        ``discovery set-status`` do. Returns the instance as now stored.
+
+        A registration of this registry is updated through its handle. Another process's goes through the backend's
+        own mechanism (Consul: maintenance mode for DRAINING and the status check otherwise; etcd: the key rewritten
+        on its owner's lease; ZooKeeper: the znode rewritten, its ephemeral owner kept); that owner adopts the change
+        (see :mod:`discovery.registry.follow`). Raises :class:`ValidationError` for a bad name or status,
+        :class:`NotRegisteredError` when no such instance is registered, :class:`UnsupportedOperationError` for a
+        read-only (foreign) registration or a backend that cannot do it.
+        """
+        validate_service_name(service)
+        validate_namespace(namespace)
+        validate_instance_id(instance_id)
+        try:
+            wanted = Status(status)
+        except ValueError:
+            raise ValidationError("status", f"{status!r} is not one of {', '.join(s.value for s in Status)}") from None
+        self._check_open()
+        own = self._registrations.get((namespace, service, instance_id))
+        if own is not None and own[0].active:
+            return await own[0].update(status=wanted)
+        return await self._backend.set_status(namespace, service, instance_id, wanted)
 
     @property
     def registrations(self) -> tuple[AsyncRegistration, ...]:
@@ -290,7 +467,8 @@ class AsyncRegistry:
         cached = self._hub.cached(namespace, service)
         if cached is not None:
             return cached
-        return Snapshot(service, namespace, await self._backend.list(namespace, service))
+        instances = await self._backend.list(namespace, service)
+        return Snapshot(service, namespace, instances, self._hub.next_revision())
 
     def snapshot_now(self, service: str, namespace: str = DEFAULT_NAMESPACE) -> Snapshot:
         """:meth:`snapshot`, from any thread; only when :attr:`immediate` (or the service is watched)."""
@@ -300,11 +478,25 @@ class AsyncRegistry:
         cached = self._hub.cached(namespace, service)
         if cached is not None:
             return cached
-        return Snapshot(service, namespace, self._require_immediate().list_now(namespace, service))
+        instances = self._require_immediate().list_now(namespace, service)
+        return Snapshot(service, namespace, instances, self._hub.next_revision())
 
     def cached_snapshot(self, service: str, namespace: str = DEFAULT_NAMESPACE) -> Snapshot | None:
         """The cached snapshot of a watched service, or ``None``; never does I/O (safe from any thread)."""
         return self._hub.cached(namespace, service)
+
+    def handed_out_revision(self, service: str, namespace: str = DEFAULT_NAMESPACE) -> int:
+        """The newest revision of a watched service this registry has handed to any reader (0 if unwatched);
+        a watch iterator skips snapshots older than this (monotonic reads). Safe from any thread.
+        """
+        return self._hub.handed_out(namespace, service)
+
+    def note_handed_out(self, snapshot: Snapshot) -> None:
+        """Note that a snapshot of a watched service is being handed to a reader (by a watch iterator of the
+        blocking facade). Safe from any thread.
+        """
+        self._hub.hand_out(snapshot.namespace, snapshot.service, snapshot)
+
 
     async def instances(
         self,
@@ -334,16 +526,23 @@ class AsyncRegistry:
         return self._require_immediate().services_now(namespace)
 
     def subscribe(
-        self, service: str, callback: SnapshotCallback, namespace: str = DEFAULT_NAMESPACE
+        self,
+        service: str,
+        callback: SnapshotCallback,
+        namespace: str = DEFAULT_NAMESPACE,
+        *,
+        on_end: EndCallback | None = None,
     ) -> Callable[[], Any]:
         """Call ``callback(snapshot)`` with the current snapshot and after every change, on the event loop.
 
-        Returns an async function that unsubscribes. The callback must not block.
+        Returns an async function that unsubscribes. The callback must not block. ``on_end()``, if given, is
+        called once if the subscription ends without being unsubscribed (the registry closed).
         """
         validate_service_name(service)
         validate_namespace(namespace)
         self._check_open()
-        self._hub.subscribe(namespace, service, callback)
+        self._hub.subscribe(namespace, service, callback, on_end)
+
 
         async def unsubscribe() -> None:
             await self._hub.unsubscribe(namespace, service, callback)
@@ -365,7 +564,9 @@ class AsyncRegistry:
             if self._closed:
                 return
             self._closed = True
-        await self._hub.close()
+        await self._hub.close()  # first: every loop over a watch of this registry ends now
+        if self._follower is not None:
+            await self._follower.close()
         if self._started:
             if deregister:
                 await self._backend.close()
@@ -374,6 +575,7 @@ class AsyncRegistry:
         with self._lock:
             ended = list(self._registrations.values())
             self._registrations.clear()
+            self._records.clear()
         for _, states in ended:
             states.enter(RegistrationState.DEREGISTERED)
         last = self._backend.connection.status
@@ -408,54 +610,93 @@ def _report_connection_state(status: ConnectionStatus) -> None:
         METRICS.connection_state(status)
 
 
+class _Ended:
+    """Queued after the last snapshot of a watch that ended."""
+
+
+_ENDED = _Ended()
+
+
 class AsyncWatch:
     """Async iterator (and async context manager) over a service's snapshots.
 
-    Not thread-safe: use it on the event loop of its registry.
+    Closing it (:meth:`aclose`) or its registry ends every ``async for`` over it (``StopAsyncIteration``);
+    :meth:`next` and :meth:`until` raise :class:`ClosedError` on an ended watch. Not thread-safe: use it on the
+    event loop of its registry.
     """
 
     def __init__(self, hub: WatchHub, namespace: str, service: str) -> None:
         self._hub = hub
         self._namespace = namespace
         self._service = service
-        self._queue: asyncio.Queue[Snapshot] = asyncio.Queue()
+        self._queue: asyncio.Queue[Snapshot | _Ended] = asyncio.Queue()
         self._subscribed = False
         self._closed = False
 
+    @property
+    def closed(self) -> bool:
+        """Whether the watch has ended (closed, or its registry closed)."""
+        return self._closed
+
     def _subscribe(self) -> None:
-        if not self._subscribed and not self._closed:
-            self._hub.subscribe(self._namespace, self._service, self._queue.put_nowait)
-            self._subscribed = True
+        if self._subscribed or self._closed:
+            return
+        if self._hub.closed:
+            self._end()
+            return
+        self._hub.subscribe(self._namespace, self._service, self._queue.put_nowait, self._end)
+        self._subscribed = True
+
+    def _end(self) -> None:
+        """The subscription ended (the registry closed): wake whoever waits for a snapshot."""
+        self._closed = True
+        self._queue.put_nowait(_ENDED)
 
     def __aiter__(self) -> AsyncWatch:
         self._subscribe()
         return self
 
     async def __anext__(self) -> Snapshot:
-        if self._closed:
-            raise StopAsyncIteration
         self._subscribe()
-        return await self._queue.get()
+        if self._closed and self._queue.empty():
+            raise StopAsyncIteration
+        while True:
+            item = await self._queue.get()
+            if isinstance(item, _Ended):
+                self._queue.put_nowait(item)  # every later call ends as well
+                raise StopAsyncIteration
+            # Monotonic reads: a snapshot older than one this registry already handed out (to a cache read, another
+            # watch, a settled write) is skipped; a newer one is queued behind it. Bursts may be coalesced anyway.
+            if item.revision >= self._hub.handed_out(self._namespace, self._service):
+                self._hub.hand_out(self._namespace, self._service, item)
+                return item
 
     async def next(self, timeout: float | None = None) -> Snapshot:
-        """The next snapshot, waiting at most ``timeout`` seconds (``TimeoutError`` after)."""
+        """The next snapshot, waiting at most ``timeout`` seconds (``TimeoutError`` after);
+        :class:`ClosedError` once the watch has ended.
+        """
         async with asyncio.timeout(timeout):
-            return await self.__anext__()
+            try:
+                return await self.__anext__()
+            except StopAsyncIteration:
+                raise ClosedError(f"the watch of {self._namespace}/{self._service} is closed") from None
 
     async def until(self, predicate: Callable[[Snapshot], bool], timeout: float | None = None) -> Snapshot:
-        """Consume snapshots until one satisfies ``predicate`` and return it (``TimeoutError`` after)."""
+        """Consume snapshots until one satisfies ``predicate`` and return it (``TimeoutError`` after
+        ``timeout`` seconds; :class:`ClosedError` if the watch ends first).
+        """
         async with asyncio.timeout(timeout):
             async for snapshot in self:
                 if predicate(snapshot):
                     return snapshot
-        raise StopAsyncIteration
+        raise ClosedError(f"the watch of {self._namespace}/{self._service} ended before the condition held")
 
     async def aclose(self) -> None:
-        """Stop watching."""
+        """Stop watching; a loop iterating this watch ends."""
         if self._closed:
             return
-        self._closed = True
-        if self._subscribed:
+        self._end()
+        if self._subscribed and not self._hub.closed:
             await self._hub.unsubscribe(self._namespace, self._service, self._queue.put_nowait)
 
     async def __aenter__(self) -> AsyncWatch:
@@ -469,14 +710,15 @@ class AsyncWatch:
 class _Connecting:
     """What ``AsyncRegistry.connect`` returns: await it, or use it with ``async with``."""
 
-    def __init__(self, registry: AsyncRegistry) -> None:
+    def __init__(self, registry: AsyncRegistry, timeout: float | None) -> None:
         self._registry = registry
+        self._timeout = timeout
 
     def __await__(self) -> Generator[Any, None, AsyncRegistry]:
         return self._connect().__await__()
 
     async def _connect(self) -> AsyncRegistry:
-        await self._registry.start()
+        await self._registry.start(self._timeout)
         return self._registry
 
     async def __aenter__(self) -> AsyncRegistry:

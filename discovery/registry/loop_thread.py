@@ -12,6 +12,9 @@ from discovery.core.errors import ClosedError
 
 T = TypeVar("T")
 
+#: How long :meth:`LoopThread.stop` lets the loop finish cancelled tasks and the default executor.
+_STOP_GRACE = 10.0
+
 
 class _Call(Generic[T]):
     """One coroutine handed from a caller's thread to the loop thread, and its outcome.
@@ -88,13 +91,33 @@ class LoopThread:
 
     def __init__(self, name: str = "discovery-loop") -> None:
         self.loop = asyncio.new_event_loop()
+        self._stopping = threading.Event()
         self._calls: set[_Call[Any]] = set()  # calls handed over and not yet answered
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
+        try:
+            self.loop.run_forever()
+        finally:
+            # Whatever is still pending (a call that raced stop()) is cancelled and run to its end, and the
+            # default executor's threads are joined: a stopped registry leaves no task and no thread behind.
+            pending = asyncio.all_tasks(self.loop)
+            for task in pending:
+                task.cancel()
+            if pending:
+                self.loop.run_until_complete(asyncio.wait(pending, timeout=_STOP_GRACE))
+            self.loop.run_until_complete(self.loop.shutdown_default_executor())
+            self.loop.close()
+            # A call handed over as the loop stopped, and never started, must not block its caller forever.
+            for call in list(self._calls):
+                call.fail(ClosedError("this registry was closed during the call"))
+
+    @property
+    def stopped(self) -> bool:
+        """Whether :meth:`stop` has been called."""
+        return self._stopping.is_set()
 
     @property
     def in_loop_thread(self) -> bool:
@@ -109,42 +132,53 @@ class LoopThread:
             raise RuntimeError("a blocking discovery call was made from a discovery callback; use the async API")
 
     def run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run ``coroutine`` on the loop and block until it finishes (or ``timeout`` seconds pass)."""
+        """Run ``coroutine`` on the loop and block until it finishes (or ``timeout`` seconds pass).
+
+        Raises :class:`ClosedError` once the loop is stopped (the registry closed), also for a call that was
+        waiting when it stopped.
+        """
         if self.in_loop_thread:
             coroutine.close()
             self.refuse_loop_thread()
+        if self._stopping.is_set():
+            coroutine.close()
+            raise ClosedError("this registry is closed")
         call = _Call(coroutine)
         self._calls.add(call)
         try:
             try:
                 self.loop.call_soon_threadsafe(call.start, self.loop)
-            except RuntimeError:  # the loop is closed
+            except RuntimeError:  # the loop closed between the check and the call
                 coroutine.close()
                 raise ClosedError("this registry is closed") from None
             if not call.wait(timeout):
                 with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing left to cancel
                     self.loop.call_soon_threadsafe(call.abandon)
                 raise TimeoutError(f"the call did not finish within {timeout} s")
-            return call.outcome()
+            try:
+                return call.outcome()
+            except asyncio.CancelledError:
+                if self._stopping.is_set():
+                    raise ClosedError("this registry was closed during the call") from None
+                raise
         finally:
             self._calls.discard(call)
 
     def submit(self, function: Callable[[], object]) -> None:
         """Run ``function()`` on the loop soon, without waiting for it (calls run in the order submitted, and before
-        any :meth:`run` submitted later). ``ClosedError`` once the loop is closed."""
+        any :meth:`run` submitted later). ``ClosedError`` once the loop is stopped."""
+        if self._stopping.is_set():
+            raise ClosedError("this registry is closed")
         try:
             self.loop.call_soon_threadsafe(function)
         except RuntimeError:  # the loop is closed
             raise ClosedError("this registry is closed") from None
 
     def stop(self) -> None:
-        """Stop the loop and join the thread."""
-        if self.loop.is_closed():
+        """Stop the loop and join the thread (which first ends pending tasks and the default executor)."""
+        if self._stopping.is_set():
             return
+        self._stopping.set()
         self.loop.call_soon_threadsafe(self.loop.stop)
         if not self.in_loop_thread:
-            self._thread.join(timeout=10)
-            self.loop.close()
-            # A call that raced the stop and was never answered must not block its caller forever.
-            for call in list(self._calls):
-                call.fail(ClosedError("this registry was closed during the call"))
+            self._thread.join(timeout=_STOP_GRACE * 2)

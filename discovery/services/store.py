@@ -26,7 +26,7 @@ from discovery.core.errors import UnsupportedOperationError, ValidationError
 from discovery.core.models import DEFAULT_NAMESPACE
 from discovery.core.validation import validate_dns_label
 from discovery.services.allocation import AllocationRanges
-from discovery.services.manifest import ManifestError, decode_service, encode_service
+from discovery.services.manifest import ManifestError, ManifestErrors, decode_service, encode_service, problems_of
 from discovery.services.model import HEADLESS, Service, ServicePort, ServiceType
 
 log = logging.getLogger("discovery.services")
@@ -221,25 +221,40 @@ class ServiceStore:
         stored_now = {s.key: s for s in await self.list(None)}
         view = dict(stored_now)
         planned: builtins.list[ApplyResult] = []
+        refused: builtins.list[tuple[Service, ValidationError]] = []
         for service in services:
-            existing = stored_now.get(service.key)
-            others = [s for key, s in view.items() if key != service.key]
-            check_ownership(service, others)  # what the manifest names, before anything is allocated
-            stored = replace(
-                service,
-                cluster_ip=self._cluster_ip(service, existing, others),
-                ports=self._node_ports(service, existing, others),
-            )
-            check_ownership(stored, others)  # and the allocated ClusterIP
-            view[stored.key] = stored
-            action = (ApplyAction.UNCHANGED if existing == stored
-                      else ApplyAction.CREATED if existing is None else ApplyAction.CONFIGURED)
-            planned.append(ApplyResult(stored, action))
+            try:
+                result = self._plan(service, stored_now.get(service.key), view)
+            except ValidationError as error:  # every Service is checked; all refusals are raised together
+                refused.append((service, error))
+                continue
+            view[result.service.key] = result.service
+            planned.append(result)
+        if len(refused) == 1:
+            raise refused[0][1]
+        if refused:
+            # A conflict's message names its Service already (Kubernetes' wording); other refusals get it in front.
+            raise ManifestErrors(problem for service, error in refused for problem in problems_of(
+                error, "" if isinstance(error, ServiceConflictError) else f"service {'/'.join(service.key)}"))
         for result in planned:
             if result.action is not ApplyAction.UNCHANGED:
                 stored = result.service
                 await definitions.put(KIND, stored.namespace, stored.name, encode_service(stored))
         return tuple(planned)
+
+    def _plan(self, service: Service, existing: Service | None, view: dict[tuple[str, str], Service]) -> ApplyResult:
+        """What applying ``service`` writes (its addresses allocated), checked against the Services in ``view``."""
+        others = [s for key, s in view.items() if key != service.key]
+        check_ownership(service, others)  # what the manifest names, before anything is allocated
+        stored = replace(
+            service,
+            cluster_ip=self._cluster_ip(service, existing, others),
+            ports=self._node_ports(service, existing, others),
+        )
+        check_ownership(stored, others)  # and the allocated ClusterIP
+        action = (ApplyAction.UNCHANGED if existing == stored
+                  else ApplyAction.CREATED if existing is None else ApplyAction.CONFIGURED)
+        return ApplyResult(stored, action)
 
     def _cluster_ip(self, service: Service, existing: Service | None, others: Sequence[Service]) -> str | None:
         if service.type is ServiceType.EXTERNAL_NAME:

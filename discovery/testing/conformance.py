@@ -18,10 +18,14 @@ dialect declares): on a backend without it they are skipped, and the skip names 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, ClassVar, TypeVar
@@ -29,12 +33,20 @@ from typing import Any, ClassVar, TypeVar
 import pytest
 import pytest_asyncio
 
-from discovery.core.backend import Backend, RegistrationState
+from discovery.core.backend import Backend, LostReason, RegistrationState
 from discovery.core.definitions import MAX_DEFINITION_BYTES, DefinitionSnapshot, DefinitionStore
-from discovery.core.errors import ClosedError, ConfigurationError, DiscoveryError, SelectorError, ValidationError
+from discovery.core.errors import (
+    BackendUnavailableError,
+    ClosedError,
+    ConfigurationError,
+    DiscoveryError,
+    NotRegisteredError,
+    SelectorError,
+    ValidationError,
+)
 from discovery.core.models import Instance, Snapshot, Status
 from discovery.core.plugins import create_backend
-from discovery.core.urls import parse_url
+from discovery.core.urls import BackendURL, Endpoint, parse_url
 from discovery.core.validation import (
     MAX_ID_LENGTH,
     MAX_LABEL_VALUE_LENGTH,
@@ -42,20 +54,25 @@ from discovery.core.validation import (
     MAX_NAME_LENGTH,
     MAX_NAMED_PORTS,
 )
-from discovery.registry.async_registry import AsyncRegistry
+from discovery.registry.async_registry import AsyncRegistry, AsyncWatch
+from discovery.registry.blocking import Registry
 from discovery.testing.waiting import eventually
 
 Case = TypeVar("Case", bound=Callable[..., Any])
+T = TypeVar("T")
 
 #: How long a healthy backend may take to show a change to a watcher or a lookup (not a performance bound).
 CONVERGENCE_TIMEOUT = 15.0
 #: Scheduling allowance on top of a declared detection bound (a loaded 2-core CI machine).
 SCHEDULING_ALLOWANCE = 1.0
+#: Closing a watch, a cache or a registry ends every loop over it within this many seconds.
+CLOSE_BOUND = 1.0
 
 
 #: The optional capabilities a case may require, and how a backend shows that it has each.
 REQUIREMENTS: dict[str, Callable[[Backend], bool]] = {
     "cross_process": lambda backend: backend.capabilities.cross_process,
+    "networked": lambda backend: backend.capabilities.networked,
     "definitions": lambda backend: backend.definitions is not None,
 }
 _REQUIRES = "discovery_conformance_requires"
@@ -89,6 +106,102 @@ def definitions_of(registry: AsyncRegistry) -> DefinitionStore:
 async def next_set(watch: AsyncGenerator[DefinitionSnapshot, None]) -> DefinitionSnapshot:
     """The next snapshot of a definitions watch, within :data:`CONVERGENCE_TIMEOUT`."""
     return await asyncio.wait_for(anext(watch), CONVERGENCE_TIMEOUT)
+
+
+async def _drain(watch: AsyncWatch) -> list[Snapshot]:
+    return [snapshot async for snapshot in watch]
+
+
+def _threads() -> frozenset[threading.Thread]:
+    return frozenset(threading.enumerate())
+
+
+def _to_thread_workers() -> frozenset[threading.Thread]:
+    """The default executor's idle workers (``asyncio.to_thread`` of the test itself leaves them)."""
+    return frozenset(t for t in threading.enumerate() if t.name.startswith("asyncio_"))
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 0
+
+
+def _shows(instance_id: str, instance: Instance) -> Callable[[Snapshot], bool]:
+    """A snapshot predicate: the snapshot holds ``instance`` under ``instance_id``."""
+    return lambda snapshot: snapshot.get(instance_id) == instance
+
+
+def _value(read: Callable[[], T]) -> Callable[[], Awaitable[T]]:
+    """An async probe for :func:`eventually` that reads a value without I/O."""
+
+    async def probe() -> T:
+        return read()
+
+    return probe
+
+
+async def _connect_fails_cleanly(dead: BackendURL, timeout: float) -> None:
+    """Connecting to ``dead`` raises BackendUnavailableError naming it in time, and leaves no thread, task or
+    file descriptor (socket) behind.
+    """
+    threads, tasks, descriptors = _threads(), asyncio.all_tasks(), _open_descriptors()
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailableError) as caught:
+        await AsyncRegistry.connect(dead, timeout=timeout)
+    elapsed = time.monotonic() - started
+    where = str(dead.endpoints[0])
+    assert where in str(caught.value), caught.value
+    assert elapsed <= timeout + SCHEDULING_ALLOWANCE * 2, f"took {elapsed:.1f} s"
+    del caught
+    await eventually(_value(_threads), threads.issuperset, 5.0)
+    assert asyncio.all_tasks() <= tasks
+    await eventually(_value(_open_descriptors), lambda now: now <= descriptors, 5.0)
+
+
+def _blocking_close_case(url: str) -> None:
+    """The blocking facade: a ``for`` loop in another thread ends when the registry closes; calls then fail."""
+    registry = Registry.connect(url)
+    registration = registry.register(make_instance("sync-close", 1))
+    watch = registry.watch("sync-close")
+    watch.until(lambda s: len(s) == 1, CONVERGENCE_TIMEOUT)
+    other = registry.watch("sync-close")
+    seen: list[Snapshot] = []
+    consumer = threading.Thread(target=lambda: seen.extend(watch), daemon=True)
+    closed_watch_consumer = threading.Thread(target=lambda: list(other), daemon=True)
+    consumer.start()
+    closed_watch_consumer.start()
+    other.close()
+    closed_watch_consumer.join(CLOSE_BOUND)
+    assert not closed_watch_consumer.is_alive(), "closing a watch did not end the loop over it"
+    started = time.monotonic()
+    registry.close()
+    consumer.join(CLOSE_BOUND)
+    assert not consumer.is_alive(), "closing the registry did not end the loop over its watch"
+    assert time.monotonic() - started <= CLOSE_BOUND + CONVERGENCE_TIMEOUT  # close() itself deregisters first
+    calls: list[Callable[[], object]] = [
+        lambda: registry.register(make_instance("sync-close", 2)),
+        lambda: registry.instances("sync-close"),
+        lambda: registry.snapshot("sync-close"),
+        lambda: registry.services(),
+        lambda: registry.watch("sync-close"),
+        lambda: registry.subscribe("sync-close", lambda _s: None),
+        lambda: watch.next(1),
+        lambda: watch.until(lambda _s: True, 1),
+    ]
+    for number, call in enumerate(calls):
+        try:
+            call()
+        except ClosedError:
+            continue
+        raise AssertionError(f"call {number} after close() did not raise ClosedError")
+    assert registration.state is RegistrationState.DEREGISTERED
+    try:
+        registration.update(weight=2)
+    except NotRegisteredError:
+        pass  # close() deregistered it: its own calls say so
+    else:
+        raise AssertionError("updating a registration of a closed registry did not fail")
+    registration.deregister()  # idempotent
+    registry.close()  # idempotent
 
 
 def make_instance(service: str, number: int, **fields: Any) -> Instance:
@@ -494,6 +607,59 @@ class ConformanceSuite:
         assert registration.instance == original
         assert await registry.instances("keep") == (original,)
 
+    # -- an operator's status change (discovery drain / set-status) --------------------------------------------
+
+    async def test_an_operator_sets_the_status_and_the_owner_adopts_it(
+        self, registry: AsyncRegistry, open_registry: Callable[[], Awaitable[AsyncRegistry]]
+    ) -> None:
+        operator = await open_registry()
+        registration = await registry.register(make_instance("oper", 1, labels={"v": "1"}))
+        adopted: list[Instance] = []
+        registration.on_instance_change(lambda _registration, instance: adopted.append(instance))
+        async with operator.watch("oper") as watch:
+            await watch.until(lambda s: s.get("oper-1") == registration.instance, CONVERGENCE_TIMEOUT)
+
+            drained = await operator.set_status("oper", "oper-1", Status.DRAINING)
+            assert drained == registration.instance.with_changes(status=Status.DRAINING)
+            await watch.until(lambda s: s.get("oper-1") == drained, CONVERGENCE_TIMEOUT)
+            await eventually(_value(lambda: registration.instance), lambda i: i == drained, CONVERGENCE_TIMEOUT)
+            assert adopted == [drained], "the owner is told once"
+            assert await operator.instances("oper") == (), "a DRAINING instance leaves the picks"
+
+            # The owner's own update starts from what it adopted: the drain is not written back over.
+            relabelled = await registration.update(labels={"v": "2"})
+            assert relabelled == drained.with_changes(labels={"v": "2"})
+            await watch.until(lambda s: s.get("oper-1") == relabelled, CONVERGENCE_TIMEOUT)
+
+            for status in (Status.DOWN, Status.UP):
+                changed = await operator.set_status("oper", "oper-1", status.value)
+                assert changed == relabelled.with_changes(status=status)
+                await watch.until(_shows("oper-1", changed), CONVERGENCE_TIMEOUT)
+                await eventually(_value(lambda: registration.instance), changed.__eq__, CONVERGENCE_TIMEOUT)
+        assert [i.status for i in adopted] == [Status.DRAINING, Status.DOWN, Status.UP]
+        assert registration.state is RegistrationState.REGISTERED
+
+    async def test_setting_the_status_of_a_missing_instance_or_a_bad_status_fails(
+        self, registry: AsyncRegistry, open_registry: Callable[[], Awaitable[AsyncRegistry]]
+    ) -> None:
+        operator = await open_registry()
+        await registry.register(make_instance("oper-bad", 1))
+        with pytest.raises(NotRegisteredError):
+            await operator.set_status("oper-bad", "oper-bad-9", Status.DRAINING)
+        with pytest.raises(NotRegisteredError):
+            await operator.set_status("oper-none", "x", Status.DRAINING)
+        for service, instance_id, status in (("oper-bad", "oper-bad-1", "SLEEPY"), ("Bad_Name", "x", "UP"),
+                                             ("oper-bad", "bad id", "UP")):
+            with pytest.raises(ValidationError):
+                await operator.set_status(service, instance_id, status)
+        assert [i.status for i in await registry.instances("oper-bad", statuses=None)] == [Status.UP]
+
+    async def test_the_owner_setting_its_own_status_updates_its_registration(self, registry: AsyncRegistry) -> None:
+        registration = await registry.register(make_instance("oper-own", 1))
+        drained = await registry.set_status("oper-own", "oper-own-1", Status.DRAINING)
+        assert registration.instance == drained
+        assert await registry.instances("oper-own", statuses=None) == (drained,)
+
     async def test_declared_bound_is_concrete(self, registry: AsyncRegistry) -> None:
         caps = registry.capabilities
         bound = registry.detection_bound(self.short_ttl)
@@ -623,3 +789,268 @@ class ConformanceSuite:
             await store.get("things", "default", "a")
         with pytest.raises(ClosedError):
             await store.list("things")
+
+    # -- lifecycle: closing ends everything, a failed connect leaves nothing ---------------------------------------
+
+    async def test_closing_a_watch_ends_the_loops_over_it(self, registry: AsyncRegistry) -> None:
+        watch = registry.watch("closing")
+        await watch.next(CONVERGENCE_TIMEOUT)
+        received: list[Snapshot] = []
+
+        async def consume() -> None:
+            async for snapshot in watch:
+                received.append(snapshot)
+
+        consumer = asyncio.create_task(consume())
+        waiter = asyncio.create_task(watch.until(lambda _s: False))
+        await asyncio.sleep(0)  # both are waiting for the next snapshot now
+        started = time.monotonic()
+        await watch.aclose()
+        await asyncio.wait_for(consumer, CLOSE_BOUND)  # ends with StopAsyncIteration, i.e. the loop just ends
+        with pytest.raises(ClosedError):
+            await asyncio.wait_for(waiter, CLOSE_BOUND)
+        assert time.monotonic() - started <= CLOSE_BOUND
+        with pytest.raises(ClosedError):
+            await watch.next(1)
+        assert [s async for s in watch] == []
+
+    async def test_closing_the_registry_ends_watches_subscriptions_and_caches(
+        self, open_registry: Callable[[], Awaitable[AsyncRegistry]]
+    ) -> None:
+        from discovery.client.cache import ServiceCache
+
+        registry = await open_registry()
+        await registry.register(make_instance("ending", 1))
+        watch = registry.watch("ending")
+        await watch.until(lambda s: len(s) == 1, CONVERGENCE_TIMEOUT)
+        consumer = asyncio.create_task(_drain(watch))
+        waiter = asyncio.create_task(registry.watch("ending").until(lambda _s: False))
+        ended = asyncio.Event()
+        registry.subscribe("ending", lambda _s: None, on_end=ended.set)
+        cache = await ServiceCache.open_async(registry, "ending", ready_timeout=CONVERGENCE_TIMEOUT)
+        assert [i.id for i in cache.instances()] == ["ending-1"]
+        await asyncio.sleep(0)
+        started = time.monotonic()
+        closing = asyncio.create_task(registry.close())
+        await asyncio.wait_for(consumer, CLOSE_BOUND)
+        await asyncio.wait_for(ended.wait(), CLOSE_BOUND)
+        with pytest.raises(ClosedError):
+            await asyncio.wait_for(waiter, CLOSE_BOUND)
+        assert cache.closed
+        assert time.monotonic() - started <= CLOSE_BOUND
+        await closing
+        with pytest.raises(ClosedError):
+            cache.pick()
+
+    async def test_every_call_after_close_raises_closed_error(
+        self, open_registry: Callable[[], Awaitable[AsyncRegistry]]
+    ) -> None:
+        registry = await open_registry()
+        registration = await registry.register(make_instance("after", 1))
+        await registry.close()
+        await registry.close()  # idempotent
+        calls: list[Callable[[], Awaitable[object]]] = [
+            lambda: registry.register(make_instance("after", 2)),
+            lambda: registry.instances("after"),
+            lambda: registry.snapshot("after"),
+            lambda: registry.services(),
+            lambda: registry.start(),
+        ]
+        for call in calls:
+            with pytest.raises(ClosedError):
+                await call()
+        with pytest.raises(ClosedError):
+            registry.watch("after")
+        with pytest.raises(ClosedError):
+            registry.subscribe("after", lambda _s: None)
+        assert registration.state is RegistrationState.DEREGISTERED
+        await registration.deregister()  # idempotent, as for any deregistered registration
+
+    async def test_blocking_registry_close_ends_iteration_and_refuses_later_calls(self, discovery_url: str) -> None:
+        await asyncio.to_thread(_blocking_close_case, discovery_url)
+
+    @requires("networked")
+    async def test_a_failed_connect_names_the_url_and_leaves_nothing_behind(self, discovery_url: str) -> None:
+        url = parse_url(discovery_url)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            refused_port = probe.getsockname()[1]
+        with socket.socket() as silent:  # accepts connections (the kernel does) but never answers
+            silent.bind(("127.0.0.1", 0))
+            silent.listen(64)
+            silent_port = silent.getsockname()[1]
+            for port, timeout in ((refused_port, 3.0), (silent_port, 1.0)):
+                await _connect_fails_cleanly(dataclasses.replace(url, endpoints=(Endpoint("127.0.0.1", port),)),
+                                             timeout)
+            # The same through the blocking facade, whose loop thread must go too.
+            dead = dataclasses.replace(url, endpoints=(Endpoint("127.0.0.1", silent_port),))
+            threads = _threads()
+            with pytest.raises(BackendUnavailableError, match=f"127.0.0.1:{silent_port}"):
+                await asyncio.to_thread(Registry.connect, dead, timeout=1.0)
+            allowed = threads | _to_thread_workers()
+            await eventually(_value(_threads), allowed.issuperset, 5.0)
+
+    # -- ownership: the last registrant owns an instance id -------------------------------------------------------
+
+    async def remove_as_operator(self, discovery_url: str, instance: Instance) -> None:
+        """Delete ``instance``'s record the way an operator would: with the server's own client, not a registry.
+
+        The in-tree suites implement this per backend; a backend author's suite that does not skips the one case
+        that needs it, saying so.
+        """
+        pytest.skip("this suite does not implement remove_as_operator()")
+
+    async def test_last_registrant_owns_an_instance_id(
+        self, open_registry: Callable[[], Awaitable[AsyncRegistry]]
+    ) -> None:
+        first, second, reader = await open_registry(), await open_registry(), await open_registry()
+        old = make_instance("owned", 1, labels={"gen": "a"})
+        new = make_instance("owned", 1, labels={"gen": "b"}, weight=2)
+        a = await first.register(old, ttl=self.short_ttl)
+        bound = a.detection_bound + SCHEDULING_ALLOWANCE
+        seen: list[str | None] = []
+
+        def record(snapshot: Snapshot) -> None:
+            member = snapshot.get("owned-1")
+            generation = None if member is None else member.labels["gen"]
+            if not seen or seen[-1] != generation:
+                seen.append(generation)
+
+        unsubscribe = reader.subscribe("owned", record)
+        try:
+            async with reader.watch("owned") as watch:
+                await watch.until(lambda s: s.get("owned-1") == old, CONVERGENCE_TIMEOUT)
+                b = await second.register(new, ttl=self.short_ttl)
+                await watch.until(lambda s: s.get("owned-1") == new, CONVERGENCE_TIMEOUT)
+                await a.wait_for(RegistrationState.LOST, bound)
+                assert a.lost_reason is LostReason.TAKEN_OVER
+                with pytest.raises(NotRegisteredError):
+                    await a.update(weight=5)  # nothing written
+                await a.deregister()  # removes nothing: the id is the newcomer's
+                with pytest.raises(TimeoutError):  # ...and the evicted one never fights back, whatever it does
+                    await watch.until(lambda s: s.get("owned-1") != new, bound)
+                await first.close()
+                with pytest.raises(TimeoutError):
+                    await watch.until(lambda s: s.get("owned-1") != new, SCHEDULING_ALLOWANCE)
+                assert await reader.backend.list("default", "owned") == (new,)
+                assert b.state is RegistrationState.REGISTERED
+                await b.deregister()
+                await watch.until(lambda s: "owned-1" not in s.ids(), CONVERGENCE_TIMEOUT)
+        finally:
+            await unsubscribe()
+        assert a.history == (RegistrationState.REGISTERED, RegistrationState.LOST, RegistrationState.DEREGISTERED)
+        assert b.history == (RegistrationState.REGISTERED, RegistrationState.DEREGISTERED)
+        assert seen == ["a", "b", None], f"the watcher saw {seen}"
+        assert await reader.backend.list("default", "owned") == ()
+
+    async def test_a_record_removed_by_an_operator_is_written_back(
+        self, registry: AsyncRegistry, discovery_url: str
+    ) -> None:
+        instance = make_instance("operator", 1)
+        registration = await registry.register(instance, ttl=self.short_ttl)
+        bound = registration.detection_bound + SCHEDULING_ALLOWANCE
+        async with registry.watch("operator") as watch:
+            await watch.until(lambda s: s.get("operator-1") == instance, CONVERGENCE_TIMEOUT)
+            started = time.monotonic()
+            await self.remove_as_operator(discovery_url, instance)
+            await registration.wait_for(RegistrationState.RESTORED, bound)
+            elapsed = time.monotonic() - started
+            await watch.until(lambda s: s.get("operator-1") == instance, CONVERGENCE_TIMEOUT)
+        assert elapsed <= bound, f"written back after {elapsed:.1f} s; the bound is {bound:.1f} s"
+        assert registration.lost_reason is LostReason.REMOVED
+        assert registration.history == (
+            RegistrationState.REGISTERED, RegistrationState.LOST, RegistrationState.RESTORED
+        )
+        assert await registry.backend.list("default", "operator") == (instance,)
+
+    # -- session guarantees: read-your-writes, monotonic reads --------------------------------------------------
+
+    async def test_every_read_reflects_the_registrys_own_writes(self, registry: AsyncRegistry) -> None:
+        from discovery.client.cache import ServiceCache
+
+        received: list[Snapshot] = []
+        unsubscribe = registry.subscribe("ryw", received.append)
+        cache = await ServiceCache.open_async(registry, "ryw", ready_timeout=CONVERGENCE_TIMEOUT)
+        watch = registry.watch("ryw")
+        await watch.next(CONVERGENCE_TIMEOUT)
+        try:
+            for n in range(10):
+                instance = make_instance("ryw", n)
+                registration = await registry.register(instance)
+                # No waiting of any kind: the write has returned, so every read must show it.
+                assert instance in await registry.instances("ryw"), f"register {n}: lookup missed it"
+                assert instance in registry.cached_snapshot("ryw")  # type: ignore[operator]
+                assert instance in received[-1], f"register {n}: the subscription's last snapshot missed it"
+                assert instance in cache.instances(), f"register {n}: the ServiceCache missed it"
+                assert instance in await watch.next(1), f"register {n}: the watch's next snapshot missed it"
+                updated = await registration.update(weight=5)
+                assert updated in await registry.instances("ryw"), f"update {n}: lookup has the old value"
+                assert updated in received[-1] and updated in cache.instances()
+                assert updated in await watch.next(1)
+                if n % 2:
+                    await registration.deregister()
+                    assert instance.id not in {i.id for i in await registry.instances("ryw", statuses=None)}
+                    assert instance.id not in received[-1].ids() and updated not in cache.instances()
+                    assert instance.id not in (await watch.next(1)).ids()
+            # A service nobody watches is read from the backend: the same guarantee.
+            plain = await registry.register(make_instance("ryw-plain", 1))
+            assert await registry.instances("ryw-plain") == (plain.instance,)
+            assert "ryw-plain" in await registry.services()
+            await plain.deregister()
+            assert await registry.instances("ryw-plain", statuses=None) == ()
+            assert "ryw-plain" not in await registry.services()
+        finally:
+            await watch.aclose()
+            await cache.aclose()
+            await unsubscribe()
+
+    async def test_reads_never_go_back_to_an_older_snapshot(
+        self, registry: AsyncRegistry, open_registry: Callable[[], Awaitable[AsyncRegistry]]
+    ) -> None:
+        writer = await open_registry()
+        handed_out: list[tuple[str, int]] = []
+        watch = registry.watch("mono")
+        slow = registry.watch("mono")  # never read during the churn: its backlog is older than everything after
+        await watch.next(CONVERGENCE_TIMEOUT)
+        await slow.next(CONVERGENCE_TIMEOUT)
+        registrations = []
+        try:
+            for n in range(12):
+                registrations.append(await writer.register(make_instance("mono", n)))
+                if n % 3 == 2:
+                    await registrations[n - 1].deregister()
+                handed_out.append(("lookup", (await registry.snapshot("mono")).revision))
+                with contextlib.suppress(TimeoutError):
+                    handed_out.append(("watch", (await watch.next(0.05)).revision))
+            await eventually(
+                lambda: registry.snapshot("mono"), lambda s: len(s) == 8, CONVERGENCE_TIMEOUT
+            )
+            handed_out.append(("lookup", (await registry.snapshot("mono")).revision))
+            handed_out.append(("lagging watch", (await slow.next(CONVERGENCE_TIMEOUT)).revision))
+            own = await registry.register(make_instance("mono", 99))
+            handed_out.append(("lookup after own write", (await registry.snapshot("mono")).revision))
+            handed_out.append(("lagging watch", (await slow.next(CONVERGENCE_TIMEOUT)).revision))
+            await own.deregister()
+        finally:
+            await watch.aclose()
+            await slow.aclose()
+        revisions = [revision for _, revision in handed_out]
+        went_back = [(i, handed_out[i]) for i in range(1, len(revisions)) if revisions[i] < max(revisions[:i])]
+        assert not went_back, f"older snapshots handed out after newer ones: {went_back} in {handed_out}"
+
+    async def test_a_registry_whose_id_was_taken_can_take_it_back(
+        self, open_registry: Callable[[], Awaitable[AsyncRegistry]]
+    ) -> None:
+        first, second = await open_registry(), await open_registry()
+        mine, theirs = make_instance("back", 1, labels={"gen": "a"}), make_instance("back", 1, labels={"gen": "b"})
+        evicted = await first.register(mine, ttl=self.short_ttl)
+        bound = evicted.detection_bound + SCHEDULING_ALLOWANCE
+        newcomer = await second.register(theirs, ttl=self.short_ttl)
+        await evicted.wait_for(RegistrationState.LOST, bound)
+        assert evicted.lost_reason is LostReason.TAKEN_OVER
+        again = await first.register(mine, ttl=self.short_ttl)  # the last registrant wins, whoever it is
+        assert again is not evicted and again.state is RegistrationState.REGISTERED
+        assert evicted.state is RegistrationState.DEREGISTERED
+        await newcomer.wait_for(RegistrationState.LOST, bound)
+        assert newcomer.lost_reason is LostReason.TAKEN_OVER
+        assert await second.backend.list("default", "back") == (mine,)

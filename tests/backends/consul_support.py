@@ -12,7 +12,7 @@ import dns.message
 import dns.query
 import dns.rdatatype
 
-from discovery.core.backend import Backend, RegistrationState
+from discovery.core.backend import Backend, LostReason, RegistrationState
 from discovery.core.plugins import create_backend
 
 
@@ -33,10 +33,12 @@ class StateLog:
 
     def __init__(self) -> None:
         self.states: list[RegistrationState] = []
+        self.reasons: list[LostReason | None] = []
         self.times: list[float] = []
 
-    def __call__(self, state: RegistrationState) -> None:
+    def __call__(self, state: RegistrationState, reason: LostReason | None = None) -> None:
         self.states.append(state)
+        self.reasons.append(reason)
         self.times.append(time.monotonic())
 
 

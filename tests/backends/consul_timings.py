@@ -27,7 +27,7 @@ from tests.harness.servers import ServerHandle, start_server
 CONVERGENCE_TIMEOUT = 30.0
 
 
-def ignore_state(state: object) -> None:
+def ignore_state(state: object, reason: object = None) -> None:
     """Registrations in the detection trials do not follow their state."""
 
 

@@ -32,7 +32,7 @@ async def restore_after_revoke(url: str, host: str, port: int, ttl: float) -> tu
     raw = raw_client(host, port)
     restored = asyncio.Event()
 
-    def on_state(state: RegistrationState) -> None:
+    def on_state(state: RegistrationState, reason: object = None) -> None:
         if state is RegistrationState.RESTORED:
             restored.set()
 

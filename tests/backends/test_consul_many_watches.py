@@ -37,7 +37,7 @@ async def test_watching_many_services_starves_neither_heartbeats_nor_calls(consu
     try:
         services = [f"svc-{n}" for n in range(WATCHED)]
         await asyncio.gather(*(
-            writer.register(Instance(name, "seed", "127.0.0.1", 9000), 30.0, lambda state: None) for name in services
+            writer.register(Instance(name, "seed", "127.0.0.1", 9000), 30.0, lambda *_: None) for name in services
         ))
         before = _connections_to(consul_server.port)  # the writer's pooled connections, kept open
         followers = [Follower(watcher.watch("default", name)) for name in services]
@@ -48,12 +48,13 @@ async def test_watching_many_services_starves_neither_heartbeats_nor_calls(consu
         states: list[RegistrationState] = []
         started = time.monotonic()
         # The watching backend registers too: its heartbeat must not wait behind its own blocking queries.
-        await watcher.register(Instance("own", "o1", "127.0.0.1", 9001), TTL, states.append)
+        own = Instance("own", "o1", "127.0.0.1", 9001)
+        await watcher.register(own, TTL, lambda state, _reason=None: states.append(state))
         register_took = time.monotonic() - started
 
         changed = Instance(services[-1], "late", "127.0.0.1", 9002)
         started = time.monotonic()
-        await writer.register(changed, 30.0, lambda state: None)
+        await writer.register(changed, 30.0, lambda *_: None)
         seen = await followers[-1].until(lambda s: "late" in s.ids(), 10.0)
         assert isinstance(seen, Snapshot)
         propagation = time.monotonic() - started

@@ -55,7 +55,7 @@ async def backends(scoped_url: str) -> AsyncIterator[Callable[..., asyncio.Futur
         await backend.close()
 
 
-def ignore_state(state: RegistrationState) -> None:
+def ignore_state(state: RegistrationState, reason: object = None) -> None:
     """An ``on_state`` listener for registrations whose state the test does not follow."""
 
 
@@ -129,7 +129,8 @@ async def test_heartbeat_stopped_leaves_watchers_within_bound(
     victim_id = layout.consul_service_id(victim, watcher.settings.scope)  # type: ignore[attr-defined]
     victim_checks = [e["Checks"] for e in entries if e["Service"]["ID"] == victim_id]
     assert victim_checks, "abort() must leave the registration for Consul to reap"
-    liveness = {c["CheckID"]: c["Status"] for c in victim_checks[0]}[layout.liveness_check_id(victim_id)]
+    owner = doomed.owner_mark  # type: ignore[attr-defined]
+    liveness = {c["CheckID"]: c["Status"] for c in victim_checks[0]}[layout.liveness_check_id(victim_id, owner)]
     assert liveness == "critical"
 
 
@@ -275,9 +276,10 @@ async def test_first_registration_sets_both_checks_in_its_one_call(
     await owner.register(instance, SHORT_TTL, ignore_state)
     service_id = layout.consul_service_id(instance, owner.settings.scope)  # type: ignore[attr-defined]
     checks = http_json(consul_server.host, consul_server.port, "/v1/agent/checks")
-    assert checks[layout.liveness_check_id(service_id)]["Status"] == "passing"
+    owner_mark = owner.owner_mark  # type: ignore[attr-defined]
+    assert checks[layout.liveness_check_id(service_id, owner_mark)]["Status"] == "passing"
     expected = "passing" if status is Status.UP else "critical"
-    assert checks[layout.status_check_id(service_id)]["Status"] == expected
+    assert checks[layout.status_check_id(service_id, owner_mark)]["Status"] == expected
     assert [i.status for i in await owner.list("default", instance.service)] == [status]
 
 

@@ -15,13 +15,16 @@ from discovery_consul.settings import ConsulSettings
 META_KEY_CHARACTERS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 
-def live_entry(instance: Instance, scope: str | None = None, **check_states: str) -> dict[str, object]:
+def live_entry(
+    instance: Instance, scope: str | None = None, owner: str | None = None, **check_states: str
+) -> dict[str, object]:
     """A ``/v1/health/service`` entry as Consul would return it for an instance we wrote."""
     service_id = layout.consul_service_id(instance, scope)
+    status = "passing" if records.status_check_passing(instance.status) else "critical"
     states = {
         "serfHealth": "passing",
-        layout.liveness_check_id(service_id): "passing",
-        layout.status_check_id(service_id): "passing" if records.status_check_passing(instance.status) else "critical",
+        layout.liveness_check_id(service_id, owner): "passing",
+        layout.status_check_id(service_id, owner): status,
         **check_states,
     }
     return {
@@ -32,7 +35,7 @@ def live_entry(instance: Instance, scope: str | None = None, **check_states: str
             "Tags": [instance.namespace],
             "Address": instance.address,
             "Port": instance.port,
-            "Meta": records.instance_meta(instance, scope),
+            "Meta": records.instance_meta(instance, scope, owner),
         },
         "Checks": [
             {"CheckID": check_id, "ServiceID": "" if check_id == "serfHealth" else service_id, "Status": state}
@@ -141,3 +144,17 @@ def test_token_never_appears_in_reprs() -> None:
     for text in (repr(backend), str(backend), repr(backend.settings), repr(backend.settings.security),
                  str(backend.settings.url)):
         assert "s3cr3t-t0ken" not in text
+
+
+def test_owner_marked_records_are_read_with_their_owners_checks() -> None:
+    instance = Instance("web", "w1", "127.0.0.1", 80, status=Status.DOWN)
+    service_id = layout.consul_service_id(instance)
+    mine, theirs = "a1b2c3d4e5f6", "0a1b2c3d4e5f"
+    entry = live_entry(instance, owner=mine)
+    assert records.owner_of(entry["Service"]) == mine  # type: ignore[arg-type]
+    assert records.instance_from_health_entry(entry) == instance
+    # Checks of another owner do not count: without the owner's own liveness check the entry is not alive.
+    other = live_entry(instance, owner=mine, **{layout.liveness_check_id(service_id, theirs): "passing"})
+    checks: list[dict[str, str]] = other["Checks"]  # type: ignore[assignment]
+    other["Checks"] = [c for c in checks if c["CheckID"] != layout.liveness_check_id(service_id, mine)]
+    assert records.instance_from_health_entry(other) is None

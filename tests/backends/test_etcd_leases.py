@@ -66,8 +66,8 @@ async def test_registrations_with_one_ttl_share_one_lease(
     backend = await backends()
     states: list[RegistrationState] = []
     for n in range(3):
-        await backend.register(instance("shared", n), TTL, states.append)
-    await backend.register(instance("shared", 9), 4.0, states.append)
+        await backend.register(instance("shared", n), TTL, lambda state, _reason=None: states.append(state))
+    await backend.register(instance("shared", 9), 4.0, lambda state, _reason=None: states.append(state))
     leases = backend.lease_ids()
     assert set(leases) == {2, 4} and None not in leases.values()
     info = await raw.get_lease_info(leases[2], keys=True)  # type: ignore[attr-defined]
@@ -82,7 +82,7 @@ async def test_stored_value_is_an_etcd_naming_endpoint(
     backends: Callable[..., Awaitable[EtcdBackend]], raw: object
 ) -> None:
     backend = await backends()
-    await backend.register(instance("naming", 1), TTL, lambda state: None)
+    await backend.register(instance("naming", 1), TTL, lambda *_: None)
     got = await raw.get(backend.layout.instance_key("default", "naming", "naming-1"))  # type: ignore[attr-defined]
     update = json.loads(got.value)
     assert (update["Op"], update["Addr"], update["Metadata"]["id"]) == (0, "127.0.0.1:20001", "naming-1")
@@ -93,8 +93,8 @@ async def test_foreign_and_neighbouring_keys_never_leak(
     backends: Callable[..., Awaitable[EtcdBackend]], raw: object
 ) -> None:
     backend = await backends()
-    await backend.register(instance("api", 1), TTL, lambda state: None)
-    await backend.register(instance("api-v2", 1), TTL, lambda state: None)
+    await backend.register(instance("api", 1), TTL, lambda *_: None)
+    await backend.register(instance("api-v2", 1), TTL, lambda *_: None)
     prefix = backend.layout.prefix
     await raw.put(f"{prefix}/default/api/garbage".encode(), b"\x00not json")  # type: ignore[attr-defined]
     await raw.put(f"{prefix}/default/api/deep/er".encode(), b'{"Op":0,"Addr":"127.0.0.1:1"}')  # type: ignore[attr-defined]
@@ -107,8 +107,8 @@ async def test_foreign_and_neighbouring_keys_never_leak(
     try:
         first = await follower.until(lambda s: True, CONVERGENCE)
         assert first.ids() == {"api-1", "deep_x2fer", "plain-1"}
-        await backend.register(instance("api-v2", 2), TTL, lambda state: None)
-        await backend.register(instance("api", 2), TTL, lambda state: None)
+        await backend.register(instance("api-v2", 2), TTL, lambda *_: None)
+        await backend.register(instance("api", 2), TTL, lambda *_: None)
         latest = await follower.until(lambda s: "api-2" in s.ids(), CONVERGENCE)
         assert latest.ids() == {"api-1", "api-2", "deep_x2fer", "plain-1"}
         assert all(s.ids() <= {"api-1", "api-2", "deep_x2fer", "plain-1"} for s in follower.seen)
@@ -123,7 +123,7 @@ async def test_lease_revoked_from_outside_is_restored_and_watchers_converge(
     registrant, observer = await backends(), await backends()
     states: list[RegistrationState] = []
     for n in (1, 2):
-        await registrant.register(instance("revoked", n), TTL, states.append)
+        await registrant.register(instance("revoked", n), TTL, lambda state, _reason=None: states.append(state))
     follower = Follower(observer.watch("default", "revoked"))
     try:
         await follower.until(lambda s: s.ids() == {"revoked-1", "revoked-2"}, CONVERGENCE)
@@ -148,7 +148,7 @@ async def test_abort_stops_keepalive_without_revoking(
     backends: Callable[..., Awaitable[EtcdBackend]], raw: object
 ) -> None:
     doomed, observer = await backends(), await backends()
-    await doomed.register(instance("aborted", 1), TTL, lambda state: None)
+    await doomed.register(instance("aborted", 1), TTL, lambda *_: None)
     lease = doomed.lease_ids()[2]
     assert lease is not None
     await doomed.abort()
@@ -160,8 +160,8 @@ async def test_abort_stops_keepalive_without_revoking(
 
 async def test_close_deregisters_everything(backends: Callable[..., Awaitable[EtcdBackend]], raw: object) -> None:
     closing, observer = await backends(), await backends()
-    await closing.register(instance("closing", 1), TTL, lambda state: None)
-    await closing.register(instance("closing", 2), 5.0, lambda state: None)
+    await closing.register(instance("closing", 1), TTL, lambda *_: None)
+    await closing.register(instance("closing", 2), 5.0, lambda *_: None)
     await closing.close()
     assert await observer.list("default", "closing") == ()
 
@@ -170,7 +170,7 @@ async def test_failover_to_the_next_endpoint(
     backends: Callable[..., Awaitable[EtcdBackend]], etcd_server: ServerHandle
 ) -> None:
     backend = await backends(f"127.0.0.1:{free_port()},{etcd_server.host}:{etcd_server.port}")
-    await backend.register(instance("failover", 1), TTL, lambda state: None)
+    await backend.register(instance("failover", 1), TTL, lambda *_: None)
     assert [i.id for i in await backend.list("default", "failover")] == ["failover-1"]
 
 
@@ -188,10 +188,10 @@ async def test_concurrent_puts_on_a_revoked_lease_all_end_on_one_new_lease(
     # gone must end on the single re-granted lease, none on the dead one.
     backend = await backends()
     for n in (0, 1):
-        await backend.register(instance("concurrent", n), TTL, lambda state: None)
+        await backend.register(instance("concurrent", n), TTL, lambda *_: None)
     old_lease = backend.lease_ids()[2]
     await raw.revoke_lease(old_lease)  # type: ignore[attr-defined]
-    await asyncio.gather(*(backend.register(instance("concurrent", n), TTL, lambda state: None) for n in range(2, 22)))
+    await asyncio.gather(*(backend.register(instance("concurrent", n), TTL, lambda *_: None) for n in range(2, 22)))
     new_lease = backend.lease_ids()[2]
     assert new_lease not in (None, old_lease)
     info = await raw.get_lease_info(new_lease, keys=True)  # type: ignore[attr-defined]
@@ -205,7 +205,7 @@ async def test_update_racing_deregister_of_one_key_leaves_nothing_behind(
     backend = await backends()
     members = [instance("racing", n) for n in range(16)]
     for member in members:
-        await backend.register(member, TTL, lambda state: None)
+        await backend.register(member, TTL, lambda *_: None)
     lease = backend.lease_ids()[2]
     outcomes = await asyncio.gather(
         *(op for member in members for op in (backend.update(member), backend.deregister(member))),

@@ -52,7 +52,7 @@ async def test_restart_during_watch_misses_no_event(fresh_server: Callable[[str]
     states: list[RegistrationState] = []
     try:
         for n in (1, 2):
-            await registrant.register(instance("restart", n), TTL, states.append)
+            await registrant.register(instance("restart", n), TTL, lambda state, _reason=None: states.append(state))
         stream = watcher.watch("default", "restart")
         follower = Follower(stream)
         await follower.until(lambda s: s.ids() == {"restart-1", "restart-2"}, CONVERGENCE)
@@ -62,8 +62,8 @@ async def test_restart_during_watch_misses_no_event(fresh_server: Callable[[str]
         assert stale.ids() == {"restart-1", "restart-2"}, "a stale snapshot keeps the last set"
         await asyncio.wait_for(gate.waiting.wait(), CONVERGENCE)
         # While the watcher is away: one instance leaves, two arrive, one is updated.
-        await writer.register(instance("restart", 3), TTL, lambda state: None)
-        await writer.register(instance("restart", 4), TTL, lambda state: None)
+        await writer.register(instance("restart", 3), TTL, lambda *_: None)
+        await writer.register(instance("restart", 4), TTL, lambda *_: None)
         await registrant.deregister(instance("restart", 1))
         await registrant.update(instance("restart", 2).with_changes(weight=7))
         gate.open()
@@ -89,7 +89,7 @@ async def test_compaction_past_the_watch_revision_relists(fresh_server: Callable
     watcher = await _open(server, prefix)
     raw = raw_client(server.host, server.port)
     try:
-        await registrant.register(instance("compact", 1), TTL, lambda state: None)
+        await registrant.register(instance("compact", 1), TTL, lambda *_: None)
         stream = watcher.watch("default", "compact")
         follower = Follower(stream)
         await follower.until(lambda s: s.ids() == {"compact-1"}, CONVERGENCE)
@@ -98,7 +98,7 @@ async def test_compaction_past_the_watch_revision_relists(fresh_server: Callable
         await _restart(server)
         await follower.until(lambda s: s.stale, CONVERGENCE)
         await asyncio.wait_for(gate.waiting.wait(), CONVERGENCE)
-        await registrant.register(instance("compact", 2), TTL, lambda state: None)
+        await registrant.register(instance("compact", 2), TTL, lambda *_: None)
         await registrant.deregister(instance("compact", 1))
         head = await raw.put(b"/unrelated", b"x")
         await raw.kvstub.Compact(rpc.CompactionRequest(revision=head.header.revision, physical=True))

@@ -29,17 +29,20 @@ def status_seen(registry: Registry) -> Status | None:
 def test_drain_without_an_idle_probe_waits_the_timeout_then_deregisters(registry: Registry) -> None:
     registration = registry.register(api())
     seen: list[Status | None] = []
-    with registry.watch("api") as watch:
-        watch.until(lambda s: len(s) == 1, 5)
+
+    def record(snapshot: Snapshot) -> None:
+        # A subscription sees every snapshot the watch publishes (a watch iterator read after drain() returned
+        # starts at the newest one: it never hands out a snapshot older than the registry already did).
+        member = snapshot.get("api-1")
+        seen.append(None if member is None else member.status)
+
+    unsubscribe = registry.subscribe("api", record)
+    try:
+        wait_until(lambda: seen == [Status.UP])
         result = drain(registration, timeout=0.3, settle=0.1)
-
-        def record(snapshot: Snapshot) -> bool:
-            member = snapshot.get("api-1")
-            seen.append(None if member is None else member.status)
-            return member is None
-
-        watch.until(record, 5)
-    assert seen == [Status.DRAINING, None]
+    finally:
+        unsubscribe()
+    assert seen == [Status.UP, Status.DRAINING, None]
     assert result.waited >= 0.3 and result.idle
     assert registration.active is False
     assert registry.instances("api", statuses=None) == ()

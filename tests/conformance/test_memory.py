@@ -6,6 +6,9 @@ import uuid
 
 import pytest
 
+from discovery.core.models import Instance
+from discovery.core.urls import parse_url
+from discovery.memory import memory_store
 from discovery.testing.conformance import ConformanceSuite
 
 
@@ -15,3 +18,6 @@ class TestMemoryConformance(ConformanceSuite):
     @pytest.fixture
     def discovery_url(self) -> str:
         return f"memory:///conformance-{uuid.uuid4().hex}"
+
+    async def remove_as_operator(self, discovery_url: str, instance: Instance) -> None:
+        memory_store(parse_url(discovery_url).path.strip("/")).remove(instance.key)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
+from kazoo.client import KazooClient
 
+from discovery.core.models import Instance
+from discovery.core.urls import parse_url
 from discovery.testing.conformance import ConformanceSuite
+from discovery_zookeeper.layout import Layout
+from discovery_zookeeper.settings import ZooKeeperConfig
 from tests.harness import ServerHandle
 from tests.harness.specs import ZK_TICK_MS
 
@@ -20,3 +26,18 @@ class TestZooKeeperConformance(ConformanceSuite):
     def discovery_url(self, zookeeper_server: ServerHandle) -> str:
         tick = ZK_TICK_MS / 1000
         return f"{zookeeper_server.url}/conformance-{uuid.uuid4().hex}?session_timeout={self.short_ttl}&tick={tick}"
+
+    async def remove_as_operator(self, discovery_url: str, instance: Instance) -> None:
+        config = ZooKeeperConfig.from_url(parse_url(discovery_url))
+        path = Layout(config.root).instance_path(instance)
+
+        def delete() -> None:
+            client = KazooClient(hosts=config.hosts, timeout=10)
+            client.start(timeout=15)
+            try:
+                client.delete(path)
+            finally:
+                client.stop()
+                client.close()
+
+        await asyncio.to_thread(delete)

@@ -161,6 +161,7 @@ async def _server_fault(fault: str, target: Target, servers: FaultServers, profi
             owner_url = direct if relay is None else target.url(relay.address, scope)
             owner = await trial.open(owner_url)
             owned = await trial.register(owner, "a", profile.owned)
+            await trial.probe(owner_url)
             doomed = await _doomed_owner(trial, direct)
             server_down = fault in ("kill-short", "kill-long", "wipe")
             await _open_watchers(trial, [direct] * profile.watchers, cut_off=server_down)
@@ -234,6 +235,7 @@ async def _leader_loss(target: Target, servers: FaultServers, profile: Profile) 
             await trial.checker(url(followers[-1]))
             owner = await trial.open(url(followers[0]))
             await trial.register(owner, "a", profile.owned)
+            await trial.probe(url(followers[0]))
             doomed = await _doomed_owner(trial, url(followers[0]))
             await _open_watchers(trial, [url(first) for first in watcher_firsts])
             await trial.until_all_visible()
@@ -292,6 +294,7 @@ async def _registrant_kill(target: Target, servers: FaultServers, profile: Profi
         await trial.checker(direct)
         owner = await trial.open(direct)
         await trial.register(owner, "a", profile.owned)
+        await trial.probe(direct)
         await _open_watchers(trial, [direct] * profile.watchers)
         await trial.until_all_visible()
         with tempfile.TemporaryFile() as errors:
@@ -333,6 +336,7 @@ async def _churn(target: Target, servers: FaultServers, profile: Profile) -> Tri
     async with Trial(target, "churn") as trial:
         await trial.checker(direct)
         owners = list(await asyncio.gather(*(trial.open(direct) for _ in range(profile.churn_owners))))
+        await trial.probe(direct)
         await _open_watchers(trial, [direct] * profile.churn_watchers)
         await trial.until_watchers_see(lambda s: True)
         workers = profile.churn_watchers  # as many concurrent churners as watchers

@@ -11,7 +11,10 @@ passes, and :meth:`Trial.finish` closes everything and checks for leaked tasks a
   server marked its snapshot stale within the backend's notice bound and published nothing fresh until the
   server was back;
 * no duplicate ids, strictly increasing revisions, no error logged by a background task, no task or thread
-  left after ``close()``.
+  left after ``close()``;
+* read-your-writes and monotonic reads - a :class:`SessionProbe` registry writes its own (watched) service
+  throughout the trial and reads it back the moment each write returns: a fresh read that does not show the write,
+  or a read older than one handed out before, is a violation (a stale-marked read during an outage is allowed).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from discovery.core.backend import RegistrationState
+from discovery.core.errors import DiscoveryError
 from discovery.core.models import Instance, Snapshot
 from discovery.registry.async_registry import AsyncRegistry
 from discovery.registry.registration import AsyncRegistration
@@ -57,6 +61,10 @@ class TrialResult:
     violations: list[str] = field(default_factory=list)
     restore_s: float | None = None
     convergence_s: float | None = None
+    #: Writes of the session probe that returned, each read back at once; and the reads that broke a guarantee.
+    own_writes: int = 0
+    read_your_writes: int = 0
+    monotonic: int = 0
     note: str = ""
     #: What was wrong at the end (missing ids, each watcher's last snapshot), for failure messages.
     detail: str = ""
@@ -65,14 +73,15 @@ class TrialResult:
     def ok(self) -> bool:
         """Every invariant held."""
         return (self.lost == 0 and self.stale == 0 and self.converged == self.watchers and self.duplicates == 0
-                and not self.violations)
+                and self.read_your_writes == 0 and self.monotonic == 0 and not self.violations)
 
     def describe(self) -> str:
         """One line for assertion messages and logs."""
         timing = f"restore={_fmt(self.restore_s)} convergence={_fmt(self.convergence_s)}"
         return (f"{self.fault}/{self.backend}: registrations={self.registrations} lost={self.lost} "
                 f"stale={self.stale} converged={self.converged}/{self.watchers} duplicates={self.duplicates} "
-                f"{timing} {self.note} violations={self.violations} {self.detail}")
+                f"own writes={self.own_writes} read-your-writes={self.read_your_writes} "
+                f"monotonic={self.monotonic} {timing} {self.note} violations={self.violations} {self.detail}")
 
 
 def _fmt(value: float | None) -> str:
@@ -118,6 +127,69 @@ class Watcher:
         return None
 
 
+class SessionProbe:
+    """A registry that keeps writing its own service (register, update, deregister, in turn) and reads it back the
+    moment each write returns, while a subscription keeps the service watched (reads come from the watch cache).
+
+    Counts the writes read back, the read-backs that did not show the write without being marked stale
+    (read-your-writes), and the reads whose revision was older than one handed out before (monotonic reads).
+    A write the server did not confirm (an error during the fault) promises nothing and is not counted.
+    """
+
+    #: Seconds between two writes: pacing, not synchronisation.
+    PACE = 0.05
+
+    def __init__(self, registry: AsyncRegistry, service: str) -> None:
+        self.registry = registry
+        self.service = service
+        self.own_writes = 0
+        self.read_your_writes: list[str] = []
+        self.monotonic: list[str] = []
+        self._newest = 0
+        registry.subscribe(service, self._note, NAMESPACE)
+        self._task = asyncio.create_task(self._run(), name="faults-session-probe")
+
+    def _note(self, snapshot: Snapshot) -> None:
+        if snapshot.revision < self._newest:
+            self.monotonic.append(f"revision {snapshot.revision} handed out after {self._newest}")
+        self._newest = max(self._newest, snapshot.revision)
+
+    async def stop(self) -> None:
+        """Stop writing."""
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        number = 0
+        registration: AsyncRegistration | None = None
+        while True:
+            await asyncio.sleep(self.PACE)
+            try:
+                if registration is None:
+                    number += 1
+                    written = Instance(self.service, f"p-{number}", "127.0.0.1", 30000, namespace=NAMESPACE)
+                    registration = await self.registry.register(written, ttl=TTL)
+                    what, expected = f"register {written.id}", written
+                elif registration.instance.weight == 1:
+                    written = await registration.update(weight=2)
+                    what, expected = f"update {written.id}", written
+                else:
+                    written = registration.instance
+                    registration, doomed = None, registration
+                    await doomed.deregister()
+                    what, expected = f"deregister {written.id}", None
+            except DiscoveryError:
+                registration = None  # unconfirmed: start again with a new id
+                continue
+            snapshot = await self.registry.snapshot(self.service, NAMESPACE)
+            self._note(snapshot)
+            self.own_writes += 1
+            shown = snapshot.get(written.id)
+            reflected = shown == expected if expected is not None else shown != written
+            if not reflected and not snapshot.stale:
+                self.read_your_writes.append(f"{what}: read back revision {snapshot.revision} without it")
+
+
 class Trial:
     """Opens registries for one trial and checks the invariants at its end. Use as ``async with``."""
 
@@ -141,6 +213,7 @@ class Trial:
         self._log_handler = _ErrorCollector(self._errors)
         self._threads_before: set[int] = set()
         self._checker: AsyncRegistry | None = None
+        self._probe: SessionProbe | None = None
 
     async def __aenter__(self) -> Trial:
         loop = asyncio.get_running_loop()
@@ -151,6 +224,7 @@ class Trial:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await self._stop_probe()
         await self._close_all()
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(self._previous_handler)
@@ -171,6 +245,24 @@ class Trial:
         """The registry whose fresh lists are the truth (it never watches)."""
         self._checker = await self.open(url)
         return self._checker
+
+    async def probe(self, url: str) -> SessionProbe:
+        """Start the session probe on a registry of its own, through ``url`` (the owner's way to the server)."""
+        self._probe = SessionProbe(await self.open(url), f"{self.service}-own")
+        return self._probe
+
+    async def _stop_probe(self) -> None:
+        probe, self._probe = self._probe, None
+        if probe is None:
+            return
+        await probe.stop()
+        self.result.own_writes = probe.own_writes
+        self.result.read_your_writes = len(probe.read_your_writes)
+        self.result.monotonic = len(probe.monotonic)
+        broken = [f"read-your-writes: {v}" for v in probe.read_your_writes[:5]]
+        broken += [f"monotonic reads: {v}" for v in probe.monotonic[:5]]
+        if broken:
+            self.result.detail = f"{self.result.detail} {'; '.join(broken)}".strip()
 
     def track(self, registration: AsyncRegistration) -> AsyncRegistration:
         """Record a live owner's registration and its state changes."""
@@ -344,7 +436,8 @@ class Trial:
                     self.result.violations.append(problem)
 
     async def finish(self) -> TrialResult:
-        """Close every registry, then check for errors, leaked tasks and leaked threads."""
+        """Stop the session probe, close every registry, then check for errors, leaked tasks and leaked threads."""
+        await self._stop_probe()
         await self._close_all()
         for watcher in self.watchers:
             self.result.violations.extend(watcher.problems)

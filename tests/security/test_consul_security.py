@@ -54,9 +54,10 @@ async def test_other_token_cannot_touch_our_services(secure_consul: SecureServer
         await rogue.start()
         try:
             with pytest.raises(PermissionDeniedError, match="Consul refused"):
-                await rogue.deregister(instance)  # the agent call with the other token, nothing of ours before it
+                await rogue.register(instance, 2.0, lambda *_: None)  # taking our id over: the agent refuses
+            await rogue.deregister(instance)  # not the rogue's registration: it removes nothing (ownership rule)
             with pytest.raises(PermissionDeniedError):
-                await rogue.register(Instance(name, "rogue", "6.6.6.6", 1), 2.0, lambda state: None)
+                await rogue.register(Instance(name, "rogue", "6.6.6.6", 1), 2.0, lambda *_: None)
             with pytest.raises(PermissionDeniedError):
                 await rogue.definitions.put("service", "default", "web", b"{}")
         finally:

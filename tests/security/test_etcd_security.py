@@ -58,7 +58,7 @@ async def test_another_role_cannot_write_or_delete_our_keys(secure_etcd: SecureS
                 with pytest.raises(PermissionDeniedError, match="etcd denied permission"):
                     await rogue.pool.call("attack", attack)
             with pytest.raises(PermissionDeniedError):
-                await rogue.register(Instance("orders", "rogue", "6.6.6.6", 1), 2.0, lambda state: None)
+                await rogue.register(Instance("orders", "rogue", "6.6.6.6", 1), 2.0, lambda *_: None)
         finally:
             await rogue.close()
         assert [i.address for i in await registry.instances("orders")] == ["10.0.0.1"]

@@ -92,7 +92,7 @@ def test_memory_store_holds_only_keys_of_registered_services(candidates: list[In
         accepted = [instance for instance in candidates if instance is not None]
         try:
             for instance in accepted:
-                await backend.register(instance, 5.0, lambda state: None)
+                await backend.register(instance, 5.0, lambda *_: None)
             for instance in accepted:
                 listed = await backend.list(instance.namespace, instance.service)
                 assert all((i.namespace, i.service) == (instance.namespace, instance.service) for i in listed)

@@ -100,7 +100,7 @@ spec:
         (SEED_LOAD_BALANCER.replace("app: hello-node", "app: -bad-"), "spec.selector: label value '-bad-'"),
         (SEED_LOAD_BALANCER.replace("kind: Service", "kind: Deployment"), "kind: 'Deployment' is not supported"),
         (SEED_LOAD_BALANCER.replace("  type: LoadBalancer\n", "  sessionAffinity: ClientIP\n  type: LoadBalancer\n"),
-         "unsupported field(s) in bad.yaml: spec.sessionAffinity"),
+         "bad.yaml: spec.sessionAffinity: is not supported"),
         (SEED_LOAD_BALANCER.replace("      targetPort: 8080\n", "      targetPort: 8080\n      appProtocol: h2\n"),
          "spec.ports[0].appProtocol"),
         (SEED_LOAD_BALANCER.replace("type: LoadBalancer", "type: ExternalName"), "spec.externalName: is required"),

@@ -58,3 +58,31 @@ def test_mapping_selector_is_equality() -> None:
 def test_round_trip_through_str() -> None:
     text = "app=web,tier!=db,env in (prod,stage),x notin (a),y,!z"
     assert str(parse_selector(str(parse_selector(text)))) == str(parse_selector(text))
+
+
+@pytest.mark.parametrize(
+    ("selector", "message"),
+    [
+        ("tier web", "expected an operator (=, ==, !=, in, notin), ',' or the end after 'tier' at character 5, "
+                     "found 'web'"),
+        ("app=web,", "expected a requirement after ',' at character 8, found the end"),
+        (",app", "expected a label key at character 0, found ','"),
+        ("env in prod", "expected '(' after 'env in' at character 7, found 'prod'"),
+        ("env in ()", "expected a value after 'env in (' at character 8, found ')'"),
+        ("env in (a b)", "expected ',' or ')' after 'a' at character 10, found 'b'"),
+        ("env in (a", "expected ',' or ')' after 'a' at character 9, found the end"),
+        ("a=b=c", "expected ',' or the end after 'a=b' at character 3, found '='"),
+        ("!", "expected a label key after '!' at character 1, found the end"),
+        ("a=-b", "label value '-b' must be alphanumeric at both ends with '-', '_', '.' between (at character 2)"),
+    ],
+)
+def test_errors_say_what_was_expected_where(selector: str, message: str) -> None:
+    with pytest.raises(SelectorError) as raised:
+        parse_selector(selector)
+    assert str(raised.value) == f"selector: {message}"
+
+
+def test_an_error_quotes_a_bounded_part_of_a_huge_selector() -> None:
+    with pytest.raises(SelectorError) as raised:
+        parse_selector("a=b " + "x" * 100_000)
+    assert len(str(raised.value)) < 200

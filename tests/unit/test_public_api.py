@@ -33,6 +33,7 @@ EXPORTED = [
     "FailureTracker",
     "HealthCheck",
     "Instance",
+    "LostReason",
     "NoInstanceAvailableError",
     "NotRegisteredError",
     "PermissionDeniedError",
