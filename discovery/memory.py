@@ -177,6 +177,11 @@ class MemoryStore:
     def _changed(self, namespace: str, service: str) -> None:
         self._revision += 1
         for loop, event in list(self._watchers.get((namespace, service), ())):
+            if event.is_set():
+                # Not read since the last change: its next read sees this one too (a watcher clears the event
+                # before it lists, under this lock). Waking its loop again for every write of a burst only makes
+                # that thread compete for the GIL with the writers.
+                continue
             with contextlib.suppress(RuntimeError):  # that loop is closed; its watcher is gone
                 loop.call_soon_threadsafe(event.set)
 

@@ -105,6 +105,9 @@ class AsyncRegistry:
         # Guards _registrations, _records and _closed against the *_now methods, which run in other threads.
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Bookkeeping the *_now methods leave to the loop (following a record), run there in one go.
+        self._on_loop_queue: list[tuple[Callable[..., object], tuple[Any, ...]]] = []
+        self._on_loop_planned = False
         # Each live registration with the state record only this registry (and its backend) writes.
         self._registrations: dict[tuple[str, str, str], tuple[AsyncRegistration, RegistrationStates]] = {}
         self._records: dict[tuple[str, str, str], RegistrationRecord] = {}
@@ -333,16 +336,35 @@ class AsyncRegistry:
         states.enter(RegistrationState.REGISTERED)
 
     def _on_loop(self, function: Callable[..., object], *args: Any) -> None:
-        """Call ``function(*args)`` now when on the registry's loop, else soon on it (a ``*_now`` caller's thread)."""
+        """Call ``function(*args)`` now when on the registry's loop, else soon on it (a ``*_now`` caller's thread).
+
+        From other threads the calls are queued and run together: one wake-up of the loop for a burst of writes,
+        not one each (every wake-up is the loop thread competing for the GIL with the writers).
+        """
         try:
             on_loop = asyncio.get_running_loop() is self._loop
         except RuntimeError:
             on_loop = False
         if on_loop or self._loop is None:
             function(*args)
-        else:
-            with contextlib.suppress(RuntimeError):  # the loop closed: the registry is closed too
-                self._loop.call_soon_threadsafe(function, *args)
+            return
+        with self._lock:
+            self._on_loop_queue.append((function, args))
+            if self._on_loop_planned:
+                return
+            self._on_loop_planned = True
+        with contextlib.suppress(RuntimeError):  # the loop closed: the registry is closed too
+            self._loop.call_soon_threadsafe(self._run_on_loop_queue)
+
+    def _run_on_loop_queue(self) -> None:
+        with self._lock:
+            queued, self._on_loop_queue = self._on_loop_queue, []
+            self._on_loop_planned = False
+        for function, args in queued:
+            try:
+                function(*args)
+            except Exception:
+                log.exception("deferred registry bookkeeping failed")
 
     def _require_immediate(self) -> ImmediateOperations:
         if self._immediate is None:

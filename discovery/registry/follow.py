@@ -36,6 +36,10 @@ ServiceKey = tuple[str, str]
 #: labels change); a record that differs in anything else belongs to another registrant.
 ADOPTED_FIELDS = ("status", "labels", "weight", "zone")
 _RETRY_SECONDS = (0.1, 0.5, 2.0, 5.0)
+#: After looking at one snapshot, the follower waits this long before taking the next: the changes made meanwhile
+#: come as one snapshot. Each look reads the whole service; taken per change, a registrant writing N instances of
+#: one service did O(N²) work on its loop (16 threads registering on memory: 14 000 -> 900 a second).
+FOLLOW_INTERVAL = 0.1
 
 __all__ = ["ADOPTED_FIELDS", "OWN_WRITE_GRACE", "RecordFollower"]
 
@@ -106,6 +110,7 @@ class RecordFollower:
                     if not snapshot.stale:
                         self._latest[key] = snapshot
                         self._check(key)
+                    await asyncio.sleep(FOLLOW_INTERVAL)
                 return
             except asyncio.CancelledError:
                 raise

@@ -23,3 +23,9 @@ def test_with_revision_changes_only_revision_and_stale() -> None:
     marked = stamped.with_revision(10, stale=True)
     assert (marked.revision, marked.stale, marked.service, marked.namespace) == (10, True, "api", "default")
     assert marked.with_revision(11).stale  # stale is kept unless given
+
+
+def test_get_finds_an_instance_by_id_in_a_large_snapshot() -> None:
+    snapshot = Snapshot("web", "default", tuple(Instance("web", f"w{n:05d}", "127.0.0.1", 80) for n in range(2000)))
+    assert snapshot.get("w01234") is snapshot.instances[1234]
+    assert snapshot.get("w02000") is None and snapshot.get("a") is None and snapshot.get("z") is None
