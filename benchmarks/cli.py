@@ -153,14 +153,17 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--no-plots", action="store_true")
     table_parser = commands.add_parser("table", help="print the markdown table and facts of a results.json")
     table_parser.add_argument("json")
+    table_parser.add_argument("--before", default=None,
+                              help="an earlier run's results.json: adds a before → after column of each row")
     arguments = parser.parse_args(argv)
     if arguments.command == "run":
         return run(arguments)
-    return table(Path(arguments.json))
+    return table(Path(arguments.json), Path(arguments.before) if arguments.before else None)
 
 
-def table(json_path: Path) -> int:
-    """Print a results.json as the markdown of docs/benchmarks.md (facts, then the table)."""
+def table(json_path: Path, before_path: Path | None = None) -> int:
+    """Print a results.json as the markdown of docs/benchmarks.md (facts, then the table; with ``before_path``, an
+    earlier run's results.json, a ``before → after`` column)."""
     import json
 
     document = json.loads(json_path.read_text(encoding="utf-8"))
@@ -171,5 +174,8 @@ def table(json_path: Path) -> int:
     for key, value in meta["machine"].items():
         print(f"| {key} | {value} |")
     print()
-    print(markdown_table([Row(**row) for row in document["rows"]]))
+    before = None
+    if before_path is not None:
+        before = [Row(**row) for row in json.loads(before_path.read_text(encoding="utf-8"))["rows"]]
+    print(markdown_table([Row(**row) for row in document["rows"]], before))
     return 0

@@ -102,16 +102,44 @@ def cost_ratio(row: Row, rows: list[Row]) -> float:
     return theirs / mine if "rate" in row.values else mine / theirs
 
 
-def markdown_table(rows: list[Row]) -> str:
-    """The table for docs/benchmarks.md: one line per row, the ratio to ours for anchors."""
+#: What the before → after column shows per scenario: the numbers a row is judged by.
+_MOVED_KEYS = {
+    "1-propagation": (("call_p50", "p50 "), ("call_p99", "p99 ")),
+    "6-scale": (("p99", "p99 "), ("sync_s", "sync "), ("idle_cpu_pct", "idle % ")),
+}
+
+
+def before_after(row: Row, before: list[Row]) -> str:
+    """``old → new`` of the numbers a row is judged by (propagation: p50 and p99 from the call's start; registration:
+    the rate; scale: fan-out p99, sync seconds and idle CPU; else p50) against the row of the same scenario, backend
+    and tool in an earlier run; ``new`` if it had none."""
+    if row.status != "ok":
+        return ""
+    old = next((r for r in before if (r.scenario, r.backend, r.tool) == (row.scenario, row.backend, row.tool)), None)
+    if old is None or old.status != "ok":
+        return "new"
+    keys = _MOVED_KEYS.get(row.scenario) or ((("rate", "") if "rate" in row.values else ("p50", "")),)
+    parts = []
+    for key, label in keys:
+        if key in row.values and key in old.values:
+            parts.append(f"{label}{_fmt(float(old.values[key]))} → {_fmt(float(row.values[key]))}")
+    return "; ".join(parts)
+
+
+def markdown_table(rows: list[Row], before: list[Row] | None = None) -> str:
+    """The table for docs/benchmarks.md: one line per row, the ratio to ours for anchors, and with ``before`` (an
+    earlier run's rows) a ``before → after`` column of each row's headline number."""
+    extra = " before → after |" if before is not None else ""
     lines = [
-        "| scenario | backend | tool | n | p50 | p99 | other | unit | ours cost ÷ anchor |",
-        "| --- | --- | --- | ---: | ---: | ---: | --- | --- | ---: |",
+        "| scenario | backend | tool | n | p50 | p99 | other | unit | ours cost ÷ anchor |" + extra,
+        "| --- | --- | --- | ---: | ---: | ---: | --- | --- | ---: |" + (" --- |" if before is not None else ""),
     ]
     for row in rows:
         v = row.values
+        moved = f" {before_after(row, before)} |" if before is not None else ""
         if row.status != "ok":
-            lines.append(f"| {row.scenario} | {row.backend} | {row.tool} | | | | {row.status}: {row.note} | | |")
+            cells = f"| {row.scenario} | {row.backend} | {row.tool} | | | | {row.status}: {row.note} | | |"
+            lines.append(cells + moved)
             continue
         other = ", ".join(f"{k} {_fmt(x)}" for k, x in v.items() if k not in ("n", "p50", "p99", "min", "max", "mean"))
         if row.note:
@@ -121,7 +149,7 @@ def markdown_table(rows: list[Row]) -> str:
         count = int(v.get("n", 0)) or ""
         lines.append(
             f"| {row.scenario} | {row.backend} | {row.tool} | {count} | {_fmt(v.get('p50', math.nan))} "
-            f"| {_fmt(v.get('p99', math.nan))} | {other} | {row.unit} | {shown} |"
+            f"| {_fmt(v.get('p99', math.nan))} | {other} | {row.unit} | {shown} |" + moved
         )
     return "\n".join(lines)
 
