@@ -233,10 +233,14 @@ class LeaseGroup:
             async with self._lock:
                 if leased.key not in self._keys:
                     raise NotRegisteredError("this key is not held by this lease group")
-                self._keys[leased.key] = leased  # a re-grant running now writes the new value
+                self._keys[leased.key] = leased  # the next re-grant writes the new value
                 lease_id = self._lease_id
                 if lease_id is None or self._rewrite_pending:
-                    return
+                    # The lease is lost and its keys not yet written back (the server did not answer the last
+                    # attempt): nothing the server holds would show this value yet, so the call cannot succeed.
+                    raise BackendUnavailableError(
+                        "the registration's lease is lost and not yet restored; the new value is written with it"
+                    )
                 self._writers += 1
             try:
                 outcome = await self._pool.call(

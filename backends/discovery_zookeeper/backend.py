@@ -116,7 +116,9 @@ class ZooKeeperBackend(Backend):
                 granted, self.config.session_timeout,
             )
         self._session = session
-        self._registrations = Registrations(session, self._layout, self.config.payload_class)
+        self._registrations = Registrations(
+            session, self._layout, self.config.payload_class, self.config.request_timeout
+        )
         session.add_listener(self._report_session_event)
 
     def _report_session_event(self, event: SessionEvent) -> None:

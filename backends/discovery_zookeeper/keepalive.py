@@ -136,21 +136,43 @@ class _Registration:
     instance: Instance
     on_state: StateListener
     registered_at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
-    lost: bool = False
     #: The session that owns the znode we last wrote (it may be a session that has since expired).
     owner_session: int | None = None
+    #: Set while the znode is known to be in place (not lost): an update of a lost registration waits on it.
+    in_place: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.in_place.set()
+
+    @property
+    def lost(self) -> bool:
+        """Whether the znode is lost (session expired, removed) and not yet written back."""
+        return not self.in_place.is_set()
+
+    @lost.setter
+    def lost(self, value: bool) -> None:
+        if value:
+            self.in_place.clear()
+        else:
+            self.in_place.set()
 
 
 class Registrations:
     """What this backend registered, kept alive by the session and rewritten after an expiry."""
 
-    def __init__(self, session: ZooKeeperSession, layout: Layout, payload_class: str | None) -> None:
+    def __init__(
+        self, session: ZooKeeperSession, layout: Layout, payload_class: str | None, request_timeout: float
+    ) -> None:
         self._session = session
+        self._request_timeout = request_timeout
         self._layout = layout
         self._payload_class = payload_class
         self._entries: dict[Key, _Registration] = {}
         self._healer: asyncio.Task[None] | None = None
         self._checks: set[asyncio.Task[None]] = set()
+        # One lock per key: a healing write and a deregistration of one key never overlap (a write-back finishing
+        # after the delete would bring a deregistered instance back).
+        self._key_locks: dict[Key, asyncio.Lock] = {}
         self._session_loop = asyncio.get_running_loop()
         self._creates = EphemeralCreates(session)
         # One object, handed to kazoo on every exists(): kazoo keeps a set of watchers per path.
@@ -162,11 +184,18 @@ class Registrations:
         """The keys currently registered."""
         return list(self._entries)
 
+    def _lock(self, key: Key) -> asyncio.Lock:
+        lock = self._key_locks.get(key)
+        if lock is None:
+            lock = self._key_locks[key] = asyncio.Lock()
+        return lock
+
     async def register(self, instance: Instance, on_state: StateListener) -> None:
         """Write the instance's ephemeral znode, taking it over from whoever holds it, and remember it."""
         entry = _Registration(instance, on_state)
-        await self._write(entry, take_over=True, create_first=True)
-        self._entries[instance.key] = entry
+        async with self._lock(instance.key):
+            await self._write(entry, take_over=True, create_first=True)
+            self._entries[instance.key] = entry
         await self._arm(entry)
 
     async def update(self, instance: Instance) -> None:
@@ -180,9 +209,21 @@ class Registrations:
             raise NotRegisteredError(f"{'/'.join(key)} is not registered by this backend")
         entry.instance = instance
         if entry.lost:
-            return
+            # The new value is what the healer writes back; the call returns once the server holds it (so every
+            # read after it shows it), or says it could not tell within the request timeout.
+            try:
+                async with asyncio.timeout(self._request_timeout):
+                    await entry.in_place.wait()
+            except TimeoutError:
+                raise BackendUnavailableError(
+                    f"{'/'.join(key)} is lost (its session expired) and not yet written back; the new value is"
+                    " written with it"
+                ) from None
+            if self._entries.get(key) is not entry:
+                raise NotRegisteredError(f"{'/'.join(key)} is no longer registered by this backend")
         try:
-            created = await self._write(entry, take_over=False)
+            async with self._lock(key):
+                created = await self._write(entry, take_over=False)
         except _TakenOver:
             self._taken_over(key, entry)
             raise NotRegisteredError(f"{'/'.join(key)} was taken over by another registrant") from None
@@ -201,13 +242,14 @@ class Registrations:
         """Forget the instance and delete its znode if our session owns it; a missing node is fine."""
         self._entries.pop(instance.key, None)
         path = self._layout.instance_path(instance)
-        try:
-            stat = await self._session.request("exists", self._session.client.exists_async, path)
-            if stat is None or stat.ephemeralOwner != self._session.session_id:
+        async with self._lock(instance.key):  # after a write-back in flight, never before it
+            try:
+                stat = await self._session.request("exists", self._session.client.exists_async, path)
+                if stat is None or stat.ephemeralOwner != self._session.session_id:
+                    return
+                await self._session.request("delete", self._session.client.delete_async, path, stat.version)
+            except (NoNodeError, BadVersionError):
                 return
-            await self._session.request("delete", self._session.client.delete_async, path, stat.version)
-        except (NoNodeError, BadVersionError):
-            return
 
     async def deregister_all(self) -> None:
         """Delete every registration (best effort: the CloseSession that follows removes the rest)."""
@@ -335,7 +377,10 @@ class Registrations:
         entry.lost = True
         _notify(entry, RegistrationState.LOST, LostReason.REMOVED)
         try:
-            await self._write(entry, take_over=False)
+            async with self._lock(key):
+                if self._entries.get(key) is not entry:
+                    return  # deregistered meanwhile
+                await self._write(entry, take_over=False)
         except _TakenOver:
             self._taken_over(key, entry)
             return
@@ -406,7 +451,10 @@ class Registrations:
             if not entry.lost or self._entries.get(key) is not entry:
                 continue
             try:
-                await self._write(entry, take_over=False, create_first=True)
+                async with self._lock(key):
+                    if self._entries.get(key) is not entry:
+                        continue  # deregistered (or registered anew) while we waited for the key
+                    await self._write(entry, take_over=False, create_first=True)
             except _TakenOver:
                 self._taken_over(key, entry)
                 continue
