@@ -10,6 +10,7 @@ No .proto is needed: the method takes and returns raw bytes (the server answers 
 from __future__ import annotations
 
 import collections
+import contextlib
 import signal
 import sys
 import threading
@@ -34,10 +35,8 @@ def serve(instance_id: str) -> None:
     with Registry.connect() as registry:  # $DISCOVERY_URL
         registry.register(Instance("orders", instance_id, "127.0.0.1", port))
         print(f"serving {instance_id} on 127.0.0.1:{port}", flush=True)
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
-        except KeyboardInterrupt:
-            pass
     server.stop(1)
 
 

@@ -16,7 +16,7 @@ if [ "$servers" = container ]; then
   bash scripts/build-images.sh
 fi
 
-echo "== ruff" && .venv/bin/ruff check discovery backends tests benchmarks
+echo "== ruff" && .venv/bin/ruff check discovery backends tests benchmarks examples scripts
 echo "== mypy --strict" && .venv/bin/mypy
 echo "== docker-compose.yml" && docker-compose -f docker-compose.yml config -q && echo "valid"
 echo "== wheel (built, checked, installed non-editable in a fresh venv, CLI and README modules run)"
