@@ -163,6 +163,8 @@ class Follower:
     nodes: frozenset[str] = frozenset()
     #: Whether the last read held a foreign instance, or none (then only a sweep sees a check-less change).
     sweepable: bool = True
+    #: A read is in flight: the feed does not wake the watch for it, but checks its answer when it lands.
+    reading: bool = False
 
     def read(self, index: int, entries: list[dict[str, Any]], sweepable: bool) -> None:
         """Record what a read of the service saw."""
@@ -207,6 +209,7 @@ class ChangeFeed:
         self._reads = asyncio.Semaphore(READ_CONCURRENCY)
         self._last_sweep = 0.0
         self._cold_changed = asyncio.Event()  # a watch went cold: the query in flight may not select it
+        self._state = _FeedState()  # the last answer's
 
     @property
     def reads(self) -> asyncio.Semaphore:
@@ -266,6 +269,19 @@ class ChangeFeed:
                 await self._task
             self._task = None
 
+    def read_done(self, follower: Follower) -> None:
+        """A read of ``follower``'s service landed: wake it again if the feed's last answer holds a change that the
+        read did not see (the feed skipped it while the read was in flight). A feed answer no newer than the read
+        has nothing the read missed; the next answer is compared afresh."""
+        state = self._state
+        if (
+            state.index > follower.read_index
+            and follower in self._followers
+            and follower not in self._hot
+            and _needs_read(follower, state)
+        ):
+            follower.wake()
+
     def _cold(self) -> list[Follower]:
         return [follower for follower in self._followers if follower not in self._hot]
 
@@ -306,7 +322,7 @@ class ChangeFeed:
             started = time.monotonic()
             recovered, failures = failures > 0, 0
             previous = state
-            state = _read_checks(checks)
+            state = self._state = _read_checks(checks)
             # An index that went backwards (agent restart, snapshot restore) starts over with a re-list.
             state.index = 0 if new_index < query_index else max(new_index, 1)
             if recovered or new_index < query_index:
@@ -350,14 +366,20 @@ class ChangeFeed:
         if sweep:
             self._last_sweep = now
         for follower in cold:
-            checks = state.by_service.get(follower.service, {})
-            if (
-                any(modified > follower.read_index for modified in checks.values())
-                or not follower.checks <= checks.keys()
-                or any(state.node_checks.get(node, 0) > follower.read_index for node in follower.nodes)
-                or (sweep and follower.sweepable)
-            ):
+            # A watch whose read is in flight is not woken: when the read lands, read_done() compares it with
+            # the state at that time (at start-up the first answer would otherwise make every watch read twice).
+            if not follower.reading and (_needs_read(follower, state) or (sweep and follower.sweepable)):
                 follower.wake()
+
+
+def _needs_read(follower: Follower, state: _FeedState) -> bool:
+    """Whether ``state`` shows a change to ``follower``'s service that its last read did not see."""
+    checks = state.by_service.get(follower.service, {})
+    return (
+        any(modified > follower.read_index for modified in checks.values())
+        or not follower.checks <= checks.keys()
+        or any(state.node_checks.get(node, 0) > follower.read_index for node in follower.nodes)
+    )
 
 
 async def _cancelled(task: asyncio.Future[Any]) -> None:
@@ -524,11 +546,17 @@ class ServiceWatch(AsyncIterator[Snapshot]):
 
     async def _read(self) -> Snapshot | None:
         """Read the service once (non-blocking); the new snapshot, or None if its set did not change."""
-        async with self._feed.reads:
-            index, entries = await self._client.health_service(
-                self._service, records.query_tag(self._scope, self._namespace)
-            )
-        return self._apply(index, entries)
+        self._follower.reading = True
+        try:
+            async with self._feed.reads:
+                index, entries = await self._client.health_service(
+                    self._service, records.query_tag(self._scope, self._namespace)
+                )
+        finally:
+            self._follower.reading = False
+        snapshot = self._apply(index, entries)
+        self._feed.read_done(self._follower)
+        return snapshot
 
     async def _hot_query(self) -> Snapshot | object | None:
         """One blocking query from the last read's index: the new snapshot (None: same set), :data:`_GIVE_UP` when

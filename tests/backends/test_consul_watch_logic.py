@@ -141,6 +141,55 @@ async def test_only_the_watch_whose_checks_changed_reads_again() -> None:
     await api.stop()
 
 
+class GatedAgent(ScriptedAgent):
+    """Plain service reads wait until ``reads_open`` is set: the feed answers while they are in flight."""
+
+    def __init__(self, script: list[tuple[int, list[dict[str, Any]]] | Exception]) -> None:
+        super().__init__(script)
+        self.reads_open = asyncio.Event()
+        self.after_first_read: dict[str, tuple[int, list[dict[str, Any]]]] = {}  # what a service's reads then see
+
+    async def health_service(self, service: str, tag: str | None, index: int = 0, wait: float = 0.0) -> Any:
+        if not index:
+            await self.reads_open.wait()
+        answer = await super().health_service(service, tag, index, wait)
+        if service in self.after_first_read:
+            self.services[service] = self.after_first_read.pop(service)
+        return answer
+
+
+async def test_a_feed_answer_during_the_first_reads_does_not_make_every_watch_read_twice() -> None:
+    # At start-up the feed's first answer lands while the watches' first reads are in flight; it holds nothing
+    # newer than what those reads return, so no watch reads again (with 5 000 watched services it was 5 000
+    # wasted reads right after the initial sync).
+    agent = GatedAgent([(10, [NODE_CHECK, *checks(WEB, 5), *checks(API, 6)])])
+    agent.services = {"web": (10, [live_entry(WEB)]), "api": (10, [live_entry(API)])}
+    feed = ChangeFeed(agent, wait=60.0)  # type: ignore[arg-type]
+    web, api = Watched(agent, feed, "web"), Watched(agent, feed, "api")
+    await asyncio.wait_for(agent.exhausted.wait(), 5)  # the feed answered and is blocked on its next query
+    agent.reads_open.set()
+    await settle(agent, 0)
+    assert agent.reads == Counter({"web": 1, "api": 1})
+    await web.stop()
+    await api.stop()
+
+
+async def test_a_read_older_than_the_feeds_answer_reads_again_when_it_lands() -> None:
+    # The feed saw web change at 11 while web's read (answering at index 10) was in flight: once that read lands,
+    # web reads again; api's read saw everything the feed knows.
+    agent = GatedAgent([(12, [NODE_CHECK, *checks(WEB, 11), *checks(API, 6)])])
+    agent.services = {"web": (10, [live_entry(WEB)]), "api": (12, [live_entry(API)])}
+    agent.after_first_read["web"] = (12, [live_entry(WEB)])
+    feed = ChangeFeed(agent, wait=60.0)  # type: ignore[arg-type]
+    web, api = Watched(agent, feed, "web"), Watched(agent, feed, "api")
+    await asyncio.wait_for(agent.exhausted.wait(), 5)
+    agent.reads_open.set()
+    await settle(agent, 0)
+    assert agent.reads == Counter({"web": 2, "api": 1})
+    await web.stop()
+    await api.stop()
+
+
 async def test_a_change_without_a_changed_check_sweeps_only_watches_with_foreign_or_no_instances() -> None:
     agent = ScriptedAgent([(10, [NODE_CHECK, *checks(WEB, 5)]), (11, [NODE_CHECK, *checks(WEB, 5)]),
                            (12, [NODE_CHECK, *checks(WEB, 5)])])
