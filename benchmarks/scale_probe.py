@@ -12,10 +12,11 @@ bound our ``services()`` uses); prints ``RESULT`` with ``list_s`` and ``list_cpu
 
 ``watch``: subscriber k subscribes to service ``svc-<k mod SERVICES>`` and to the shared service ``hot``; it prints
 one ``RESULT <json>`` line: RSS, CPU and wall time to the initial sync (every subscriber has seen its service's
-full set), idle CPU over an idle window (default 3 s), and the fan-out of CHANGES single changes to ``hot``
-(register() called → each subscriber's callback). ``--local`` registers the INSTANCES in this process first
-(the memory backend). ``--connections=PORT`` samples this process's TCP connections to the server's PORT every
-50 ms and reports the most seen at once (``connections_max``) and the number after the idle window.
+full set), idle CPU over an idle window (default 3 s, starting 2 s after the sync), and the fan-out of CHANGES
+single changes to ``hot`` (register() called → each subscriber's callback). ``--local`` registers the INSTANCES in
+this process first (the memory backend). ``--connections=PORT`` samples this process's TCP connections to the
+server's PORT every 50 ms and reports the most seen at once (``connections_max``) and the number after the idle
+window.
 
 ``register --catalog`` (Consul only) writes the instances as catalog entries through ``/v1/txn`` (32 instances a
 transaction, on 10 synthetic nodes, each with a passing liveness check and this library's ``Meta``) instead of
@@ -39,6 +40,8 @@ from discovery.registry.async_registry import AsyncRegistry
 from discovery.registry.blocking import Registry
 
 CONCURRENCY = 64
+#: Seconds between the end of the initial sync and the start of the idle window.
+SETTLE_S = 2.0
 
 
 def instances(count: int, services: int) -> list[Instance]:
@@ -189,8 +192,13 @@ def watch(url: str, count: int, services: int, subscribers: int, changes: int, l
     if not synced.wait(600):
         raise TimeoutError(f"initial sync incomplete: {remaining[0]} subscribers waiting")
     wall1, cpu1, sampled1 = time.perf_counter(), process.cpu_times(), sampler_cpu()
+    sync_cpu_s = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system) - (sampled1 - sampled0)
     rss_synced = process.memory_info().rss
-    time.sleep(idle)  # idle window: what keeping everything watched costs when nothing changes
+    # Idle window: what keeping everything watched costs when nothing changes. It starts SETTLE_S after the sync:
+    # on etcd the last of thousands of watch streams are still being set up when every subscriber has its set.
+    time.sleep(SETTLE_S)
+    cpu1, sampled1 = process.cpu_times(), sampler_cpu()
+    time.sleep(idle)
     cpu2, sampled2 = process.cpu_times(), sampler_cpu()
     idle_connections = sampler.count() if sampler else None
     delays: list[float] = []
@@ -210,7 +218,7 @@ def watch(url: str, count: int, services: int, subscribers: int, changes: int, l
         "rss_mb": rss_synced / 2**20,
         "rss_growth_mb": (rss_synced - rss_before) / 2**20,
         "sync_s": wall1 - wall0,
-        "sync_cpu_s": (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system) - (sampled1 - sampled0),
+        "sync_cpu_s": sync_cpu_s,
         "idle_cpu_pct": 100 * ((cpu2.user + cpu2.system) - (cpu1.user + cpu1.system) - (sampled2 - sampled1)) / idle,
         "fanout_delays_s": delays,
         "fanout_complete_s": completes,

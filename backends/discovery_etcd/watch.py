@@ -222,9 +222,7 @@ class Lister:
         self.namespace_reads += 1
         found: dict[str, list[Any]] = {service: [] for service in services}
         try:
-            revision = await self._pool.call(
-                "list services", lambda client: _read_pages(client, prefix, found, self._layout)
-            )
+            revision = await _read_pages(self._pool, prefix, found)
         except BaseException as error:
             for futures in services.values():
                 _fail(futures, error)
@@ -235,23 +233,33 @@ class Lister:
             _settle(futures, (found[service], revision))
 
 
-async def _read_pages(client: Any, prefix: bytes, found: dict[str, list[Any]], layout: KeyLayout) -> int:
+async def _read_pages(pool: EndpointPool, prefix: bytes, found: dict[str, list[Any]]) -> int:
     """Read every key under ``prefix`` page by page, all at the first page's revision (through aetcd's generated
     stub: its client has no limit or revision parameter); the key-values of the services in ``found`` go there.
-    Returns the revision."""
-    stub = rpc.KVStub(client.channel)
+    Returns the revision. Each page has the request deadline of its own: 50 000 instances are 25 pages, read while
+    the same loop starts thousands of watch streams, and one deadline for all of them ran out (and every stream
+    waiting for the read retried)."""
     end = prefix_range_end(prefix)
     key, revision = prefix, 0
-    for listed in found.values():
-        listed.clear()  # a retried read starts over
-    while True:
+    # The service segment of each key, compared as bytes: decoding and splitting 50 000 keys was a tenth of the
+    # sync's CPU. A key whose remainder is not UTF-8 is still handed over; the stream's decoding skips it.
+    start = len(prefix)
+    wanted = {service.encode(): listed for service, listed in found.items()}
+
+    async def page(client: Any) -> Any:
         request = rpc.RangeRequest(key=key, range_end=end, limit=LIST_PAGE, revision=revision)
-        response = await stub.Range(request, metadata=client.metadata)
+        return await rpc.KVStub(client.channel).Range(request, metadata=client.metadata)
+
+    while True:
+        response = await pool.call("list services", page)
         revision = revision or int(response.header.revision)
         for kv in response.kvs:
-            parsed = layout.parse(kv.key)
-            if parsed is not None and parsed[1] in found:
-                found[parsed[1]].append(kv)
+            found_key = kv.key
+            slash = found_key.find(b"/", start)
+            if start < slash < len(found_key) - 1:
+                listed = wanted.get(found_key[start:slash])
+                if listed is not None:
+                    listed.append(kv)
         if not response.more or not response.kvs:
             return revision
         key = bytes(response.kvs[-1].key) + b"\0"
