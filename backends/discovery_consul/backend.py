@@ -37,6 +37,9 @@ Key = tuple[str, str, str]
 # A dead registrant's check goes critical at most TTL after its last heartbeat; the agent then syncs the
 # change to the catalog and wakes the blocking queries at once. One second covers that and the rate limiter.
 DETECTION_SLACK = 1.0
+#: Seconds a write is remembered for read-your-writes (an agent syncs a write in milliseconds; a read waits for it
+#: at most the URL's timeout): writes nobody reads back are dropped after this.
+UNSYNCED_HORIZON = 60.0
 #: services() lists at most this many services at once.
 SERVICES_CONCURRENCY = 32
 
@@ -61,6 +64,9 @@ class ConsulBackend(Backend):
         # or a write whose answer was lost): their first registration must set the checks' statuses explicitly.
         self._maybe_at_agent: set[str] = set()
         # This process's watch streams per service: its own writes wake them (read-your-writes).
+        # Its writes the catalog may not show yet, per service: service id -> (what it should show, when written).
+        self._unsynced: dict[tuple[str, str], dict[str, tuple[Instance | None, float]]] = {}
+        self._unsynced_swept = 0.0
         self._service_watches: dict[tuple[str, str], weakref.WeakSet[ServiceWatch]] = {}
         #: This registrant's owner mark (docs/decisions/session-ownership.md); random, not a secret.
         self._owner = secrets.token_hex(6)
@@ -186,7 +192,7 @@ class ConsulBackend(Backend):
             await overtaken.stop()
         self._registrations[instance.key] = registration
         registration.start()
-        await self._until_in_catalog(instance, service_id, instance)
+        self._written(instance, service_id, instance)
 
     async def update(self, instance: Instance) -> None:
         """Rewrite the registered instance's fields, status and maintenance mode; its heartbeat goes on.
@@ -199,7 +205,7 @@ class ConsulBackend(Backend):
             raise NotRegisteredError(f"{'/'.join(instance.key)} is not registered by this backend")
         registration.instance = instance
         await registration.update()
-        await self._until_in_catalog(instance, registration.service_id, instance)
+        self._written(instance, registration.service_id, instance)
 
     async def deregister(self, instance: Instance) -> None:
         """Stop the heartbeat and remove the service from the agent, if it is still ours (a missing one is not
@@ -214,51 +220,80 @@ class ConsulBackend(Backend):
         self._maybe_at_agent.add(service_id)
         await self._deregister_if_ours(client, registration)
         self._maybe_at_agent.discard(service_id)
-        await self._until_in_catalog(instance, service_id, None)
+        self._written(instance, service_id, None)
 
-    async def _until_in_catalog(
-        self, instance: Instance, service_id: str, expected: Instance | None
-    ) -> None:
-        """Read-your-writes: the agent syncs a write to the servers' catalog (what every read and watch queries) on
-        its own schedule, a few milliseconds later; wait until the catalog shows this process's write
-        (``expected``, or no record of ours for ``None``), at most the URL's ``timeout``. The query is filtered to
-        this one service id (the answer stays small however large the service is), and blocking: it returns as
-        soon as the service changes. This process's watches of the service query again at once.
+    def _written(self, instance: Instance, service_id: str, expected: Instance | None) -> None:
+        """Read-your-writes, kept by the reads: the agent syncs a write to the servers' catalog (what every read
+        and watch queries) on its own schedule, a few milliseconds later. The write is remembered (``expected``,
+        or no record of ours for ``None``) and the next read of the service waits until the catalog shows it
+        (:meth:`_read_settled`); a write no longer waits itself (a filtered blocking query per write halved
+        the registration rate, and 16 registrants of one service woke each other's queries on every write).
+        This process's watches of the service query again at once.
         """
         for stream in list(self._service_watches.get((instance.namespace, instance.service), ())):
             stream.expect_change()
+        now = asyncio.get_running_loop().time()
+        if now - self._unsynced_swept > UNSYNCED_HORIZON:  # bounded: writes nobody read back are dropped
+            self._unsynced_swept = now
+            for key, pending in list(self._unsynced.items()):
+                _forget_old(pending, now)
+                if not pending:
+                    del self._unsynced[key]
+        self._unsynced.setdefault((instance.namespace, instance.service), {})[service_id] = (expected, now)
+
+    async def _read_settled(self, namespace: str, service: str) -> list[dict[str, Any]]:
+        """The service's health entries once the catalog shows this process's writes of it (at most the URL's
+        ``timeout``: then a warning and the last answer). Without such writes, one plain read."""
         client = self._require_client()
+        tag = records.query_tag(self._settings.scope, namespace)
+        index, entries = await client.health_service(service, tag)
+        pending = self._unsynced.get((namespace, service))
+        if not pending:
+            return entries
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._settings.timeout
-        only_this = f'Service.ID == "{service_id}"'  # ids hold no quote or backslash (validated names and ids)
-        index = 0
         while True:
-            new_index, entries = await client.health_service(
-                instance.service, instance.namespace, index=index, wait=max(0.05, deadline - loop.time()),
-                filter_expr=only_this, parked=False,
-            )
-            if self._catalog_shows(entries, service_id, expected):
-                return
+            self._forget_shown(pending, entries, loop.time())
+            if not pending:
+                if self._unsynced.get((namespace, service)) is pending:
+                    del self._unsynced[(namespace, service)]
+                return entries
             if loop.time() >= deadline:
-                log.warning("the Consul catalog did not show the write of %s within %g s", service_id,
-                            self._settings.timeout)
-                return
-            index = 0 if new_index < index else max(new_index, 1)
+                log.warning("the Consul catalog did not show this process's writes of %s/%s within %g s",
+                            namespace, service, self._settings.timeout)
+                return entries
+            # Blocking: answers as soon as the service changes (the agent's sync of the write).
+            new_index, entries = await client.health_service(
+                service, tag, index=max(index, 1), wait=max(0.05, deadline - loop.time()), parked=False
+            )
+            index = 0 if new_index < index else new_index
 
-    def _catalog_shows(self, entries: list[dict[str, Any]], service_id: str, expected: Instance | None) -> bool:
-        for entry in entries:
-            service = entry.get("Service") or {}
-            if service.get("ID") != service_id:
-                continue
-            if records.owner_of(service) != self._owner:
-                return expected is None  # another registrant's now: ours is gone either way
-            if expected is None:
-                return False
-            try:
-                return records.instance_from_health_entry(entry) == expected
-            except ValidationError:
-                return False
-        return expected is None
+    async def _settle(self, namespace: str, service: str) -> None:
+        """Before a new watch's first read: wait until the catalog shows this process's writes of the service."""
+        if self._unsynced.get((namespace, service)):
+            await self._read_settled(namespace, service)
+
+    def _forget_shown(
+        self, pending: dict[str, tuple[Instance | None, float]], entries: list[dict[str, Any]], now: float
+    ) -> None:
+        by_id = {(entry.get("Service") or {}).get("ID"): entry for entry in entries}
+        for service_id, (expected, _) in list(pending.items()):
+            if self._catalog_shows(by_id.get(service_id), expected):
+                del pending[service_id]
+        _forget_old(pending, now)
+
+    def _catalog_shows(self, entry: dict[str, Any] | None, expected: Instance | None) -> bool:
+        if entry is None:
+            return expected is None
+        service = entry.get("Service") or {}
+        if records.owner_of(service) != self._owner:
+            return True  # another registrant's now: ours is gone either way, nothing to wait for
+        if expected is None:
+            return False
+        try:
+            return records.instance_from_health_entry(entry) == expected
+        except ValidationError:
+            return False
 
     async def set_status(self, namespace: str, service: str, instance_id: str, status: Status) -> Instance:
         """Consul's own mechanisms, on the agent that holds the service: maintenance mode for DRAINING (what
@@ -304,14 +339,16 @@ class ConsulBackend(Backend):
 
     async def list(self, namespace: str, service: str) -> tuple[Instance, ...]:
         """The live instances of a service in a namespace (every status; dead registrants excluded)."""
-        client = self._require_client()
-        _, entries = await client.health_service(service, records.query_tag(self._settings.scope, namespace))
+        entries = await self._read_settled(namespace, service)
         return decode_entries(self._settings.scope, namespace, service, entries)
 
     async def services(self, namespace: str) -> tuple[str, ...]:
         """Services with at least one instance of the namespace, sorted: those tagged with it, and in an
         unscoped ``default`` namespace every catalog service with a valid name (foreign ones included)."""
         client = self._require_client()
+        for pending_namespace, pending_service in list(self._unsynced):  # a new service shows once it is synced
+            if pending_namespace == namespace:
+                await self._read_settled(namespace, pending_service)
         catalog = await client.catalog_services()
         if records.sees_foreign(self._settings.scope, namespace):
             candidates = sorted(name for name in catalog if is_service_name(name))
@@ -334,10 +371,17 @@ class ConsulBackend(Backend):
         client = self._require_client()
         assert self._feed is not None  # made with the client
         stream = ServiceWatch(
-            client, self._feed, self._settings.scope, namespace, service, self._settings.wait, lambda: self._closed
+            client, self._feed, self._settings.scope, namespace, service, self._settings.wait, lambda: self._closed,
+            before_first_read=lambda: self._settle(namespace, service),
         )
         self._service_watches.setdefault((namespace, service), weakref.WeakSet()).add(stream)
         return stream
+
+
+def _forget_old(pending: dict[str, tuple[Instance | None, float]], now: float) -> None:
+    for service_id, (_, written_at) in list(pending.items()):
+        if now - written_at > UNSYNCED_HORIZON:
+            del pending[service_id]
 
 
 def is_service_name(name: str) -> bool:

@@ -31,7 +31,7 @@ import logging
 import random
 import time
 from collections import Counter, OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -437,8 +437,11 @@ class ServiceWatch(AsyncIterator[Snapshot]):
         service: str,
         wait: float,
         is_closed: Callable[[], bool],
+        before_first_read: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._client = client
+        # The backend's read-your-writes: the first read waits until the catalog shows this process's writes.
+        self._before_first_read = before_first_read
         self._feed = feed
         self._scope = scope
         self._namespace = namespace
@@ -548,6 +551,9 @@ class ServiceWatch(AsyncIterator[Snapshot]):
         """Read the service once (non-blocking); the new snapshot, or None if its set did not change."""
         self._follower.reading = True
         try:
+            if self._before_first_read is not None:
+                await self._before_first_read()
+                self._before_first_read = None
             async with self._feed.reads:
                 index, entries = await self._client.health_service(
                     self._service, records.query_tag(self._scope, self._namespace)
