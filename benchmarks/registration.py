@@ -2,7 +2,9 @@
 
 Each registrant is a thread calling the blocking ``register`` in turn: this library's ``Registry`` and the raw
 tools are all blocking clients (see :mod:`benchmarks.tools`). A second row for ours uses :class:`AsyncRegistry`
-with one asyncio task per registrant, which separates the blocking facade's cost. The TTL is long (30 s) so that
+with one asyncio task per registrant, which separates the blocking facade's cost; a third (real backends) the same
+with ``follow_records=False``, which separates the cost of following one's own records (a watch of each service
+registered in, which reads every instance of it once). The TTL is long (30 s) so that
 keep-alive traffic of the registrations made so far does not compete with the writes being timed.
 """
 
@@ -52,10 +54,12 @@ def _timed(tool: Tool, count: int, registrants: int) -> tuple[list[float], float
     return latencies, wall
 
 
-async def _timed_async(target: Target, count: int, registrants: int) -> tuple[list[float], float]:
+async def _timed_async(
+    target: Target, count: int, registrants: int, follow_records: bool = True
+) -> tuple[list[float], float]:
     """The same with :class:`AsyncRegistry` and asyncio tasks: no thread hop per call."""
     latencies: list[float] = []
-    async with await AsyncRegistry.connect(target.ours_url) as registry:
+    async with await AsyncRegistry.connect(target.ours_url, follow_records=follow_records) as registry:
 
         async def registrant(worker: int) -> None:
             for n in range(worker, count, registrants):
@@ -71,23 +75,27 @@ async def _timed_async(target: Target, count: int, registrants: int) -> tuple[li
 
 def run(context: RunContext, report: Report, backend: str) -> None:
     """Both registrant counts, ours and the raw client."""
-    tools = ["ours", "async"] if backend == "memory" else ["ours", "async", "raw"]
+    tools = ["ours", "async"] if backend == "memory" else ["ours", "async", "async-unfollowed", "raw"]
     for scenario, registrants, count in (
         ("2-register-1", 1, context.profile.register_count),
         ("2-register-16", 16, context.profile.register_concurrent_count),
     ):
         for name in tools:
-            label = {"ours": "ours", "async": "ours (AsyncRegistry)"}.get(name) or RAW_NAMES[backend]
+            label = {"ours": "ours", "async": "ours (AsyncRegistry)",
+                     "async-unfollowed": "ours (AsyncRegistry, follow_records=False)"}.get(name) or RAW_NAMES[backend]
             target = context.target(backend, "reg", ttl=TTL)
-            if name == "async":
+            if name.startswith("async"):
                 try:
-                    latencies, wall = asyncio.run(_timed_async(target, count, registrants))
+                    latencies, wall = asyncio.run(
+                        _timed_async(target, count, registrants, follow_records=name == "async")
+                    )
                 except Exception as error:
                     report.add(Row(scenario, backend, label, "ms", status="failed", note=f"{type(error).__name__}"))
                     continue
                 values = summarize(latencies, 1e3)
                 values["rate"] = count / wall
-                report.add(Row(scenario, backend, label, "ms", values, note="asyncio tasks, no facade thread hop"))
+                note = "asyncio tasks, no facade thread hop" + ("" if name == "async" else ", own records not followed")
+                report.add(Row(scenario, backend, label, "ms", values, note=note))
                 continue
             tool = make_tool(name, target)
             try:
