@@ -46,7 +46,8 @@ def propagation(rows: list[dict], out: Path) -> Path | None:
 
 
 def scale(rows: list[dict], out: Path) -> Path | None:
-    rows = [r for r in rows if r["scenario"] == "6-scale" and r["status"] == "ok"]
+    # The N-shaped rows of this library: not the raw listings (no RSS or fan-out) nor Consul's wide shape.
+    rows = [r for r in rows if r["scenario"] == "6-scale" and r["status"] == "ok" and r["tool"].startswith("ours N=")]
     if not rows:
         return None
     metrics = (("rss_mb", "RSS after sync (MiB)"), ("sync_s", "time to initial sync (s)"),

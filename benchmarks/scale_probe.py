@@ -219,7 +219,9 @@ def watch(url: str, count: int, services: int, subscribers: int, changes: int, l
         "rss_growth_mb": (rss_synced - rss_before) / 2**20,
         "sync_s": wall1 - wall0,
         "sync_cpu_s": sync_cpu_s,
-        "idle_cpu_pct": 100 * ((cpu2.user + cpu2.system) - (cpu1.user + cpu1.system) - (sampled2 - sampled1)) / idle,
+        # Clamped: the sampler's CPU, subtracted, is read in 10 ms ticks and may exceed an idle process's own.
+        "idle_cpu_pct": max(0.0, 100 * ((cpu2.user + cpu2.system) - (cpu1.user + cpu1.system) - (sampled2 - sampled1))
+                            / idle),
         "fanout_delays_s": delays,
         "fanout_complete_s": completes,
     }
