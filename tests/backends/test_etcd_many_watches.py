@@ -12,6 +12,7 @@ from discovery_etcd import watch as watch_module
 from discovery_etcd.watch import BULK_LIST_MIN, ServiceWatch
 from tests.backends.etcd_support import started_backend, unique_prefix
 from tests.harness import ServerHandle
+from tests.harness.relay import Relay
 
 pytestmark = pytest.mark.servers
 
@@ -81,4 +82,40 @@ async def test_many_streams_share_one_probe_and_one_first_read(
         for reader in readers:
             await reader.close()
         await watcher.close()
+        await writer.close()
+
+
+async def test_each_page_of_a_namespace_read_has_a_deadline_of_its_own(
+    etcd_server: ServerHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 20 services listed together, one key a page, through a relay adding 0.1 s to every chunk each way: the whole
+    # read takes ~4 s against a 1 s request timeout, each page ~0.2 s. With one deadline for the whole read it
+    # timed out, and every stream waiting for it marked its set stale and retried the same read (at 50 000
+    # instances, 25 pages read while the loop set up 5 000 watch streams, this cost 3 s of the initial sync).
+    monkeypatch.setattr(watch_module, "LIST_PAGE", 1)
+    prefix = unique_prefix()
+    writer = await started_backend(f"{etcd_server.url}{prefix}?ttl=30")
+    readers: list[Reader] = []
+    try:
+        services = 20
+        assert services >= BULK_LIST_MIN
+        await asyncio.gather(*(
+            writer.register(Instance(f"svc-{n}", "i1", "127.0.0.1", 9000 + n), 30.0, lambda state: None)
+            for n in range(services)
+        ))
+        with Relay(etcd_server.host, etcd_server.port) as relay:
+            watcher = await started_backend(f"etcd://{relay.address}{prefix}?ttl=30&timeout={TIMEOUT:g}")
+            try:
+                relay.delay(0.1)
+                readers = [Reader(watcher.watch("default", f"svc-{n}")) for n in range(services)]
+                firsts = await asyncio.gather(*(reader.until(lambda s: True) for reader in readers))
+                assert [(sorted(s.ids()), s.stale) for s in firsts] == [(["i1"], False)] * services
+                lister = readers[0].watch.lister
+                assert (lister.namespace_reads, lister.service_reads) == (1, 0), "listed once, without a retry"
+            finally:
+                for reader in readers:
+                    await reader.close()
+                relay.pass_through()
+                await watcher.close()
+    finally:
         await writer.close()
