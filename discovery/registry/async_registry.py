@@ -483,10 +483,7 @@ class AsyncRegistry:
 
     async def snapshot(self, service: str, namespace: str = DEFAULT_NAMESPACE) -> Snapshot:
         """The current full set of a service: from the watch cache when watched, else one backend read."""
-        validate_service_name(service)
-        validate_namespace(namespace)
-        self._check_open()
-        cached = self._hub.cached(namespace, service)
+        cached = self._checked_cache(service, namespace)
         if cached is not None:
             return cached
         instances = await self._backend.list(namespace, service)
@@ -494,14 +491,18 @@ class AsyncRegistry:
 
     def snapshot_now(self, service: str, namespace: str = DEFAULT_NAMESPACE) -> Snapshot:
         """:meth:`snapshot`, from any thread; only when :attr:`immediate` (or the service is watched)."""
-        validate_service_name(service)
-        validate_namespace(namespace)
-        self._check_open()
-        cached = self._hub.cached(namespace, service)
+        cached = self._checked_cache(service, namespace)
         if cached is not None:
             return cached
         instances = self._require_immediate().list_now(namespace, service)
         return Snapshot(service, namespace, instances, self._hub.next_revision())
+
+    def _checked_cache(self, service: str, namespace: str) -> Snapshot | None:
+        """Validate the names and that the registry is open; the watch cache's snapshot if the service is watched."""
+        validate_service_name(service)
+        validate_namespace(namespace)
+        self._check_open()
+        return self._hub.cached(namespace, service)
 
     def cached_snapshot(self, service: str, namespace: str = DEFAULT_NAMESPACE) -> Snapshot | None:
         """The cached snapshot of a watched service, or ``None``; never does I/O (safe from any thread)."""
