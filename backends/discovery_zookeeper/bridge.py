@@ -9,18 +9,30 @@ A reply or a watch event reaches the loop straight from kazoo's connection threa
 set, instead of ``rawlink`` callbacks, which kazoo runs on its completion thread, and it runs watchers that only
 hand over to a loop (:class:`LoopWatcher`) where the event arrives, instead of on its callback thread. Each saves
 one thread wake-up (and one more thread contending for the GIL) per reply or event.
+
+Three more costs of kazoo's per-request path are cut here, each measured in a profile of a ZooKeeper sync
+(docs/decisions/zookeeper-writes.md): everything a kazoo thread hands to one loop goes through one queue
+(:class:`_Inbox`), so a burst of replies wakes the loop once, not once per reply; a result builds its
+``threading.Condition`` only if a thread ever blocks on it (:class:`_LazyCondition`; the loop never does);
+and the handler's ``select`` polls (one ``poll`` object, one system call) instead of building, filling and
+closing a new epoll selector on every turn of kazoo's connection loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import select
 import threading
+import weakref
+from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from kazoo.exceptions import ConnectionClosedError, ConnectionLoss, OperationTimeoutError, SessionExpiredError
-from kazoo.handlers.threading import AsyncResult, SequentialThreadingHandler
+from kazoo.handlers.threading import KazooTimeoutError, SequentialThreadingHandler
+from kazoo.handlers.utils import AsyncResult
 
 from discovery.core.errors import BackendUnavailableError
 
@@ -35,10 +47,64 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+class _Inbox:
+    """What other threads hand to one loop, run there in the order handed over, with one wake-up per burst.
+
+    ``call_soon_threadsafe`` writes to the loop's self-pipe and queues a handle for every call; a sync reading
+    thousands of znodes hands over thousands of replies that arrive together. Here the first hand-over of a burst
+    schedules one :meth:`_drain`; the rest only append (``deque.append`` is atomic). The flag is cleared *before*
+    draining, so an item appended during a drain is either drained by it or schedules the next one.
+    """
+
+    __slots__ = ("_items", "_scheduled")  # no reference to the loop: it keys the weak map of inboxes
+
+    def __init__(self) -> None:
+        self._items: deque[tuple[Callable[..., object], tuple[Any, ...]]] = deque()
+        self._scheduled = False
+
+    def put(self, loop: asyncio.AbstractEventLoop, callback: Callable[..., object], args: tuple[Any, ...]) -> None:
+        self._items.append((callback, args))
+        if not self._scheduled:
+            self._scheduled = True
+            try:
+                loop.call_soon_threadsafe(self._drain, loop)
+            except RuntimeError:
+                self._items.clear()  # the loop is closed: nothing handed to it runs any more
+
+    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._scheduled = False
+        items = self._items
+        while items:
+            callback, args = items.popleft()
+            try:
+                callback(*args)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as error:  # as the loop treats a failing callback: reported, the rest still run
+                loop.call_exception_handler(
+                    {"message": f"Exception in callback {callback!r} handed over from kazoo", "exception": error}
+                )
+
+
+_inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Inbox] = weakref.WeakKeyDictionary()
+_inboxes_lock = threading.Lock()
+
+
+def _inbox(loop: asyncio.AbstractEventLoop) -> _Inbox:
+    inbox = _inboxes.get(loop)
+    if inbox is None:
+        with _inboxes_lock:
+            inbox = _inboxes.get(loop)
+            if inbox is None:
+                inbox = _inboxes[loop] = _Inbox()
+    return inbox
+
+
 def call_in_loop(loop: asyncio.AbstractEventLoop, callback: Callable[..., object], *args: Any) -> None:
-    """Schedule ``callback(*args)`` on ``loop`` from any thread; a closed loop drops it silently."""
-    with contextlib.suppress(RuntimeError):
-        loop.call_soon_threadsafe(callback, *args)
+    """Schedule ``callback(*args)`` on ``loop`` from any thread, after everything handed to it before (from any
+    thread); a closed loop drops it silently.
+    """
+    _inbox(loop).put(loop, callback, args)
 
 
 def _settle(future: asyncio.Future[Any], async_result: Any) -> None:
@@ -51,13 +117,42 @@ def _settle(future: asyncio.Future[Any], async_result: Any) -> None:
         future.set_result(async_result.value)
 
 
+class _LazyCondition:
+    """The part of ``threading.Condition`` kazoo's ``AsyncResult`` uses, over a re-entrant lock (as the default
+    condition's), building the real condition only when a thread waits: the results the loop awaits are never
+    waited on, and building a ``threading.Condition`` per request was ~15 % of the loop's time in a sync.
+    Every method runs with the lock held (kazoo takes it first), so building it in :meth:`wait` races nothing.
+    """
+
+    __slots__ = ("_condition", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._condition: threading.Condition | None = None
+
+    def __enter__(self) -> bool:
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._lock.release()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._condition is None:
+            self._condition = threading.Condition(self._lock)
+        return self._condition.wait(timeout)
+
+    def notify_all(self) -> None:
+        if self._condition is not None:
+            self._condition.notify_all()
+
+
 class LoopResult(AsyncResult):  # type: ignore[misc]  # kazoo is untyped
-    """kazoo's threading ``AsyncResult`` that can also settle an asyncio future itself, from the thread that
-    sets it (see the module docs). Without :meth:`settle_on` it is kazoo's result, unchanged.
+    """kazoo's threading ``AsyncResult`` (same base, same timeout error) that can also settle an asyncio future
+    itself, from the thread that sets it (see the module docs). Without :meth:`settle_on` it behaves as kazoo's.
     """
 
     def __init__(self, handler: Any) -> None:
-        super().__init__(handler)
+        super().__init__(handler, _LazyCondition, KazooTimeoutError)
         self._target: tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]] | None = None
 
     def set(self, value: Any = None) -> None:
@@ -106,6 +201,14 @@ class LoopHandler(SequentialThreadingHandler):  # type: ignore[misc]  # kazoo is
         """A result that can settle an asyncio future straight from kazoo's connection thread."""
         return LoopResult(self)
 
+    def select(self, *args: Any, **kwargs: Any) -> tuple[list[Any], list[Any], list[Any]]:
+        """kazoo's ``select(rlist, wlist, xlist, timeout)``, answered by one ``poll`` call (see the module docs);
+        kazoo's own selector where ``poll`` is missing.
+        """
+        if _HAS_POLL and not kwargs and len(args) == 4:
+            return _poll_select(*args)
+        return super().select(*args, **kwargs)  # type: ignore[no-any-return]
+
     def dispatch_callback(self, callback: Any) -> None:
         """Run a :class:`LoopWatcher` now; queue anything else for the callback thread (kazoo's behaviour)."""
         if isinstance(callback.func, LoopWatcher):
@@ -114,9 +217,59 @@ class LoopHandler(SequentialThreadingHandler):  # type: ignore[misc]  # kazoo is
             super().dispatch_callback(callback)
 
 
+_HAS_POLL = hasattr(select, "poll")
+_READ = select.POLLIN | select.POLLPRI if _HAS_POLL else 0
+_WRITE = select.POLLOUT if _HAS_POLL else 0
+
+
+def _poll_select(
+    rlist: list[Any], wlist: list[Any], xlist: list[Any], timeout: float | None
+) -> tuple[list[Any], list[Any], list[Any]]:
+    """What kazoo's ``selector_select`` answers (xlist ignored, as there; a file both readable and writable is
+    reported readable only), by ``poll``, which has no descriptor limit either. An error or hang-up on a file
+    counts as ready for what it was asked for, as with ``selectors``.
+    """
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
+        raise ValueError(f"bad select timeout {timeout!r}")
+    wanted: dict[int, int] = {}
+    files: dict[int, list[Any]] = {}
+    for fileobjs, mask in ((rlist, _READ), (wlist, _WRITE)):
+        for fileobj in fileobjs:
+            fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+            if fd < 0:
+                raise ValueError("Invalid event mask or fd")
+            wanted[fd] = wanted.get(fd, 0) | mask
+            files.setdefault(fd, []).append(fileobj)
+    poller = select.poll()
+    for fd, mask in wanted.items():
+        poller.register(fd, mask)
+    # poll counts milliseconds: round up, or a timeout under 1 ms would spin until it passes.
+    ready = poller.poll(None if timeout is None else math.ceil(timeout * 1000))
+    readable: list[Any] = []
+    writable: list[Any] = []
+    for fd, happened in ready:
+        mask = wanted.get(fd, 0)
+        if happened & ~select.POLLOUT and mask & _READ:
+            readable.extend(files[fd])
+        elif happened & ~_READ and mask & _WRITE:
+            writable.extend(files[fd])
+    return readable, writable, []
+
+
 def _expire(future: asyncio.Future[Any]) -> None:
     if not future.done():
         future.set_exception(TimeoutError())
+
+
+def settled_future(loop: asyncio.AbstractEventLoop, async_result: Any) -> asyncio.Future[Any]:
+    """A future of ``loop`` settled with a kazoo ``IAsyncResult``'s outcome once it is set (no timeout: kazoo
+    fails every pending request when the connection drops)."""
+    future: asyncio.Future[Any] = loop.create_future()
+    if isinstance(async_result, LoopResult):
+        async_result.settle_on(loop, future)
+    else:
+        async_result.rawlink(lambda result: call_in_loop(loop, _settle, future, result))
+    return future
 
 
 async def await_kazoo(async_result: Any, timeout: float, what: str) -> Any:
@@ -125,11 +278,7 @@ async def await_kazoo(async_result: Any, timeout: float, what: str) -> Any:
     Other kazoo exceptions (``NoNodeError``, ``NodeExistsError``, ``BadVersionError``...) propagate as they are.
     """
     loop = asyncio.get_running_loop()
-    future: asyncio.Future[Any] = loop.create_future()
-    if isinstance(async_result, LoopResult):
-        async_result.settle_on(loop, future)
-    else:
-        async_result.rawlink(lambda result: call_in_loop(loop, _settle, future, result))
+    future = settled_future(loop, async_result)
     # A timer that fails the future, not asyncio.timeout (a context object per request) nor asyncio.wait_for
     # (on Python 3.11 it swallows a cancel() that arrives just as the reply does, and a watch task that ignores
     # its cancellation makes registry.close() hang forever): cancelling the caller cancels the bare future.

@@ -14,6 +14,7 @@ Each registered znode carries an ``exists`` watch: deleted while our session liv
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from discovery.core.backend import LostReason, RegistrationState, StateListener
 from discovery.core.errors import BackendUnavailableError, DiscoveryError, NotRegisteredError
 from discovery.core.models import Instance
-from discovery_zookeeper.bridge import LoopWatcher
+from discovery_zookeeper.bridge import CONNECTION_ERRORS, LoopWatcher, settled_future
 from discovery_zookeeper.connection import SessionEvent, ZooKeeperSession
 from discovery_zookeeper.layout import Layout
 from discovery_zookeeper.records import encode_record
@@ -345,12 +346,37 @@ class Registrations:
         self._node_changed(event.path)
 
     def _node_changed(self, path: str) -> None:
+        """Send the ``exists`` of :meth:`_verify` from here, without a task: this runs once per registration, and
+        its answer rarely needs more than a look (a task is made only to write a removed node back)."""
         key = self._layout.key_of(path)
-        if key is None or key not in self._entries or self._closed:
+        entry = None if key is None else self._entries.get(key)
+        if key is None or entry is None or entry.lost or self._closed or not self._session.connected.is_set():
             return
-        task = asyncio.get_running_loop().create_task(self._verify(key), name="zookeeper-verify-owner")
-        self._checks.add(task)
-        task.add_done_callback(self._checks.discard)
+        try:
+            request = self._session.client.exists_async(self._layout.instance_path(entry.instance), self._node_watch)
+        except CONNECTION_ERRORS as error:  # disconnected meanwhile: kazoo's SetWatches re-checks on reconnect
+            logger.debug("checking the owner of %s: %s", key, error)
+            return
+        settled_future(self._session_loop, request).add_done_callback(functools.partial(self._owner_read, key, entry))
+
+    def _owner_read(self, key: Key, entry: _Registration, answer: asyncio.Future[Any]) -> None:
+        if answer.cancelled():
+            return
+        error = answer.exception()
+        if error is not None:
+            logger.debug("checking the owner of %s: %r", key, error)
+            return
+        if self._closed or self._entries.get(key) is not entry or entry.lost:
+            return
+        stat = answer.result()
+        if stat is None:
+            task = asyncio.get_running_loop().create_task(
+                self._write_back_removed(key, entry), name="zookeeper-write-back"
+            )
+            self._checks.add(task)
+            task.add_done_callback(self._checks.discard)
+        elif stat.ephemeralOwner not in (self._session.session_id, entry.owner_session):
+            self._taken_over(key, entry)
 
     async def _verify(self, key: Key) -> None:
         """Check who owns the znode of a registration (and re-arm its watch): written back if missing, given up
