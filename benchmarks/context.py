@@ -35,6 +35,7 @@ class Profile:
     propagation_trials: int
     register_count: int
     register_concurrent_count: int
+    register_rounds: int  # scenario 2: each tool's timed run, this many times, the tools taking turns
     detection_trials: int
     detection_ttl: float | None  # None = each backend's minimum
     restore_trials: int
@@ -48,8 +49,8 @@ class Profile:
 
 
 PROFILES = {
-    "quick": Profile("quick", 4, 20, 64, 1, None, 1, 10, 200, 10, (200,), ("zookeeper", "etcd", "consul"), 2, False),
-    "full": Profile("full", 40, 300, 1600, 5, 3.0, 5, 200, 1000, 200, (1000, 10000, 50000),
+    "quick": Profile("quick", 4, 20, 64, 1, 1, None, 1, 10, 200, 10, (200,), ("zookeeper", "etcd", "consul"), 2, False),
+    "full": Profile("full", 40, 300, 1600, 3, 5, 3.0, 5, 200, 1000, 200, (1000, 10000, 50000),
                     ("zookeeper", "etcd", "consul"), 10, True),
 }
 

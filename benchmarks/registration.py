@@ -7,12 +7,14 @@ with ``follow_records=False``, which separates the cost of following one's own r
 registered in, which reads every instance of it once). The TTL is long (30 s) so that
 keep-alive traffic of the registrations made so far does not compete with the writes being timed. Every tool
 first makes a fifth of its count (at least 20) registrations that are not timed, on the same client: the server's
-JIT and a client's first calls would otherwise count against whichever tool runs first.
+JIT and a client's first calls would otherwise count against whichever tool runs first. Then the tools take turns
+(:func:`run`), so that a drift during the run does not favour one of them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import statistics
 import threading
 import time
 
@@ -66,57 +68,78 @@ async def _timed_async(
     target: Target, count: int, registrants: int, follow_records: bool = True
 ) -> tuple[list[float], float]:
     """The same with :class:`AsyncRegistry` and asyncio tasks: no thread hop per call."""
-    latencies: list[float] = []
     async with await AsyncRegistry.connect(target.ours_url, follow_records=follow_records) as registry:
+        await _timed_on(registry, target, _warm_up_count(count), registrants, "w")
+        return await _timed_on(registry, target, count, registrants, "r")
 
-        async def registrant(worker: int, count: int, prefix: str, timed: list[float]) -> None:
-            for n in range(worker, count, registrants):
-                t0 = time.perf_counter()
-                await registry.register(Instance(target.service, f"{prefix}{n}", "127.0.0.1", 8080), ttl=target.ttl)
-                timed.append(time.perf_counter() - t0)
 
-        warm = _warm_up_count(count)
-        await asyncio.gather(*(registrant(w, warm, "w", []) for w in range(registrants)))
-        started = time.perf_counter()
-        await asyncio.gather(*(registrant(w, count, "r", latencies) for w in range(registrants)))
-        wall = time.perf_counter() - started
-    return latencies, wall
+async def _timed_on(
+    registry: AsyncRegistry, target: Target, count: int, registrants: int, prefix: str
+) -> tuple[list[float], float]:
+    latencies: list[float] = []
+
+    async def registrant(worker: int) -> None:
+        for n in range(worker, count, registrants):
+            t0 = time.perf_counter()
+            await registry.register(Instance(target.service, f"{prefix}{n}", "127.0.0.1", 8080), ttl=target.ttl)
+            latencies.append(time.perf_counter() - t0)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(registrant(w) for w in range(registrants)))
+    return latencies, time.perf_counter() - started
+
+
+def _measure(target: Target, name: str, count: int, registrants: int) -> tuple[list[float], float]:
+    """One tool's warm-up and timed run on a client of its own, in a service of its own (closed after)."""
+    if name.startswith("async"):
+        return asyncio.run(_timed_async(target, count, registrants, follow_records=name == "async"))
+    tool = make_tool(name, target)
+    try:
+        _timed(tool, _warm_up_count(count), registrants, prefix="w")
+        return _timed(tool, count, registrants)
+    finally:
+        tool.close()
+
+
+LABELS = {"ours": "ours", "async": "ours (AsyncRegistry)",
+          "async-unfollowed": "ours (AsyncRegistry, follow_records=False)"}
+NOTES = {"async": "asyncio tasks, no facade thread hop",
+         "async-unfollowed": "asyncio tasks, no facade thread hop, own records not followed"}
 
 
 def run(context: RunContext, report: Report, backend: str) -> None:
-    """Both registrant counts, ours and the raw client."""
-    tools = ["ours", "async"] if backend == "memory" else ["ours", "async", "async-unfollowed", "raw"]
+    """Both registrant counts, ours and the raw client. The tools take turns, ``register_rounds`` turns, each turn
+    one run of every tool (the order rotated; a run is a fresh client in a fresh service, warmed up, then timed);
+    a tool's rate is the median of its runs', its latencies those of all its runs. A drift of the machine or the
+    server during the scenario then falls on every tool alike."""
+    names = ["ours", "async"] if backend == "memory" else ["ours", "async", "async-unfollowed", "raw"]
+    rounds = context.profile.register_rounds
     for scenario, registrants, count in (
         ("2-register-1", 1, context.profile.register_count),
         ("2-register-16", 16, context.profile.register_concurrent_count),
     ):
-        for name in tools:
-            label = {"ours": "ours", "async": "ours (AsyncRegistry)",
-                     "async-unfollowed": "ours (AsyncRegistry, follow_records=False)"}.get(name) or RAW_NAMES[backend]
-            target = context.target(backend, "reg", ttl=TTL)
-            if name.startswith("async"):
-                try:
-                    latencies, wall = asyncio.run(
-                        _timed_async(target, count, registrants, follow_records=name == "async")
-                    )
-                except Exception as error:
-                    report.add(Row(scenario, backend, label, "ms", status="failed", note=f"{type(error).__name__}"))
+        failed: dict[str, str] = {}
+        latencies: dict[str, list[float]] = {name: [] for name in names}
+        rates: dict[str, list[float]] = {name: [] for name in names}
+        for turn in range(rounds):
+            for name in names[turn % len(names):] + names[:turn % len(names)]:
+                if name in failed:
                     continue
-                values = summarize(latencies, 1e3)
-                values["rate"] = count / wall
-                note = "asyncio tasks, no facade thread hop" + ("" if name == "async" else ", own records not followed")
-                report.add(Row(scenario, backend, label, "ms", values, note=note))
+                try:
+                    timed, wall = _measure(context.target(backend, "reg", ttl=TTL), name, count, registrants)
+                except Exception as error:
+                    failed[name] = f"{type(error).__name__}: {error}"[:200]
+                    continue
+                latencies[name].extend(timed)
+                rates[name].append(count / wall)
+        for name in names:
+            label = LABELS.get(name) or RAW_NAMES[backend]
+            if name in failed:
+                report.add(Row(scenario, backend, label, "ms", status="failed", note=failed[name]))
                 continue
-            tool = make_tool(name, target)
-            try:
-                _timed(tool, _warm_up_count(count), registrants, prefix="w")
-                latencies, wall = _timed(tool, count, registrants)
-            except Exception as error:
-                note = f"{type(error).__name__}: {error}"
-                report.add(Row(scenario, backend, label, "ms", status="failed", note=note))
-                continue
-            finally:
-                tool.close()
-            values = summarize(latencies, 1e3)
-            values["rate"] = count / wall
-            report.add(Row(scenario, backend, label, "ms", values, note="rate = registrations/s"))
+            values = summarize(latencies[name], 1e3)
+            values["rate"] = statistics.median(rates[name])
+            note = NOTES.get(name, "rate = registrations/s")
+            if rounds > 1:
+                note += "; rate = median of " + ", ".join(f"{rate:.0f}" for rate in rates[name])
+            report.add(Row(scenario, backend, label, "ms", values, note=note))
