@@ -223,10 +223,18 @@ class ZooKeeperSession:
 
     async def request(self, what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a kazoo ``*_async`` call and await it with the request timeout."""
+        return await self.reply(what, self.send(what, call, *args, **kwargs))
+
+    def send(self, what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Queue a kazoo ``*_async`` call now (its ``IAsyncResult``), to be awaited with :meth:`reply`: requests sent
+        one after another, before either is awaited, reach the server back to back and are answered in order."""
         try:
-            async_result = call(*args, **kwargs)
+            return call(*args, **kwargs)
         except CONNECTION_ERRORS as error:
             raise BackendUnavailableError(f"ZooKeeper {what} failed: {type(error).__name__}: {error}") from error
+
+    async def reply(self, what: str, async_result: Any) -> Any:
+        """Await the answer to a request :meth:`send` queued, with the request timeout."""
         try:
             return await await_kazoo(async_result, self._config.request_timeout, what)
         except NoAuthError:

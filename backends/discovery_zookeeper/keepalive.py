@@ -51,6 +51,21 @@ BATCH_MAX_CREATES = 128
 BATCH_MAX_BYTES = 256 * 1024
 
 
+@dataclass(frozen=True, slots=True)
+class Created:
+    """What :meth:`EphemeralCreates.create` did: the id of the session that created the node (``None``: not created,
+    for a reason the one-by-one write handles) and, when it was created, the answer to the ``exists`` (with the
+    owner watch) sent right behind the create."""
+
+    session_id: int | None
+    owner_check: asyncio.Future[Any] | None = None
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # an owner check nobody reads (its create failed) must not log "never retrieved"
+
+
 class EphemeralCreates:
     """Creates of ephemeral znodes, many per round trip (group commit).
 
@@ -58,22 +73,25 @@ class EphemeralCreates:
     wait and go together in the next, as one ``multi`` transaction. One registrant therefore waits for nothing,
     and N concurrent ones share round trips (and kazoo's per-request cost) instead of queueing N requests. A
     transaction is atomic: if any create in it fails (the node exists, its parent is missing), none is made, and
-    each caller is told to write its node one by one (:meth:`create` returns ``False``).
+    each caller is told to write its node one by one (:meth:`create` returns no session).
+
+    With an ``owner_watch``, the ``exists`` that arms it on each node is sent right behind the transaction, before
+    its answer: the server runs a session's requests in order, so it sees the node just created, and its answer
+    arrives while the caller goes on (sent after the answer, it queued in front of the caller's next create).
     """
 
-    def __init__(self, session: ZooKeeperSession) -> None:
+    def __init__(self, session: ZooKeeperSession, owner_watch: LoopWatcher | None = None) -> None:
         self._session = session
-        self._queued: list[tuple[str, bytes, asyncio.Future[int | None]]] = []
+        self._owner_watch = owner_watch
+        self._queued: list[tuple[str, bytes, asyncio.Future[Created]]] = []
         self._flush_planned = False
         self._in_flight = False
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def create(self, path: str, data: bytes) -> int | None:
-        """The id of the session that created the node; ``None`` if it was not created, for a reason the one-by-one
-        write handles (it exists, its parent is missing); ``BackendUnavailableError`` as any request.
-        """
+    async def create(self, path: str, data: bytes) -> Created:
+        """Create the node (see :class:`Created`); ``BackendUnavailableError`` as any request."""
         loop = asyncio.get_running_loop()
-        created: asyncio.Future[int | None] = loop.create_future()
+        created: asyncio.Future[Created] = loop.create_future()
         if not self._in_flight and not self._queued:
             # Nothing to share the round trip with: send it from here, now (no task, no extra loop iteration).
             self._in_flight = True
@@ -89,7 +107,7 @@ class EphemeralCreates:
         self._flush_planned = False
         if self._in_flight:
             return  # the transaction in flight sends what is queued when it completes
-        batch: list[tuple[str, bytes, asyncio.Future[int | None]]] = []
+        batch: list[tuple[str, bytes, asyncio.Future[Created]]] = []
         size = 0
         while self._queued and len(batch) < BATCH_MAX_CREATES:
             path, data, created = self._queued[0]
@@ -108,13 +126,23 @@ class EphemeralCreates:
         elif self._queued:
             self._flush()
 
-    async def _commit(self, batch: list[tuple[str, bytes, asyncio.Future[int | None]]]) -> None:
+    async def _commit(self, batch: list[tuple[str, bytes, asyncio.Future[Created]]]) -> None:
         session_id = self._session.session_id
+        client = self._session.client
+        checks: list[asyncio.Future[Any] | None] = [None] * len(batch)
         try:
-            transaction = self._session.client.transaction()
+            transaction = client.transaction()
             for path, data, _ in batch:
                 transaction.create(path, data, ephemeral=True)
-            results: Any = await self._session.request("multi", transaction.commit_async)
+            sent = self._session.send("multi", transaction.commit_async)
+            if self._owner_watch is not None:
+                loop = asyncio.get_running_loop()
+                for number, (path, _, _) in enumerate(batch):
+                    check = settled_future(loop, self._session.send("exists", client.exists_async, path,
+                                                                    self._owner_watch))
+                    check.add_done_callback(_retrieved)
+                    checks[number] = check
+            results: Any = await self._session.reply("multi", sent)
         except (NodeExistsError, NoNodeError):
             results = None  # a failed transaction reported as the whole request's error
         except Exception as error:  # the connection, a timeout, a refusal: every caller sees it
@@ -127,9 +155,9 @@ class EphemeralCreates:
             if self._queued:
                 self._flush()
         succeeded = isinstance(results, list) and not any(isinstance(result, Exception) for result in results)
-        for _, _, created in batch:
+        for (_, _, created), owner_check in zip(batch, checks, strict=True):
             if not created.done():
-                created.set_result(session_id if succeeded else None)
+                created.set_result(Created(session_id, owner_check) if succeeded else Created(None))
 
 
 @dataclass(slots=True)
@@ -141,6 +169,9 @@ class _Registration:
     owner_session: int | None = None
     #: Set while the znode is known to be in place (not lost): an update of a lost registration waits on it.
     in_place: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The answer to the ``exists`` sent with the create that just wrote the node, until :meth:`Registrations._arm`
+    #: takes it (see :class:`EphemeralCreates`).
+    owner_check: asyncio.Future[Any] | None = None
 
     def __post_init__(self) -> None:
         self.in_place.set()
@@ -175,9 +206,9 @@ class Registrations:
         # after the delete would bring a deregistered instance back).
         self._key_locks: dict[Key, asyncio.Lock] = {}
         self._session_loop = asyncio.get_running_loop()
-        self._creates = EphemeralCreates(session)
         # One object, handed to kazoo on every exists(): kazoo keeps a set of watchers per path.
         self._node_watch = LoopWatcher(self._session_loop, self._node_event)
+        self._creates = EphemeralCreates(session, self._node_watch)
         self._closed = False
         session.add_listener(self._on_session_event)
 
@@ -278,9 +309,10 @@ class Registrations:
         """
         if create_first:
             path = self._layout.instance_path(entry.instance)
-            session_id = await self._creates.create(path, self._record(entry))
-            if session_id is not None:
-                entry.owner_session = session_id
+            created = await self._creates.create(path, self._record(entry))
+            if created.session_id is not None:
+                entry.owner_session = created.session_id
+                entry.owner_check = created.owner_check
                 return True
         try:
             return await self._write_once(entry, take_over)  # the common case, without building a retry loop
@@ -335,10 +367,16 @@ class Registrations:
 
     async def _arm(self, entry: _Registration) -> None:
         """Set an ``exists`` watch on the entry's znode (kazoo keeps one per path and callback, so re-arming is
-        free) and check the owner once: a change between our write and the watch would otherwise go unseen. In a
-        task of its own: the write has returned, and the caller need not wait one more round trip for the watch.
+        free) and check the owner once: a change between our write and the watch would otherwise go unseen. The
+        caller does not wait for the answer. A create that sent its ``exists`` along already did both.
         """
-        self._node_changed(self._layout.instance_path(entry.instance))
+        check, entry.owner_check = entry.owner_check, None
+        if check is None:
+            self._node_changed(self._layout.instance_path(entry.instance))
+            return
+        key = entry.instance.key
+        if self._entries.get(key) is entry and not self._closed:
+            check.add_done_callback(functools.partial(self._owner_read, key, entry))
 
     def _node_event(self, event: WatchedEvent) -> None:
         if event.type == EventType.NONE or event.path is None:
@@ -481,6 +519,7 @@ class Registrations:
                     if self._entries.get(key) is not entry:
                         continue  # deregistered (or registered anew) while we waited for the key
                     await self._write(entry, take_over=False, create_first=True)
+                    entry.owner_check = None  # _verify below checks the owner (and re-arms) after the restore
             except _TakenOver:
                 self._taken_over(key, entry)
                 continue

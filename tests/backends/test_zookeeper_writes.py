@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+from typing import Any
 
 import pytest
 from kazoo.client import KazooClient
@@ -15,6 +16,7 @@ from discovery.core.models import Instance
 from discovery.registry.async_registry import AsyncRegistry
 from discovery_zookeeper import ZooKeeperBackend
 from discovery_zookeeper.bridge import LoopHandler, LoopWatcher
+from discovery_zookeeper.connection import ZooKeeperSession
 from tests.backends.zookeeper_support import backend_url, raw_client
 from tests.harness import ServerHandle
 from tests.harness.specs import zk_four_letter_word
@@ -55,6 +57,35 @@ async def test_concurrent_registrations_share_round_trips(zookeeper_server: Serv
     # together. (Each registration also reads its znode once, an `exists` that arms its owner watch: reads are not
     # transactions, and kazoo pipelines them.)
     assert after - before <= 12, f"{after - before} write transactions for {CONCURRENT} concurrent registrations"
+
+
+@pytest.mark.servers
+async def test_the_owner_check_goes_out_behind_the_create_before_its_answer(
+    zookeeper_server: ServerHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ``exists`` that arms a registration's owner watch is sent right behind its create (the server answers a
+    session's requests in order, so it sees the new node), not after the create's answer, where it queued in
+    front of a registrant's next create. Ownership is still checked: see the conformance and fault suites."""
+    events: list[str] = []
+    send, reply = ZooKeeperSession.send, ZooKeeperSession.reply
+
+    def sending(self: ZooKeeperSession, what: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+        events.append(f"{what} sent")
+        return send(self, what, call, *args, **kwargs)
+
+    async def replied(self: ZooKeeperSession, what: str, async_result: Any) -> Any:
+        try:
+            return await reply(self, what, async_result)
+        finally:
+            events.append(f"{what} answered")
+
+    async with await AsyncRegistry.connect(backend_url(zookeeper_server), follow_records=False) as registry:
+        await registry.register(_instance("api", 0))  # the service's parent exists from here on
+        monkeypatch.setattr(ZooKeeperSession, "send", sending)
+        monkeypatch.setattr(ZooKeeperSession, "reply", replied)
+        await registry.register(_instance("api", 1))
+        monkeypatch.undo()
+    assert events[:3] == ["multi sent", "exists sent", "multi answered"], events
 
 
 @pytest.mark.servers
