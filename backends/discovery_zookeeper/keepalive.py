@@ -136,12 +136,7 @@ class EphemeralCreates:
                 transaction.create(path, data, ephemeral=True)
             sent = self._session.send("multi", transaction.commit_async)
             if self._owner_watch is not None:
-                loop = asyncio.get_running_loop()
-                for number, (path, _, _) in enumerate(batch):
-                    check = settled_future(loop, self._session.send("exists", client.exists_async, path,
-                                                                    self._owner_watch))
-                    check.add_done_callback(_retrieved)
-                    checks[number] = check
+                self._send_owner_checks(batch, checks)
             results: Any = await self._session.reply("multi", sent)
         except (NodeExistsError, NoNodeError):
             results = None  # a failed transaction reported as the whole request's error
@@ -158,6 +153,22 @@ class EphemeralCreates:
         for (_, _, created), owner_check in zip(batch, checks, strict=True):
             if not created.done():
                 created.set_result(Created(session_id, owner_check) if succeeded else Created(None))
+
+    def _send_owner_checks(
+        self, batch: list[tuple[str, bytes, asyncio.Future[Created]]], checks: list[asyncio.Future[Any] | None]
+    ) -> None:
+        """Send the owner checks of a batch just sent; one that cannot be sent (the client is closing) stays
+        ``None``, and its registration checks the owner the ordinary way once the create has answered."""
+        loop = asyncio.get_running_loop()
+        client = self._session.client
+        for number, (path, _, _) in enumerate(batch):
+            try:
+                request = self._session.send("exists", client.exists_async, path, self._owner_watch)
+            except BackendUnavailableError:
+                return  # the transaction's own answer tells its callers what happened
+            check = settled_future(loop, request)
+            check.add_done_callback(_retrieved)
+            checks[number] = check
 
 
 @dataclass(slots=True)
