@@ -12,11 +12,13 @@ import pytest
 from kazoo.client import KazooClient
 from kazoo.protocol.states import Callback
 
+from discovery.core.errors import BackendUnavailableError
 from discovery.core.models import Instance
 from discovery.registry.async_registry import AsyncRegistry
 from discovery_zookeeper import ZooKeeperBackend
 from discovery_zookeeper.bridge import LoopHandler, LoopWatcher
 from discovery_zookeeper.connection import ZooKeeperSession
+from discovery_zookeeper.keepalive import Created, EphemeralCreates
 from tests.backends.zookeeper_support import backend_url, raw_client
 from tests.harness import ServerHandle
 from tests.harness.specs import zk_four_letter_word
@@ -166,3 +168,32 @@ def test_a_loop_watcher_runs_without_kazoos_callback_thread() -> None:
     finally:
         release.set()
         handler.stop()
+
+
+class _ClosingSession:
+    """A session whose client closes between a transaction and the owner checks sent behind it."""
+
+    session_id = 0x1234
+
+    def __init__(self) -> None:
+        self.client = KazooClient(hosts="127.0.0.1:1")  # never started: only builds requests
+        self.sent: list[str] = []
+
+    def send(self, what: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+        self.sent.append(what)
+        if what == "exists":
+            raise BackendUnavailableError("ZooKeeper exists failed: ConnectionClosedError")
+        return what
+
+    async def reply(self, what: str, async_result: Any) -> Any:
+        return [f"/created/{n}" for n in range(2)]
+
+
+async def test_an_owner_check_that_cannot_be_sent_leaves_the_create_to_answer() -> None:
+    session = _ClosingSession()
+    creates = EphemeralCreates(session, LoopWatcher(asyncio.get_running_loop(), print))  # type: ignore[arg-type]
+    created = await asyncio.gather(creates.create("/created/0", b"{}"), creates.create("/created/1", b"{}"))
+    # The first create goes alone, the second in the next transaction; no owner check could be sent for either,
+    # so each registration checks its owner the ordinary way once the create has answered.
+    assert created == [Created(0x1234, None), Created(0x1234, None)]
+    assert session.sent == ["multi", "exists", "multi", "exists"]
