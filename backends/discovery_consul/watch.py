@@ -549,6 +549,10 @@ class ServiceWatch(AsyncIterator[Snapshot]):
 
     async def _read(self) -> Snapshot | None:
         """Read the service once (non-blocking); the new snapshot, or None if its set did not change."""
+        # A feed error told before this read is answered by it: applied after a read that succeeded (the agent came
+        # back while this watch retried), it marked the fresh set stale, and the feed's wake-up after its recovery
+        # had already been used up by this read, so the set stayed stale until the next change.
+        self._feed_error = None
         self._follower.reading = True
         try:
             if self._before_first_read is not None:

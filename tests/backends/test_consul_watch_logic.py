@@ -223,6 +223,45 @@ async def test_feed_errors_publish_the_last_set_stale_then_every_watch_reads_fre
     await web.stop()
 
 
+class FlakyReadsAgent(ScriptedAgent):
+    """A scripted agent whose service reads fail while ``reads_down`` is set."""
+
+    def __init__(self, script: list[tuple[int, list[dict[str, Any]]] | Exception]) -> None:
+        super().__init__(script)
+        self.reads_down = False
+
+    async def health_service(self, service: str, tag: str | None, index: int = 0, wait: float = 0.0) -> Any:
+        if self.reads_down:
+            raise BackendUnavailableError("agent down")
+        return await super().health_service(service, tag, index, wait)
+
+
+async def test_a_feed_error_told_while_a_watch_retried_its_read_does_not_leave_it_stale() -> None:
+    # web's read fails (the agent is down) and retries; meanwhile the feed fails and recovers, which wakes web.
+    # The retry that succeeds is fresh, and the feed's error from before it must not mark it stale afterwards.
+    down = BackendUnavailableError("agent down")
+    agent = FlakyReadsAgent([(5, checks(WEB, 5)), (6, checks(WEB, 6)), down, (9, checks(WEB, 6))])
+    agent.services = {"web": (5, [live_entry(WEB)])}
+    feed = ChangeFeed(agent, wait=60.0)  # type: ignore[arg-type]
+    web = Watched(agent, feed, "web")
+    await settle(agent, 0)
+    assert web.seen == [(frozenset({"w1"}), False)]
+    agent.reads_down = True
+    await settle(agent, 1)  # web's checks changed at 6: web reads, fails, retries
+    assert web.seen[-1] == (frozenset({"w1"}), True)
+    await settle(agent, 1)  # the feed fails, re-lists at once and recovers (index 9): every watch is woken
+    await asyncio.wait_for(agent.exhausted.wait(), 5)
+    agent.services = {"web": (9, [live_entry(WEB)])}
+    agent.reads_down = False
+    for _ in range(100):  # until web's retry has read (poll with a deadline)
+        if web.seen[-1] == (frozenset({"w1"}), False):
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)  # room for a late stale snapshot, which is what failed before
+    assert web.seen[-1] == (frozenset({"w1"}), False), web.seen
+    await web.stop()
+
+
 async def test_a_changed_service_takes_the_hot_slot_of_the_least_recently_changed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
