@@ -394,12 +394,31 @@ class Registrations:
             return  # connection state; the session listener handles it
         self._node_changed(event.path)
 
+    def _checkable(self, key: Key | None) -> _Registration | None:
+        """The registration of ``key`` if its owner can be checked now (an expiry is the healer's business; a
+        disconnection is re-checked by kazoo's SetWatches)."""
+        entry = None if key is None else self._entries.get(key)
+        if entry is None or entry.lost or self._closed or not self._session.connected.is_set():
+            return None
+        return entry
+
+    def _missing(self, key: Key, entry: _Registration, stat: Any) -> bool:
+        """Judge an owner check's answer: True when the znode is gone and must be written back; given up if another
+        session took it over; nothing when the registration changed meanwhile."""
+        if self._closed or self._entries.get(key) is not entry or entry.lost:
+            return False
+        if stat is None:
+            return True
+        if stat.ephemeralOwner not in (self._session.session_id, entry.owner_session):
+            self._taken_over(key, entry)
+        return False
+
     def _node_changed(self, path: str) -> None:
         """Send the ``exists`` of :meth:`_verify` from here, without a task: this runs once per registration, and
         its answer rarely needs more than a look (a task is made only to write a removed node back)."""
         key = self._layout.key_of(path)
-        entry = None if key is None else self._entries.get(key)
-        if key is None or entry is None or entry.lost or self._closed or not self._session.connected.is_set():
+        entry = self._checkable(key)
+        if key is None or entry is None:
             return
         try:
             request = self._session.client.exists_async(self._layout.instance_path(entry.instance), self._node_watch)
@@ -414,38 +433,28 @@ class Registrations:
         error = answer.exception()
         if error is not None:
             logger.debug("checking the owner of %s: %r", key, error)
-            return
-        if self._closed or self._entries.get(key) is not entry or entry.lost:
-            return
-        stat = answer.result()
-        if stat is None:
+        elif self._missing(key, entry, answer.result()):
             task = asyncio.get_running_loop().create_task(
                 self._write_back_removed(key, entry), name="zookeeper-write-back"
             )
             self._checks.add(task)
             task.add_done_callback(self._checks.discard)
-        elif stat.ephemeralOwner not in (self._session.session_id, entry.owner_session):
-            self._taken_over(key, entry)
 
     async def _verify(self, key: Key) -> None:
         """Check who owns the znode of a registration (and re-arm its watch): written back if missing, given up
         if another session took it over.
         """
-        entry = self._entries.get(key)
-        if entry is None or entry.lost or self._closed or not self._session.connected.is_set():
-            return  # an expiry is the healer's business; a disconnection is re-checked by kazoo's SetWatches
+        entry = self._checkable(key)
+        if entry is None:
+            return
         path = self._layout.instance_path(entry.instance)
         try:
             stat = await self._session.request("exists", self._session.client.exists_async, path, self._node_watch)
         except DiscoveryError as error:
             logger.debug("checking the owner of %s: %s", path, error)
             return
-        if self._entries.get(key) is not entry or entry.lost:
-            return
-        if stat is None:
+        if self._missing(key, entry, stat):
             await self._write_back_removed(key, entry)
-        elif stat.ephemeralOwner not in (self._session.session_id, entry.owner_session):
-            self._taken_over(key, entry)
 
     async def _write_back_removed(self, key: Key, entry: _Registration) -> None:
         logger.warning("%s was deleted by someone else while our session lives; writing it back", key)
