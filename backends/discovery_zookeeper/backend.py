@@ -27,7 +27,7 @@ from discovery_zookeeper.layout import Layout
 from discovery_zookeeper.records import with_status
 from discovery_zookeeper.security import verify_root
 from discovery_zookeeper.settings import ZooKeeperConfig
-from discovery_zookeeper.watch import ServiceWatch, decode_or_none
+from discovery_zookeeper.watch import OwnCreates, ServiceWatch, decode_or_none
 
 logger = logging.getLogger("discovery.backends.zookeeper.backend")
 
@@ -53,6 +53,8 @@ class ZooKeeperBackend(Backend):
         self._registrations: Registrations | None = None
         # Open watch streams, to end them on close; a stream its consumer dropped leaves by itself.
         self._watches: weakref.WeakSet[ServiceWatch] = weakref.WeakSet()
+        # What our registrations create, for the watches of their services (not read back: one get fewer each).
+        self._own_creates = OwnCreates()
         self._capabilities: Capabilities | None = None
         self._closed = False
         self._definitions = ZooKeeperDefinitions(self._live_session, config.root)
@@ -117,7 +119,7 @@ class ZooKeeperBackend(Backend):
             )
         self._session = session
         self._registrations = Registrations(
-            session, self._layout, self.config.payload_class, self.config.request_timeout
+            session, self._layout, self.config.payload_class, self.config.request_timeout, self._own_creates
         )
         session.add_listener(self._report_session_event)
 
@@ -234,7 +236,9 @@ class ZooKeeperBackend(Backend):
 
     def watch(self, namespace: str, service: str) -> ServiceWatch:
         """A new stream: the current snapshot, then one per change; stale while disconnected, re-listed after."""
-        stream = ServiceWatch(self._live_session(), self._layout.service_path(namespace, service), namespace, service)
+        stream = ServiceWatch(
+            self._live_session(), self._layout.service_path(namespace, service), namespace, service, self._own_creates
+        )
         self._watches.add(stream)
         return stream
 

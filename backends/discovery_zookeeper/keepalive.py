@@ -31,6 +31,7 @@ from discovery_zookeeper.bridge import CONNECTION_ERRORS, LoopWatcher, settled_f
 from discovery_zookeeper.connection import SessionEvent, ZooKeeperSession
 from discovery_zookeeper.layout import Layout
 from discovery_zookeeper.records import encode_record
+from discovery_zookeeper.watch import OwnCreates
 
 logger = logging.getLogger("discovery.backends.zookeeper.keepalive")
 
@@ -78,11 +79,19 @@ class EphemeralCreates:
     With an ``owner_watch``, the ``exists`` that arms it on each node is sent right behind the transaction, before
     its answer: the server runs a session's requests in order, so it sees the node just created, and its answer
     arrives while the caller goes on (sent after the answer, it queued in front of the caller's next create).
+    ``own_creates`` (with an owner watch only) is told what each create wrote and what its owner check found, so
+    that a watch of the service need not read the node back.
     """
 
-    def __init__(self, session: ZooKeeperSession, owner_watch: LoopWatcher | None = None) -> None:
+    def __init__(
+        self,
+        session: ZooKeeperSession,
+        owner_watch: LoopWatcher | None = None,
+        own_creates: OwnCreates | None = None,
+    ) -> None:
         self._session = session
         self._owner_watch = owner_watch
+        self._own_creates = own_creates if owner_watch is not None else None
         self._queued: list[tuple[str, bytes, asyncio.Future[Created]]] = []
         self._flush_planned = False
         self._in_flight = False
@@ -129,11 +138,14 @@ class EphemeralCreates:
     async def _commit(self, batch: list[tuple[str, bytes, asyncio.Future[Created]]]) -> None:
         session_id = self._session.session_id
         client = self._session.client
+        own_creates = self._own_creates
         checks: list[asyncio.Future[Any] | None] = [None] * len(batch)
         try:
             transaction = client.transaction()
             for path, data, _ in batch:
                 transaction.create(path, data, ephemeral=True)
+                if own_creates is not None:
+                    own_creates.sending(path, data)  # before the send: an owner watch event after it drops it
             sent = self._session.send("multi", transaction.commit_async)
             if self._owner_watch is not None:
                 self._send_owner_checks(batch, checks)
@@ -141,6 +153,7 @@ class EphemeralCreates:
         except (NodeExistsError, NoNodeError):
             results = None  # a failed transaction reported as the whole request's error
         except Exception as error:  # the connection, a timeout, a refusal: every caller sees it
+            self._tell_own_creates(batch, checks, None)
             for _, _, created in batch:
                 if not created.done():
                     created.set_exception(error)
@@ -150,9 +163,26 @@ class EphemeralCreates:
             if self._queued:
                 self._flush()
         succeeded = isinstance(results, list) and not any(isinstance(result, Exception) for result in results)
+        self._tell_own_creates(batch, checks, session_id if succeeded else None)
         for (_, _, created), owner_check in zip(batch, checks, strict=True):
             if not created.done():
                 created.set_result(Created(session_id, owner_check) if succeeded else Created(None))
+
+    def _tell_own_creates(
+        self,
+        batch: list[tuple[str, bytes, asyncio.Future[Created]]],
+        checks: list[asyncio.Future[Any] | None],
+        session_id: int | None,
+    ) -> None:
+        """What became of the batch's creates (``session_id``: the session they succeeded under, else ``None``)."""
+        own_creates = self._own_creates
+        if own_creates is None:
+            return
+        for (path, _, _), check in zip(batch, checks, strict=True):
+            if session_id is None or check is None:
+                own_creates.failed(path)
+            else:
+                check.add_done_callback(functools.partial(own_creates.checked, path, session_id))
 
     def _send_owner_checks(
         self, batch: list[tuple[str, bytes, asyncio.Future[Created]]], checks: list[asyncio.Future[Any] | None]
@@ -204,9 +234,15 @@ class Registrations:
     """What this backend registered, kept alive by the session and rewritten after an expiry."""
 
     def __init__(
-        self, session: ZooKeeperSession, layout: Layout, payload_class: str | None, request_timeout: float
+        self,
+        session: ZooKeeperSession,
+        layout: Layout,
+        payload_class: str | None,
+        request_timeout: float,
+        own_creates: OwnCreates | None = None,
     ) -> None:
         self._session = session
+        self._own_creates = own_creates
         self._request_timeout = request_timeout
         self._layout = layout
         self._payload_class = payload_class
@@ -219,7 +255,7 @@ class Registrations:
         self._session_loop = asyncio.get_running_loop()
         # One object, handed to kazoo on every exists(): kazoo keeps a set of watchers per path.
         self._node_watch = LoopWatcher(self._session_loop, self._node_event)
-        self._creates = EphemeralCreates(session, self._node_watch)
+        self._creates = EphemeralCreates(session, self._node_watch, own_creates)
         self._closed = False
         session.add_listener(self._on_session_event)
 
@@ -392,6 +428,8 @@ class Registrations:
     def _node_event(self, event: WatchedEvent) -> None:
         if event.type == EventType.NONE or event.path is None:
             return  # connection state; the session listener handles it
+        if self._own_creates is not None:
+            self._own_creates.node_event(event.path)  # a watch that took the node's data from its create reads it
         self._node_changed(event.path)
 
     def _checkable(self, key: Key | None) -> _Registration | None:

@@ -9,6 +9,10 @@ stream re-arms watches as it reads: a children watch on the service directory (o
 it does not exist yet) and a data watch on each instance znode. Watch callbacks only mark what is dirty and
 wake the stream; the stream then re-reads just that (new/removed children, changed nodes). After any reconnect
 it re-lists everything, after a small random delay so that many watchers do not hit the server at once.
+
+A znode this backend's own registrations just created is not read back (:class:`OwnCreates`): the stream takes
+its data from the create, and the owner watch the registration arms on it stands in for the stream's data watch
+until the first change, which the stream then reads as any other.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import logging
 import random
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
+from weakref import WeakSet
 
 from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import EventType, WatchedEvent
@@ -35,14 +40,91 @@ logger = logging.getLogger("discovery.backends.zookeeper.watch")
 #: Upper bound of the random delay before re-listing after a reconnect (spreads a herd of watchers).
 RESYNC_JITTER = 0.25
 
+#: Creates an :class:`OwnCreates` holds at most; past it a create is read back as any other node.
+OWN_CREATES_MAX = 4096
+
+
+class OwnCreates:
+    """Znodes this backend's registrations are creating, told to the open :class:`ServiceWatch` streams of their
+    service, which take the data from here instead of reading each node back (one ``get`` fewer per registration
+    of a watched service: the registry follows the services it registers in, so that is every registration).
+
+    An entry is taken only once the create succeeded *and* the owner check sent right behind it (an ``exists``
+    with the owner watch, :class:`discovery_zookeeper.keepalive.EphemeralCreates`) found the node at version 0
+    under the creating session: nothing changed it before that watch was armed, and every change after fires the
+    owner watch, whose events come to :meth:`node_event`: the entry is dropped and the streams read the node.
+    Entries exist only for services with an open stream, and a full re-list of a stream drops them all.
+    """
+
+    def __init__(self) -> None:
+        self._streams: dict[str, WeakSet[ServiceWatch]] = {}
+        self._pending: dict[str, bytes] = {}  # path -> data: sent, not yet known to be usable
+        self._usable: dict[str, bytes] = {}
+
+    def open(self, directory: str, stream: ServiceWatch) -> None:
+        """``stream`` watches ``directory`` (a service's znode) from now on."""
+        self._streams.setdefault(directory, WeakSet()).add(stream)
+
+    def close(self, directory: str, stream: ServiceWatch) -> None:
+        """``stream`` ended: creates in ``directory`` are no longer kept for it."""
+        streams = self._streams.get(directory)
+        if streams is not None:
+            streams.discard(stream)
+            if not streams:
+                del self._streams[directory]
+                self.drop_directory(directory)
+
+    def sending(self, path: str, data: bytes) -> None:
+        """A create of ``path`` with ``data`` is about to be sent."""
+        directory = path.rpartition("/")[0]
+        if directory in self._streams and len(self._pending) + len(self._usable) < OWN_CREATES_MAX:
+            self._pending[path] = data
+            self._usable.pop(path, None)
+
+    def failed(self, path: str) -> None:
+        """The create of ``path`` did not succeed (or cannot be vouched for)."""
+        self._pending.pop(path, None)
+
+    def checked(self, path: str, session_id: int | None, answer: asyncio.Future[Any]) -> None:
+        """The owner check behind a create that succeeded answered: the entry is usable if it shows the node as
+        created (version 0) by ``session_id``."""
+        data = self._pending.pop(path, None)
+        if data is None or answer.cancelled() or answer.exception() is not None:
+            return
+        stat = answer.result()
+        if stat is not None and stat.version == 0 and stat.ephemeralOwner == session_id:
+            self._usable[path] = data
+
+    def node_event(self, path: str) -> None:
+        """The owner watch fired on ``path``: its data (if kept) is no longer known; streams that took it read it."""
+        self._pending.pop(path, None)
+        self._usable.pop(path, None)
+        directory, _, name = path.rpartition("/")
+        for stream in list(self._streams.get(directory, ())):
+            stream.node_changed(name)
+
+    def take(self, path: str) -> bytes | None:
+        """The data a create wrote at ``path``, once, if usable (see the class docs); ``None``: read the node."""
+        return self._usable.pop(path, None)
+
+    def drop_directory(self, directory: str) -> None:
+        """Forget every entry under ``directory`` (a stream re-lists it, or none watches it any more)."""
+        prefix = directory + "/"
+        for entries in (self._pending, self._usable):
+            for path in [path for path in entries if path.startswith(prefix)]:
+                del entries[path]
+
 
 class ServiceWatch(AsyncIterator[Snapshot]):
     """The snapshot stream of one ``watch(namespace, service)`` call: the current set, then one per change,
     stale while disconnected, until :meth:`stop` or ``aclose()``.
     """
 
-    def __init__(self, session: ZooKeeperSession, path: str, namespace: str, service: str) -> None:
+    def __init__(
+        self, session: ZooKeeperSession, path: str, namespace: str, service: str, own_creates: OwnCreates | None = None
+    ) -> None:
         self._session = session
+        self._own_creates = own_creates
         self._path = path
         self._namespace = namespace
         self._service = service
@@ -51,6 +133,8 @@ class ServiceWatch(AsyncIterator[Snapshot]):
         self._members: dict[str, Instance | None] = {}
         self._children_dirty = False
         self._dirty_nodes: set[str] = set()
+        # Members whose data came from OwnCreates: no data watch of ours on them (the owner watch stands in).
+        self._unwatched: set[str] = set()
         self._full_resync = True
         self._disconnected = False
         self._stopped = False
@@ -76,6 +160,8 @@ class ServiceWatch(AsyncIterator[Snapshot]):
 
     async def _stream(self) -> AsyncGenerator[Snapshot, None]:
         self._session.add_listener(self._on_session_event)
+        if self._own_creates is not None:
+            self._own_creates.open(self._path, self)
         try:
             await self._sync_until_done()
             if self._stopped:
@@ -107,6 +193,8 @@ class ServiceWatch(AsyncIterator[Snapshot]):
         finally:
             self._stopped = True
             self._session.remove_listener(self._on_session_event)
+            if self._own_creates is not None:
+                self._own_creates.close(self._path, self)
 
     # -- events (callbacks from kazoo threads are forwarded to the loop) ------------------------------------------
 
@@ -129,6 +217,14 @@ class ServiceWatch(AsyncIterator[Snapshot]):
             return
         self._dirty_nodes.add(event.path.rsplit("/", 1)[-1])
         self._wake.set()
+
+    def node_changed(self, name: str) -> None:
+        """The owner watch of a node this backend created fired (:class:`OwnCreates`): read it if its data came
+        from the create (for the others, our own data watch fires too)."""
+        if name in self._unwatched and not self._stopped:
+            self._unwatched.discard(name)
+            self._dirty_nodes.add(name)
+            self._wake.set()
 
     # -- reading -------------------------------------------------------------------------------------------------
 
@@ -169,6 +265,9 @@ class ServiceWatch(AsyncIterator[Snapshot]):
             self._full_resync = False
             self._children_dirty = True
             self._dirty_nodes = set(self._members)
+            self._unwatched.clear()
+            if self._own_creates is not None:
+                self._own_creates.drop_directory(self._path)
         try:
             if self._children_dirty:
                 self._children_dirty = False
@@ -196,9 +295,12 @@ class ServiceWatch(AsyncIterator[Snapshot]):
         current = set(names)
         for gone in set(self._members) - current:
             del self._members[gone]
+            self._unwatched.discard(gone)
         # A member read as missing (deleted and created again under the same name, as the healer of another
         # client does) never left the children list: read it again, or it would stay missing for good.
         new = sorted(name for name in current if self._members.get(name) is None)
+        if self._own_creates is not None and new:
+            new = self._take_own_creates(new)
         if len(new) == 1:
             values = [await self._read_node(new[0])]  # the usual change: one task fewer than gather's
         else:
@@ -208,7 +310,21 @@ class ServiceWatch(AsyncIterator[Snapshot]):
                 self._members[name] = value
         self._dirty_nodes.difference_update(new)
 
+    def _take_own_creates(self, new: list[str]) -> list[str]:
+        """Members this backend just created, from their create (see :class:`OwnCreates`); the rest, to read."""
+        assert self._own_creates is not None
+        to_read = []
+        for name in new:
+            data = self._own_creates.take(f"{self._path}/{name}")
+            if data is None or name in self._dirty_nodes:
+                to_read.append(name)
+            else:
+                self._members[name] = decode_or_none(data, self._namespace, self._service, name)
+                self._unwatched.add(name)
+        return to_read
+
     async def _read_node(self, name: str) -> Instance | None:
+        self._unwatched.discard(name)  # the get below arms our own data watch
         try:
             raw, _ = await self._session.request("get", self._session.client.get_async, f"{self._path}/{name}",
                                                  self._watch_node)

@@ -10,15 +10,16 @@ from typing import Any
 
 import pytest
 from kazoo.client import KazooClient
-from kazoo.protocol.states import Callback
+from kazoo.protocol.states import Callback, ZnodeStat
 
 from discovery.core.errors import BackendUnavailableError
-from discovery.core.models import Instance
+from discovery.core.models import Instance, Status
 from discovery.registry.async_registry import AsyncRegistry
 from discovery_zookeeper import ZooKeeperBackend
 from discovery_zookeeper.bridge import LoopHandler, LoopWatcher
 from discovery_zookeeper.connection import ZooKeeperSession
 from discovery_zookeeper.keepalive import Created, EphemeralCreates
+from discovery_zookeeper.watch import OwnCreates
 from tests.backends.zookeeper_support import backend_url, raw_client
 from tests.harness import ServerHandle
 from tests.harness.specs import zk_four_letter_word
@@ -197,3 +198,111 @@ async def test_an_owner_check_that_cannot_be_sent_leaves_the_create_to_answer() 
     # so each registration checks its owner the ordinary way once the create has answered.
     assert created == [Created(0x1234, None), Created(0x1234, None)]
     assert session.sent == ["multi", "exists", "multi", "exists"]
+
+
+async def _watched(registry: AsyncRegistry, service: str) -> None:
+    """Subscribe to ``service`` and wait for its first snapshot: its watch is open from here on."""
+    shown = asyncio.Event()
+    registry.subscribe(service, lambda snapshot: shown.set())
+    await asyncio.wait_for(shown.wait(), 10)
+
+
+def _gets_sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record the path of every ``get`` any ZooKeeper session sends from here on."""
+    paths: list[str] = []
+    send = ZooKeeperSession.send
+
+    def sending(self: ZooKeeperSession, what: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+        if what == "get":
+            paths.append(str(args[0]))
+        return send(self, what, call, *args, **kwargs)
+
+    monkeypatch.setattr(ZooKeeperSession, "send", sending)
+    return paths
+
+
+@pytest.mark.servers
+async def test_a_registration_of_a_followed_service_is_not_read_back(
+    zookeeper_server: ServerHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The registry follows the records of the services it registers in (a watch of each); the watch takes a node
+    this backend created from its create instead of sending a ``get`` for it (one request fewer per registration)."""
+    async with await AsyncRegistry.connect(backend_url(zookeeper_server)) as registry:
+        await registry.register(_instance("api", 0))
+        await _watched(registry, "api")  # as the follower's watch (one per service, shared)
+        gets = _gets_sent(monkeypatch)
+        await registry.register(_instance("api", 1))
+        await asyncio.gather(*(registry.register(_instance("api", n)) for n in range(2, 40)))
+        monkeypatch.undo()
+        assert sorted(await registry.instances("api"), key=lambda i: i.port) == [_instance("api", n) for n in range(40)]
+    assert gets == []  # one get per registration before: 39
+
+
+@pytest.mark.servers
+async def test_a_node_taken_from_its_create_and_changed_at_once_is_read_again(
+    zookeeper_server: ServerHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A watch that took a node's data from its create has no data watch of its own on it: the owner watch's event
+    has it read the node. Another process changes the status right after the registration; the watch shows it."""
+    url = backend_url(zookeeper_server)
+    async with await AsyncRegistry.connect(url) as registry, await AsyncRegistry.connect(url) as operator:
+        await registry.register(_instance("api", 0))
+        await _watched(registry, "api")
+        gets = _gets_sent(monkeypatch)
+        for n in range(1, 6):
+            await registry.register(_instance("api", n))
+            assert not any(path.endswith(f"/api-{n}") for path in gets), gets
+            await operator.set_status("api", f"api-{n}", "DRAINING")
+            deadline = asyncio.get_running_loop().time() + 10
+            while True:
+                shown = {i.id: i.status for i in await registry.instances("api", statuses=None)}
+                if shown.get(f"api-{n}") == Status.DRAINING:
+                    break
+                assert asyncio.get_running_loop().time() < deadline, f"the watch never showed api-{n}'s new status"
+                await asyncio.sleep(0.01)
+            assert any(path.endswith(f"/api-{n}") for path in gets), gets  # read once it changed
+        monkeypatch.undo()
+
+
+async def test_own_creates_vouch_only_for_a_create_its_owner_check_found_untouched() -> None:
+    """An entry is usable only after the owner check found the node at version 0 under the creating session; an
+    owner watch event, a failed create, or a node already changed leave the watch to read it."""
+    own = OwnCreates()
+
+    class _Stream:
+        def __init__(self) -> None:
+            self.changed: list[str] = []
+
+        def node_changed(self, name: str) -> None:
+            self.changed.append(name)
+
+    stream = _Stream()
+    own.open("/r/default/api", stream)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+
+    def answered(version: int, owner: int) -> asyncio.Future[Any]:
+        answer: asyncio.Future[Any] = loop.create_future()
+        answer.set_result(ZnodeStat(0, 0, 0, 0, version, 0, 0, owner, 2, 0, 0))
+        return answer
+
+    own.sending("/elsewhere/x", b"unwatched")  # no stream watches that service: nothing kept
+    own.checked("/elsewhere/x", 7, answered(0, 7))
+    assert own.take("/elsewhere/x") is None
+
+    for name in ("a", "b", "c", "d", "e"):
+        own.sending(f"/r/default/api/{name}", name.encode())
+    assert own.take("/r/default/api/a") is None  # sent, not yet vouched for
+    own.checked("/r/default/api/a", 7, answered(0, 7))
+    own.checked("/r/default/api/b", 7, answered(1, 7))  # someone set it before the watch was armed
+    own.checked("/r/default/api/c", 7, answered(0, 8))  # another session holds it
+    own.failed("/r/default/api/d")
+    own.node_event("/r/default/api/e")  # changed after the send: read it
+    own.checked("/r/default/api/e", 7, answered(0, 7))
+    assert [own.take(f"/r/default/api/{name}") for name in "abcde"] == [b"a", None, None, None, None]
+    assert own.take("/r/default/api/a") is None  # taken once
+    assert stream.changed == ["e"]
+
+    own.sending("/r/default/api/f", b"f")
+    own.close("/r/default/api", stream)  # type: ignore[arg-type]
+    own.checked("/r/default/api/f", 7, answered(0, 7))
+    assert own.take("/r/default/api/f") is None  # the last stream of the service ended
