@@ -205,17 +205,12 @@ class ZooKeeperBackend(Backend):
             names = await session.request("get_children", session.client.get_children_async, path)
         except NoNodeError:
             return ()
-        reads = await asyncio.gather(
-            *(session.request("get", session.client.get_async, f"{path}/{name}") for name in names),
-            return_exceptions=True,
-        )
+        reads = await session.get_many([f"{path}/{name}" for name in names])
         instances = []
-        for name, read in zip(names, reads, strict=True):
-            if isinstance(read, NoNodeError):
+        for name, raw in zip(names, reads, strict=True):
+            if raw is None:
                 continue  # gone between the listing and the read
-            if isinstance(read, BaseException):
-                raise read
-            instance = decode_or_none(read[0], namespace, service, name)
+            instance = decode_or_none(raw, namespace, service, name)
             if instance is not None:
                 instances.append(instance)
         return tuple(sorted(instances, key=lambda i: i.id))

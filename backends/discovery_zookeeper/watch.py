@@ -273,9 +273,11 @@ class ServiceWatch(AsyncIterator[Snapshot]):
                 self._children_dirty = False
                 await self._read_children()
             while self._dirty_nodes:
-                name = self._dirty_nodes.pop()
-                if name in self._members:
-                    self._members[name] = await self._read_node(name)
+                names = sorted(name for name in self._dirty_nodes if name in self._members)
+                self._dirty_nodes.clear()  # an event during the reads below marks its node again
+                for name, value in zip(names, await self._read_nodes(names), strict=True):
+                    if name in self._members:
+                        self._members[name] = value
         except BaseException:
             # Whatever was interrupted is read again on the next attempt.
             self._full_resync = True
@@ -301,10 +303,7 @@ class ServiceWatch(AsyncIterator[Snapshot]):
         new = sorted(name for name in current if self._members.get(name) is None)
         if self._own_creates is not None and new:
             new = self._take_own_creates(new)
-        if len(new) == 1:
-            values = [await self._read_node(new[0])]  # the usual change: one task fewer than gather's
-        else:
-            values = list(await asyncio.gather(*(self._read_node(name) for name in new)))
+        values = await self._read_nodes(new)
         for name, value in zip(new, values, strict=True):
             if name in current:
                 self._members[name] = value
@@ -323,14 +322,14 @@ class ServiceWatch(AsyncIterator[Snapshot]):
                 self._unwatched.add(name)
         return to_read
 
-    async def _read_node(self, name: str) -> Instance | None:
-        self._unwatched.discard(name)  # the get below arms our own data watch
-        try:
-            raw, _ = await self._session.request("get", self._session.client.get_async, f"{self._path}/{name}",
-                                                 self._watch_node)
-        except NoNodeError:
-            return None  # the children watch reports the removal
-        return decode_or_none(raw, self._namespace, self._service, name)
+    async def _read_nodes(self, names: list[str]) -> list[Instance | None]:
+        """Read the nodes in one go (``None``: gone, or not a usable instance), arming our data watch on each."""
+        self._unwatched.difference_update(names)  # the gets arm our own data watch
+        data = await self._session.get_many([f"{self._path}/{name}" for name in names], self._watch_node)
+        return [
+            None if raw is None else decode_or_none(raw, self._namespace, self._service, name)
+            for name, raw in zip(names, data, strict=True)
+        ]
 
     def _members_tuple(self) -> tuple[Instance, ...]:
         return tuple(sorted((i for i in self._members.values() if i is not None), key=lambda i: i.id))
