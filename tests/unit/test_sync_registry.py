@@ -149,6 +149,7 @@ def test_registrations_racing_close_leave_nothing_behind(url: str) -> None:
     registry = Registry.connect(url)
     made: list[object] = []
     started = threading.Barrier(9)
+    first_made = threading.Event()
 
     def registrant(worker: int) -> None:
         started.wait(5)
@@ -157,11 +158,15 @@ def test_registrations_racing_close_leave_nothing_behind(url: str) -> None:
                 made.append(registry.register(Instance("web", f"w{worker}-{n}", "127.0.0.1", 80), ttl=30))
             except ClosedError:
                 return
+            first_made.set()
 
     threads = [threading.Thread(target=registrant, args=(w,)) for w in range(8)]
     for thread in threads:
         thread.start()
     started.wait(5)
+    # close() once registrations are under way (closing right after the barrier sometimes won before any of
+    # them, and the race was not exercised), while 8 threads still have up to 1 599 of them to make.
+    assert first_made.wait(10), "no registration was made"
     registry.close()
     for thread in threads:
         thread.join(10)
