@@ -7,7 +7,7 @@ import contextlib
 import logging
 import threading
 import traceback
-from collections.abc import Callable, Collection, Generator, Mapping
+from collections.abc import Callable, Collection, Generator, Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -249,6 +249,41 @@ class AsyncRegistry:
         await self._settle(instance, lambda snapshot: snapshot.get(instance.id) == instance, registration)
         return registration
 
+    async def register_many(self, instances: Iterable[Instance], ttl: float | None = None) -> list[AsyncRegistration]:
+        """Register several instances at once, each as :meth:`register` does, concurrently: the backend's writes
+        share round trips (ZooKeeper: one ``multi`` per round trip; etcd: one transaction per lease per round trip)
+        where registering them one after another waits for a round trip each.
+
+        Every instance and the TTL are checked before anything is written, and no two instances may have the same
+        service, namespace and id (:class:`ValidationError`, nothing written). Returns the handles in the order
+        given. All or none: if a registration fails, those this call made are deregistered again and the first
+        error is raised (an id this registry already held is rewritten as :meth:`register` does, and stays).
+        """
+        self._check_open()
+        batch = list(instances)
+        keys: set[tuple[str, str, str]] = set()
+        for instance in batch:
+            self._checked(instance, ttl)
+            if instance.key in keys:
+                raise ValidationError("instances", f"{'/'.join(instance.key)} is given more than once")
+            keys.add(instance.key)
+        held_before = {key for key in keys if self._holds(key)}
+        results = await asyncio.gather(*(self.register(instance, ttl) for instance in batch), return_exceptions=True)
+        registrations = [result for result in results if isinstance(result, AsyncRegistration)]
+        if len(registrations) == len(batch):
+            return registrations
+        made = [r for r in registrations if r.instance.key not in held_before]
+        undone = await asyncio.gather(*(r.deregister() for r in made), return_exceptions=True)
+        for registration, outcome in zip(made, undone, strict=True):
+            if isinstance(outcome, BaseException):
+                log.warning("register_many: %s stays registered (deregistering it failed: %s); close() removes it",
+                            "/".join(registration.instance.key), outcome)
+        raise next(result for result in results if isinstance(result, BaseException))
+
+    def _holds(self, key: tuple[str, str, str]) -> bool:
+        held = self._registrations.get(key)
+        return held is not None and held[0].active and held[0].lost_reason is not LostReason.TAKEN_OVER
+
     @property
     def immediate(self) -> bool:
         """Whether the ``*_now`` methods can work: the backend writes and reads without I/O."""
@@ -282,22 +317,11 @@ class AsyncRegistry:
         self, instance: Instance, ttl: float | None
     ) -> AsyncRegistration | tuple[AsyncRegistration, RegistrationStates, RegistrationRecord]:
         """A new registration, its states and its record; or the live handle this registry holds for the key."""
-        if not isinstance(instance, Instance):
-            raise ValidationError("instance", f"expected an Instance, got {type(instance).__name__}")
-        instance = instance.checked()  # validated again only if forged or changed since construction
-        requested = validate_ttl(ttl)
-        capabilities = self._backend.capabilities
-        validate_ttl_minimum(
-            requested,
-            capabilities.min_ttl,
-            capabilities.name,
-            "" if capabilities.ttl_per_registration else " (its session timeout: set it in the URL)",
-        )
+        instance, requested = self._checked(instance, ttl)
         effective = self._backend.effective_ttl(requested)
-        held = self._registrations.get(instance.key)
         # A handle whose id another registrant took over holds nothing any more: registering takes the id back.
-        if held is not None and held[0].active and held[0].lost_reason is not LostReason.TAKEN_OVER:
-            return held[0]
+        if self._holds(instance.key):
+            return self._registrations[instance.key][0]
         states = RegistrationStates(self._loop)
         record = RegistrationRecord(instance)
         immediate = self._immediate is not None
@@ -314,6 +338,22 @@ class AsyncRegistry:
         )
         states.observe(lambda state, previous: _report_registration_state(registration, state, previous))
         return registration, states, record
+
+    def _checked(self, instance: Instance, ttl: float | None) -> tuple[Instance, float | None]:
+        """The instance, validated (again only if forged or changed since construction), and the requested TTL,
+        checked against the backend's minimum; :class:`ValidationError` otherwise."""
+        if not isinstance(instance, Instance):
+            raise ValidationError("instance", f"expected an Instance, got {type(instance).__name__}")
+        instance = instance.checked()
+        requested = validate_ttl(ttl)
+        capabilities = self._backend.capabilities
+        validate_ttl_minimum(
+            requested,
+            capabilities.min_ttl,
+            capabilities.name,
+            "" if capabilities.ttl_per_registration else " (its session timeout: set it in the URL)",
+        )
+        return instance, requested
 
     def _commit(
         self, registration: AsyncRegistration, states: RegistrationStates, record: RegistrationRecord

@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
@@ -343,6 +343,18 @@ class Registry:
             inner = self._core.register_now(instance, ttl)
         else:
             inner = self._loop.run(self._core.register(instance, ttl))
+        return self._handle(inner)
+
+    def register_many(self, instances: Iterable[Instance], ttl: float | None = None) -> list[Registration]:
+        """Register several instances at once; see :meth:`AsyncRegistry.register_many` (all or none, handles in the
+        order given). One hand-off to the loop for the whole batch, whose writes share round trips: registering them
+        one :meth:`register` after another waits for a round trip each.
+        """
+        self._check_open()
+        inners = self._loop.run(self._core.register_many(list(instances), ttl))
+        return [self._handle(inner) for inner in inners]
+
+    def _handle(self, inner: AsyncRegistration) -> Registration:
         with self._handles_lock:
             handle = self._handles.get(inner)
             if handle is None:

@@ -351,6 +351,21 @@ class ConformanceSuite:
         assert await registry.instances("twice") == (newer,)
         assert registry.registrations == (first,)
 
+    async def test_register_many_registers_all_or_none(self, registry: AsyncRegistry) -> None:
+        batch = [make_instance("many", n) for n in range(1, 6)]
+        registrations = await registry.register_many(batch)
+        assert [r.instance for r in registrations] == batch
+        assert all(r.state is RegistrationState.REGISTERED for r in registrations)
+        assert await registry.instances("many") == tuple(batch)
+        with pytest.raises(ValidationError, match="more than once"):
+            await registry.register_many([make_instance("many", 6), make_instance("many", 6)])
+        with pytest.raises(ValidationError):
+            await registry.register_many([make_instance("many", 7), "not an instance"])  # type: ignore[list-item]
+        assert await registry.instances("many", statuses=None) == tuple(batch)  # nothing written
+        for registration in registrations:
+            await registration.deregister()
+        assert await registry.instances("many", statuses=None) == ()
+
     # -- liveness -----------------------------------------------------------------------------------------
 
     async def test_abrupt_close_disappears_within_bound(

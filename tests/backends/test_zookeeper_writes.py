@@ -306,3 +306,14 @@ async def test_own_creates_vouch_only_for_a_create_its_owner_check_found_untouch
     own.close("/r/default/api", stream)  # type: ignore[arg-type]
     own.checked("/r/default/api/f", 7, answered(0, 7))
     assert own.take("/r/default/api/f") is None  # the last stream of the service ended
+
+
+@pytest.mark.servers
+async def test_register_many_shares_round_trips(zookeeper_server: ServerHandle) -> None:
+    async with await AsyncRegistry.connect(backend_url(zookeeper_server)) as registry:
+        await registry.register(_instance("bulk", 999))  # the service's parent znode exists from here on
+        before = await asyncio.to_thread(_last_zxid, zookeeper_server)
+        await registry.register_many([_instance("bulk", n) for n in range(CONCURRENT)])
+        after = await asyncio.to_thread(_last_zxid, zookeeper_server)
+        assert len(await registry.instances("bulk")) == CONCURRENT + 1
+    assert after - before <= 12, f"{after - before} write transactions for a batch of {CONCURRENT}"
