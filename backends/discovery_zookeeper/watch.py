@@ -77,7 +77,8 @@ class OwnCreates:
     def sending(self, path: str, data: bytes) -> None:
         """A create of ``path`` with ``data`` is about to be sent."""
         directory = path.rpartition("/")[0]
-        if directory in self._streams and len(self._pending) + len(self._usable) < OWN_CREATES_MAX:
+        # A stream dropped without ending (collected) leaves an empty set behind: nothing would take the entry.
+        if self._streams.get(directory) and len(self._pending) + len(self._usable) < OWN_CREATES_MAX:
             self._pending[path] = data
             self._usable.pop(path, None)
 

@@ -4,6 +4,7 @@ succeed as a whole falls back to one-by-one writes with every registration still
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 import threading
 from typing import Any
@@ -306,6 +307,14 @@ async def test_own_creates_vouch_only_for_a_create_its_owner_check_found_untouch
     own.close("/r/default/api", stream)  # type: ignore[arg-type]
     own.checked("/r/default/api/f", 7, answered(0, 7))
     assert own.take("/r/default/api/f") is None  # the last stream of the service ended
+
+    dropped = _Stream()
+    own.open("/r/default/web", dropped)  # type: ignore[arg-type]
+    del dropped  # collected without ending: its service has no stream left to take an entry
+    gc.collect()
+    own.sending("/r/default/web/g", b"g")
+    own.checked("/r/default/web/g", 7, answered(0, 7))
+    assert own.take("/r/default/web/g") is None
 
 
 @pytest.mark.servers
