@@ -26,7 +26,7 @@ from discovery.core.validation import validate_service_name
 from discovery_consul import layout, records
 from discovery_consul.connection import ConsulClient, UnknownToAgentError
 from discovery_consul.definitions import ConsulDefinitions
-from discovery_consul.keepalive import Registration
+from discovery_consul.keepalive import Registration, status_check_definition
 from discovery_consul.settings import MIN_TTL, ConsulSettings
 from discovery_consul.watch import ChangeFeed, ServiceWatch, decode_entries, decoded_entries
 
@@ -309,7 +309,8 @@ class ConsulBackend(Backend):
         service_id = records.entry_service_id(entry)
         checks = entry.get("Checks")
         status_check = records.status_check_of(service_id, checks if isinstance(checks, list) else [])
-        if status is not Status.DRAINING and status is not Status.UP and status_check is None:
+        needs_check = not records.status_check_passing(status)
+        if needs_check and status_check is None and not records.is_ours(entry):
             raise UnsupportedOperationError(
                 f"{namespace}/{service}/{instance_id} was registered by another tool: it can be drained (maintenance "
                 f"mode) and set UP again, not set {status.value}")
@@ -317,9 +318,21 @@ class ConsulBackend(Backend):
             if status is Status.DRAINING:
                 await client.set_maintenance(service_id, True, reason=f"{records.STATUS_CHECK_NOTE_PREFIX}DRAINING")
             else:
-                if status_check is not None:  # first, so that DRAINING -> DOWN never shows UP in between
+                # First, so that DRAINING -> DOWN never shows UP in between.
+                if status_check is not None:
                     await client.update_ttl_check(str(status_check.get("CheckID")),
                                                   records.status_check_passing(status),
+                                                  note=f"{records.STATUS_CHECK_NOTE_PREFIX}{status.value}")
+                elif needs_check:
+                    # Ours, registered UP without a status check (one check per UP instance): add it, failing.
+                    record = entry.get("Service")
+                    owner = records.owner_of(record if isinstance(record, dict) else {})
+                    changed = instance.with_changes(status=status)
+                    # Born passing, then failed: the agent syncs a status change to the catalog at once but an
+                    # output change only within check_update_interval (5 min), and the output names the status.
+                    check = {**status_check_definition(service_id, owner, changed), "Status": "passing"}
+                    await client.register_check(service_id, check)
+                    await client.update_ttl_check(str(check["CheckID"]), False,
                                                   note=f"{records.STATUS_CHECK_NOTE_PREFIX}{status.value}")
                 await client.set_maintenance(service_id, False)
         except UnknownToAgentError:
@@ -335,7 +348,7 @@ class ConsulBackend(Backend):
         forgot us, and in the daily status refresh."""
         registration = self._registrations.get(instance.key)
         if registration is not None:
-            registration.instance = instance
+            registration.adopt(instance)
 
     async def list(self, namespace: str, service: str) -> tuple[Instance, ...]:
         """The live instances of a service in a namespace (every status; dead registrants excluded)."""

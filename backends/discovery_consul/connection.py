@@ -186,6 +186,20 @@ class ConsulClient:
         if known is False:  # py-consul turns a 404 into False
             raise UnknownToAgentError(f"Consul agent does not know the check {check_id!r}")
 
+    async def register_check(self, service_id: str, check: dict[str, Any]) -> None:
+        """``PUT /v1/agent/check/register``: add a check to a service this agent holds (:class:`UnknownToAgentError`
+        if it holds no such service)."""
+        definition = {key: value for key, value in check.items() if key not in ("CheckID", "Name")}
+        call = self._consul.agent.check.register(
+            str(check["Name"]), check=definition, check_id=str(check["CheckID"]), service_id=service_id
+        )
+        try:
+            await self._call(f"registration of the check {check['CheckID']!r}", call)
+        except DiscoveryError as error:
+            if "does not exist" in str(error):  # Consul: 'ServiceID "…" does not exist'
+                raise UnknownToAgentError(f"Consul agent does not know the service {service_id!r}") from None
+            raise
+
     async def set_maintenance(self, service_id: str, enable: bool, reason: str | None = None) -> None:
         """Turn maintenance mode of a service on or off; :class:`UnknownToAgentError` if it is unknown."""
         known = await self._call(

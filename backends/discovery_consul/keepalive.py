@@ -39,10 +39,24 @@ log = logging.getLogger("discovery.backends.consul.keepalive")
 STATUS_CHECK_TTL = "720h"
 STATUS_REFRESH_SECONDS = 86400.0
 HEARTBEAT_JITTER = 0.2
+#: How the liveness check's notes start: the digest of the record follows.
+RECORD_NOTE_PREFIX = "discovery record "
 
 
 def _consul_duration(seconds: float) -> str:
     return f"{max(1, round(seconds * 1000))}ms"
+
+
+def status_check_definition(service_id: str, owner: str | None, instance: Instance) -> dict[str, Any]:
+    """The status check of a service (critical for DOWN and STARTING, with the status as its note), as its
+    registrant adds it, or an operator's ``set-status`` on the agent that holds the service."""
+    return {
+        **Check.ttl(STATUS_CHECK_TTL),
+        "CheckID": layout.status_check_id(service_id, owner),
+        "Name": f"discovery status of {instance.id}",
+        "Status": "passing" if records.status_check_passing(instance.status) else "critical",
+        "Notes": f"{records.STATUS_CHECK_NOTE_PREFIX}{instance.status.value}",
+    }
 
 
 class Registration:
@@ -65,6 +79,12 @@ class Registration:
         # check's status when a service is re-registered, so only then does the registration's initial
         # ``Status`` of each check take effect and the write is a single call.
         self.known_to_agent = known_to_agent
+        # Whether the agent may hold this service's status check. A new UP registration has none: an agent's
+        # work per write grows with every check it holds (its anti-entropy compares them all), so one check per
+        # UP instance instead of two nearly doubles its registration rate once it holds thousands
+        # (docs/decisions/consul-health-and-status.md). The check is added by the first write of a status that
+        # fails it, and kept from then on.
+        self._status_check_held = known_to_agent
         self.scope = scope
         self.ttl = ttl
         self.on_state = on_state
@@ -96,17 +116,34 @@ class Registration:
             # Check.ttl() has no parameter for this; Consul's minimum is one minute.
             "DeregisterCriticalServiceAfter": _consul_duration(self._deregister_after),
             "Status": "passing",
-        }
-        status: dict[str, Any] = {
-            **Check.ttl(STATUS_CHECK_TTL),
-            "CheckID": layout.status_check_id(self.service_id, self.owner),
-            "Name": f"discovery status of {self.instance.id}",
-            "Status": "passing" if records.status_check_passing(self.instance.status) else "critical",
             # The record's digest: rewriting any field rewrites this check, which moves its ModifyIndex in
             # /v1/health/state/any, the change feed every watcher follows (a Meta change alone would not).
-            "Notes": f"{records.STATUS_CHECK_NOTE_PREFIX}{self.instance.status.value} {self._digest()}",
+            "Notes": f"{RECORD_NOTE_PREFIX}{self._digest()}",
         }
-        return [liveness, status]
+        if not self._status_check_wanted():
+            return [liveness]
+        return [liveness, status_check_definition(self.service_id, self.owner, self.instance)]
+
+    def _status_check_wanted(self) -> bool:
+        return self._status_check_held or not records.status_check_passing(self.instance.status)
+
+    def adopt(self, instance: Instance) -> None:
+        """Take ``instance`` (changed by someone else, e.g. an operator's ``set-status``) as this registration's
+        record; a status that fails the status check means that check now exists at the agent."""
+        self.instance = instance
+        if not records.status_check_passing(instance.status):
+            self._status_check_held = True
+
+    async def _set_status_check(self, status: Status) -> None:
+        """Pass or fail the status check as ``status`` asks; none held means passing (nothing to write)."""
+        if not self._status_check_held:
+            return
+        await self._client.update_ttl_check(
+            layout.status_check_id(self.service_id, self.owner),
+            records.status_check_passing(status),
+            note=f"{records.STATUS_CHECK_NOTE_PREFIX}{status.value}",
+        )
+        self._status_set_at = time.monotonic()
 
     def _digest(self) -> str:
         instance = self.instance
@@ -132,9 +169,10 @@ class Registration:
                 tags=[instance.namespace],
                 meta=meta,
                 weight=instance.weight,
-                checks=self._checks(),
+                checks=(checks := self._checks()),
                 replace_existing_checks=fresh,
             )
+            self._status_check_held |= len(checks) > 1
             first_write, self.known_to_agent = not self.known_to_agent, True
             if first_write:
                 # New checks start with the statuses registered above (liveness passing, status as declared).
@@ -142,12 +180,7 @@ class Registration:
                 if instance.status == Status.DRAINING:
                     await self._client.set_maintenance(self.service_id, True, reason="discovery: DRAINING")
                 return
-            await self._client.update_ttl_check(
-                layout.status_check_id(self.service_id, self.owner),
-                records.status_check_passing(instance.status),
-                note=f"{records.STATUS_CHECK_NOTE_PREFIX}{instance.status.value}",
-            )
-            self._status_set_at = time.monotonic()
+            await self._set_status_check(instance.status)
             # A TTL service starts critical until its first pass: pass now, not one interval later.
             await self._client.update_ttl_check(layout.liveness_check_id(self.service_id, self.owner), True)
             self._last_alive = time.monotonic()
@@ -247,11 +280,7 @@ class Registration:
         await self._client.update_ttl_check(layout.liveness_check_id(self.service_id, self.owner), True)
         self._last_alive = time.monotonic()
         if time.monotonic() - self._status_set_at > STATUS_REFRESH_SECONDS:
-            await self._client.update_ttl_check(
-                layout.status_check_id(self.service_id, self.owner),
-                records.status_check_passing(self.instance.status),
-                note=f"{records.STATUS_CHECK_NOTE_PREFIX}{self.instance.status.value}",
-            )
+            await self._set_status_check(self.instance.status)
             self._status_set_at = time.monotonic()
 
     def _set_lost(self, reason: LostReason) -> None:

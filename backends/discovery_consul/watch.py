@@ -14,7 +14,7 @@ non-blocking, on the ordinary connection pool (at most :data:`READ_CONCURRENCY` 
 service that touches none of its checks (a foreign tool rewriting ``Meta`` or the port under the same ID) moves
 the feed's index without a changed check; such an unexplained change re-reads the watched services that hold
 foreign instances (or none), at most once per :data:`SWEEP_INTERVAL`. Our own writes always touch a check (the
-status check's notes carry a digest of the record).
+liveness check's notes carry a digest of the record).
 
 Consul's guidance for blocking queries is followed by the feed: pass the last ``X-Consul-Index`` with
 ``wait``; reset the index to 0 (a plain re-list) when it goes backwards; never pass an index below 1; rate-limit

@@ -267,10 +267,11 @@ async def test_unreachable_agent_is_backend_unavailable() -> None:
 
 
 @pytest.mark.parametrize("status", [Status.UP, Status.DOWN, Status.STARTING])
-async def test_first_registration_sets_both_checks_in_its_one_call(
+async def test_first_registration_sets_its_checks_in_its_one_call(
     consul_server: ServerHandle, backends: Callable[..., asyncio.Future[Backend]], status: Status
 ) -> None:
-    # No follow-up TTL update: the checks are born with their statuses, and a list right after sees them.
+    # No follow-up TTL update: the checks are born with their statuses, and a list right after sees them. An UP
+    # instance has the liveness check only (the agent's work per write grows with every check it holds).
     owner = await backends()
     instance = Instance(unique("onecall"), "o1", "127.0.0.1", 1, status=status)
     await owner.register(instance, SHORT_TTL, ignore_state)
@@ -278,9 +279,44 @@ async def test_first_registration_sets_both_checks_in_its_one_call(
     checks = http_json(consul_server.host, consul_server.port, "/v1/agent/checks")
     owner_mark = owner.owner_mark  # type: ignore[attr-defined]
     assert checks[layout.liveness_check_id(service_id, owner_mark)]["Status"] == "passing"
-    expected = "passing" if status is Status.UP else "critical"
-    assert checks[layout.status_check_id(service_id, owner_mark)]["Status"] == expected
+    ours = {check_id for check_id, check in checks.items() if check.get("ServiceID") == service_id}
+    if status is Status.UP:
+        assert ours == {layout.liveness_check_id(service_id, owner_mark)}
+    else:
+        assert checks[layout.status_check_id(service_id, owner_mark)]["Status"] == "critical"
     assert [i.status for i in await owner.list("default", instance.service)] == [status]
+
+
+async def test_an_up_registration_without_a_status_check_can_still_be_set_down_starting_and_up(
+    consul_server: ServerHandle, backends: Callable[..., asyncio.Future[Backend]]
+) -> None:
+    # An UP registration holds no status check; set_status (the operator's, from another process) adds it for
+    # DOWN/STARTING, and the owner, once it adopted that status, sets it through the check its update finds.
+    owner, operator = await backends(), await backends()
+    instance = Instance(unique("nostatus"), "n1", "127.0.0.1", 1)
+    await owner.register(instance, SHORT_TTL, ignore_state)
+    service_id = layout.consul_service_id(instance, owner.settings.scope)  # type: ignore[attr-defined]
+    status_check = layout.status_check_id(service_id, owner.owner_mark)  # type: ignore[attr-defined]
+    assert status_check not in http_json(consul_server.host, consul_server.port, "/v1/agent/checks")
+
+    def statuses() -> asyncio.Future[list[Status]]:
+        async def read() -> list[Status]:
+            return [i.status for i in await operator.list("default", instance.service)]
+        return asyncio.ensure_future(read())
+
+    # From UP each time: a change between two failing statuses changes only the check's output, which the agent
+    # syncs to the catalog within check_update_interval (5 min by default), not at once.
+    for status in (Status.STARTING, Status.UP, Status.DOWN, Status.UP):
+        await operator.set_status("default", instance.service, "n1", status)
+        await eventually(statuses, lambda found, status=status: found == [status], CONVERGENCE_TIMEOUT)
+    await operator.set_status("default", instance.service, "n1", Status.DOWN)
+    owner.adopt(instance.with_changes(status=Status.DOWN))
+    await owner.update(instance.with_changes(labels={"v": "2"}))  # the owner sets UP again, with new labels
+    await eventually(
+        lambda: operator.list("default", instance.service),
+        lambda found: [(i.status, dict(i.labels)) for i in found] == [(Status.UP, {"v": "2"})],
+        CONVERGENCE_TIMEOUT,
+    )
 
 
 async def test_registration_over_a_leftover_of_an_earlier_process_sets_its_statuses(
