@@ -22,6 +22,7 @@ from discovery.core.backend import Backend, Capabilities, LostReason, Registrati
 from discovery.core.definitions import DefinitionSnapshot, DefinitionStore, StoredDefinition
 from discovery.core.errors import ClosedError, NotRegisteredError
 from discovery.core.models import Instance, Snapshot, Status
+from discovery.core.tasks import cancel_and_wait
 from discovery.core.urls import BackendURL
 
 Key = tuple[str, str, str]
@@ -409,9 +410,7 @@ class MemoryBackend(Backend):
         with self._lock:
             self._closed = True
         if self._keepalive is not None:
-            self._keepalive.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._keepalive
+            await cancel_and_wait(self._keepalive)
             self._keepalive = None
 
     async def register(self, instance: Instance, ttl: float, on_state: StateListener) -> None:

@@ -26,7 +26,6 @@ answer after that wakes every watch for a fresh read.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -41,6 +40,7 @@ from discovery.core.backoff import retry_delay
 from discovery.core.errors import BackendUnavailableError, ValidationError
 from discovery.core.foreign import log_skipped
 from discovery.core.models import Instance, Snapshot
+from discovery.core.tasks import cancel_and_wait
 from discovery_consul import records
 from discovery_consul.connection import ConsulClient
 
@@ -264,9 +264,7 @@ class ChangeFeed:
         self._followers.clear()
         self._hot.clear()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     def read_done(self, follower: Follower) -> None:

@@ -29,6 +29,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_ran
 
 from discovery.core.backend import LostReason, RegistrationState, StateListener
 from discovery.core.errors import BackendUnavailableError, DiscoveryError, NotRegisteredError
+from discovery.core.tasks import cancel_and_wait
 from discovery_etcd import ownership
 from discovery_etcd.connection import EndpointPool, is_lease_not_found
 
@@ -301,9 +302,7 @@ class LeaseGroup:
         """Stop the keepalive loop, leaving the lease to expire on its own."""
         task, self._keepalive = self._keepalive, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
     def _ensure_keepalive(self) -> None:
         if self._keepalive is None or self._keepalive.done():

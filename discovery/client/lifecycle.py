@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from discovery.core.errors import NotRegisteredError, ValidationError
 from discovery.core.models import Status
+from discovery.core.tasks import cancel_and_wait
 from discovery.registry.blocking import Registration
 from discovery.registry.registration import AsyncRegistration
 
@@ -266,9 +267,7 @@ class AsyncHealthCheck:
         """Stop checking."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
     async def __aenter__(self) -> AsyncHealthCheck:
         return self.start()

@@ -26,6 +26,7 @@ import time
 
 from discovery.core.backend import Backend
 from discovery.core.models import Instance, Snapshot
+from discovery.core.tasks import cancel_and_wait
 from discovery.registry.registration import OWN_WRITE_GRACE, RegistrationRecord
 
 log = logging.getLogger("discovery.registry.follow")
@@ -99,9 +100,7 @@ class RecordFollower:
             recheck.cancel()
         task = self._tasks.pop(key, None)
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
     async def _follow(self, key: ServiceKey) -> None:
         failures = 0

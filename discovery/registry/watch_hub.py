@@ -31,6 +31,7 @@ from discovery.core.backend import Backend
 from discovery.core.backoff import retry_delay
 from discovery.core.errors import ClosedError
 from discovery.core.models import Snapshot
+from discovery.core.tasks import cancel_and_wait
 from discovery.observability.metrics import METRICS
 
 log = logging.getLogger("discovery.registry.watch_hub")
@@ -159,9 +160,7 @@ class SharedWatch:
     async def stop(self) -> None:
         """Cancel the backend watch."""
         self._release_settling(False)
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancel_and_wait(self._task)
 
     def _deliver_one(self, subscriber: _Subscriber, snapshot: Snapshot) -> None:
         if not subscriber.active or snapshot.revision <= subscriber.delivered:

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 
 from discovery.core.errors import DiscoveryError
 from discovery.core.models import Instance, Snapshot
+from discovery.core.tasks import cancel_and_wait
 from discovery.registry.async_registry import AsyncRegistry
 from discovery.services.allocation import AllocationRanges
 from discovery.services.endpoints import Endpoints, resolve_endpoints
@@ -85,9 +86,7 @@ class _NamespaceInstances:
 
     async def close(self) -> None:
         """Stop scanning and unsubscribe."""
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancel_and_wait(self._task)
         for unsubscribe in self._unsubscribes:
             with contextlib.suppress(DiscoveryError):
                 await unsubscribe()
@@ -167,9 +166,7 @@ class ServiceCatalog:
     async def close(self) -> None:
         """Stop following."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         for scanner in list(self._namespaces.values()):
             await scanner.close()
         self._namespaces.clear()

@@ -29,6 +29,7 @@ from tenacity import wait_exponential_jitter
 
 from discovery.core.errors import DiscoveryError, UnsupportedOperationError, ValidationError
 from discovery.core.models import Instance, Snapshot, Status
+from discovery.core.tasks import cancel_and_wait
 from discovery.registry.async_registry import AsyncRegistry
 from discovery.services.endpoints import resolve_endpoints
 from discovery.services.model import CLUSTER_DOMAIN, Service, ServiceType
@@ -127,9 +128,7 @@ class _NamespaceFollower:
 
     async def close(self) -> None:
         """Stop scanning and unsubscribe."""
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancel_and_wait(self._task)
         for unsubscribe in self._unsubscribes:
             with contextlib.suppress(DiscoveryError):
                 await unsubscribe()
@@ -224,9 +223,7 @@ class XdsModel:
         """Stop every source."""
         self._closed = True
         if self._definitions_task is not None:
-            self._definitions_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._definitions_task
+            await cancel_and_wait(self._definitions_task)
         for follower in self._namespaces.values():
             await follower.close()
         self._namespaces.clear()

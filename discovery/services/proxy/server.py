@@ -48,6 +48,7 @@ from typing import Any
 from discovery.client.balancers import Balancer, BalancerSpec, RoundRobin
 from discovery.client.balancers import balancer_factory as balancer_factory_of
 from discovery.core.models import Instance
+from discovery.core.tasks import cancel_and_wait
 from discovery.services.catalog import ServiceCatalog
 from discovery.services.endpoints import Endpoint
 from discovery.services.model import Service, ServicePort
@@ -371,9 +372,7 @@ class ServiceProxy:
         if self._remove_listener is not None:
             self._remove_listener()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         for key in list(self._listeners):
             await self._close_listener(key)
         for task in list(self._connections):
