@@ -206,10 +206,26 @@ def instance_from_health_entry(entry: Mapping[str, Any]) -> Instance | None:
     elif status_check is not None and status_check.get("Status") == "critical":
         noted = noted_status(status_check.get("Output"))
         declared = instance.status if instance.status in (Status.DOWN, Status.STARTING) else Status.DOWN
-        status = noted if noted in (Status.DOWN, Status.STARTING) else declared
+        fresh_note = noted in (Status.DOWN, Status.STARTING) and _noted_is_newer(service, status_check)
+        status = noted if noted is not None and fresh_note else declared
     else:
         status = Status.UP
     return instance if status == instance.status else instance.with_changes(status=status)
+
+
+def _noted_is_newer(service: Mapping[str, Any], status_check: Mapping[str, Any]) -> bool:
+    """Whether the status check's note was written after the service's ``Meta`` (so it names the status).
+
+    The owner's write re-registers the service with its checks, which its agent syncs to the catalog in one
+    transaction (equal ``ModifyIndex``), while the note it sets right after is an output-only change that the agent
+    syncs only within ``check_update_interval`` (5 min by default): until then the note is the previous status and
+    ``Meta`` the current one. An operator's ``set-status`` changes the check alone, which moves its index past the
+    service's. Without indexes (not a catalog answer) the note wins, as it always did.
+    """
+    service_index, check_index = service.get("ModifyIndex"), status_check.get("ModifyIndex")
+    if not isinstance(service_index, int) or not isinstance(check_index, int):
+        return True
+    return check_index > service_index
 
 
 def status_check_of(service_id: str, checks: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:

@@ -319,6 +319,24 @@ async def test_an_up_registration_without_a_status_check_can_still_be_set_down_s
     )
 
 
+async def test_the_owner_switching_between_failing_statuses_shows_at_once(
+    backends: Callable[..., asyncio.Future[Backend]],
+) -> None:
+    # STARTING -> DOWN changes only the status check's output, which the agent syncs within check_update_interval
+    # (5 min): the service's Meta, synced with the write, names the status (before: STARTING for minutes).
+    owner, observer = await backends(), await backends()
+    instance = Instance(unique("failing"), "f1", "127.0.0.1", 1, status=Status.DOWN)
+    await owner.register(instance, SHORT_TTL, ignore_state)
+    service = instance.service
+    for status in (Status.STARTING, Status.DOWN, Status.UP, Status.STARTING, Status.DOWN):
+        await owner.update(instance.with_changes(status=status))
+        await eventually(
+            lambda: observer.list("default", service),
+            lambda found, status=status: [i.status for i in found] == [status],  # type: ignore[misc]
+            CONVERGENCE_TIMEOUT,
+        )
+
+
 async def test_registration_over_a_leftover_of_an_earlier_process_sets_its_statuses(
     backends: Callable[..., asyncio.Future[Backend]],
 ) -> None:

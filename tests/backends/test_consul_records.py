@@ -100,6 +100,25 @@ def test_health_states_map_to_statuses() -> None:
     assert records.instance_from_health_entry(live_entry(starting)) == starting
 
 
+@pytest.mark.parametrize(("check_index", "shown"), [(7, Status.DOWN), (8, Status.STARTING), (None, Status.STARTING)])
+def test_a_status_note_counts_only_when_written_after_the_service(check_index: int | None, shown: Status) -> None:
+    # The owner wrote DOWN (Meta and check synced in one transaction, index 7) while the check's output still
+    # notes STARTING (an output-only change syncs minutes later). A check changed after the service (an
+    # operator's set-status, index 8) names the status; without indexes the note wins, as before.
+    instance = Instance("web", "w1", "127.0.0.1", 80, status=Status.DOWN)
+    entry = live_entry(instance)
+    service = entry["Service"]
+    assert isinstance(service, dict)
+    service["ModifyIndex"] = 7 if check_index is not None else None
+    status_check_id = layout.status_check_id(layout.consul_service_id(instance))
+    for check in entry["Checks"]:  # type: ignore[attr-defined]
+        if check["CheckID"] == status_check_id:
+            check["Output"] = f"{records.STATUS_CHECK_NOTE_PREFIX}STARTING"
+            check["ModifyIndex"] = check_index
+    read = records.instance_from_health_entry(entry)
+    assert read is not None and read.status is shown
+
+
 def test_foreign_service_entry_is_rejected() -> None:
     entry = {"Service": {"ID": "redis-1", "Service": "redis", "Meta": {}, "Port": 6379}, "Checks": []}
     with pytest.raises(ValidationError):
