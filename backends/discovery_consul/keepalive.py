@@ -136,13 +136,12 @@ class Registration:
 
     async def _set_status_check(self, status: Status) -> None:
         """Pass or fail the status check as ``status`` asks; none held means passing (nothing to write)."""
-        if not self._status_check_held:
-            return
-        await self._client.update_ttl_check(
-            layout.status_check_id(self.service_id, self.owner),
-            records.status_check_passing(status),
-            note=f"{records.STATUS_CHECK_NOTE_PREFIX}{status.value}",
-        )
+        if self._status_check_held:
+            await self._client.update_ttl_check(
+                layout.status_check_id(self.service_id, self.owner),
+                records.status_check_passing(status),
+                note=f"{records.STATUS_CHECK_NOTE_PREFIX}{status.value}",
+            )
         self._status_set_at = time.monotonic()
 
     def _digest(self) -> str:
@@ -281,7 +280,6 @@ class Registration:
         self._last_alive = time.monotonic()
         if time.monotonic() - self._status_set_at > STATUS_REFRESH_SECONDS:
             await self._set_status_check(self.instance.status)
-            self._status_set_at = time.monotonic()
 
     def _set_lost(self, reason: LostReason) -> None:
         if not self._lost:

@@ -669,6 +669,19 @@ class ConformanceSuite:
                 await operator.set_status(service, instance_id, status)
         assert [i.status for i in await registry.instances("oper-bad", statuses=None)] == [Status.UP]
 
+    async def test_every_status_change_of_the_owner_is_seen_by_others(
+        self, registry: AsyncRegistry, open_registry: Callable[[], Awaitable[AsyncRegistry]]
+    ) -> None:
+        # Every pair of statuses in turn, including a switch between two that take no traffic (STARTING -> DOWN),
+        # which on Consul changes only a check's output (synced to the catalog minutes later).
+        reader = await open_registry()
+        registration = await registry.register(make_instance("switch", 1, status=Status.STARTING))
+        async with reader.watch("switch") as watch:
+            for status in (Status.DOWN, Status.UP, Status.STARTING, Status.DRAINING, Status.DOWN, Status.STARTING):
+                changed = await registration.update(status=status)
+                await watch.until(_shows("switch-1", changed), CONVERGENCE_TIMEOUT)
+                assert await reader.instances("switch", statuses=None) == (changed,)
+
     async def test_the_owner_setting_its_own_status_updates_its_registration(self, registry: AsyncRegistry) -> None:
         registration = await registry.register(make_instance("oper-own", 1))
         drained = await registry.set_status("oper-own", "oper-own-1", Status.DRAINING)
