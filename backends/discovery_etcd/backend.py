@@ -59,7 +59,7 @@ class EtcdBackend(Backend):
         self._pool = EndpointPool(settings, self.connection)
         # Shared by every watch stream: one liveness probe, and one read for many first lists.
         self._probe = StreamProbe(self._pool.timeout)
-        self._lister = Lister(self._pool, self._layout)
+        self._lister = Lister(self._pool, self._layout, self._probe)
         self._definitions = EtcdDefinitions(self._pool, self._layout.prefix, lambda: self._closed)
 
     @classmethod
