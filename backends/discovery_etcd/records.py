@@ -85,30 +85,39 @@ def decode_endpoint(raw: bytes, namespace: str, service: str, key_segment: str) 
     without a port, and records whose embedded identity contradicts the key are skipped, each with one DEBUG
     line (the result is cached, so a re-list does not log it again).
     """
-    key = f"etcd key {namespace}/{service}/{key_segment[:160]!r}"
+    def skipped(reason: str) -> None:  # the key is formatted only for a record that is skipped
+        log_skipped(log, f"etcd key {namespace}/{service}/{key_segment[:160]!r}", reason)
+
     try:
-        update = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        log_skipped(log, key, "the value is not JSON")
+        # UTF-8 decoded here: json.loads on bytes first guesses among UTF-8/16/32, which it keeps for the rest.
+        update = json.loads(raw.decode())
+    except UnicodeDecodeError:
+        try:
+            update = json.loads(raw)
+        except ValueError:
+            skipped("the value is not JSON")
+            return None
+    except ValueError:
+        skipped("the value is not JSON")
         return None
-    if not isinstance(update, Mapping):
-        log_skipped(log, key, "the value is not a JSON object")
+    if not isinstance(update, dict):
+        skipped("the value is not a JSON object")
         return None
     if update.get("Op", OP_ADD) != OP_ADD:
-        log_skipped(log, key, f"Op is {str(update.get('Op'))[:20]!r}, not an add")
+        skipped(f"Op is {str(update.get('Op'))[:20]!r}, not an add")
         return None
     metadata = update.get("Metadata")
     try:
-        if isinstance(metadata, Mapping) and "schema" in metadata:
+        if isinstance(metadata, dict) and "schema" in metadata:
             instance = instance_from_dict(metadata)
             if instance.key != (namespace, service, key_segment):
-                log_skipped(log, key, "its Metadata names another namespace, service or id")
+                skipped("its Metadata names another namespace, service or id")
                 return None
             return instance
         addr = update.get("Addr")
         host_port = split_host_port(addr) if isinstance(addr, str) else None
         if host_port is None:
-            log_skipped(log, key, "Addr is not host:port")
+            skipped("Addr is not host:port")
             return None
         return Instance(
             service=service,
@@ -118,7 +127,7 @@ def decode_endpoint(raw: bytes, namespace: str, service: str, key_segment: str) 
             namespace=namespace,
         )
     except ValidationError as error:
-        log_skipped(log, key, str(error))
+        skipped(str(error))
         return None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+import functools
 import operator
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -27,6 +28,45 @@ class Status(enum.StrEnum):
 
 def _frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
     return MappingProxyType(dict(sorted(mapping.items())))
+
+
+# Labels and named ports, checked and frozen once per distinct set: the records of a fleet repeat a few label sets
+# (and most have no named ports), and checking every record's again was a third of decoding one (an initial sync
+# decodes every instance it watches). Cached only for plain dicts or frozen mappings whose keys and values are exactly
+# ``str`` (``int`` for ports), so what the cache answers is what checking them would return. A frozen mapping is
+# read-only: instances share it.
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+_MAPPING_TYPES = (dict, MappingProxyType)
+
+
+@functools.lru_cache(maxsize=1024)
+def _checked_labels(items: tuple[tuple[str, str], ...]) -> Mapping[str, str]:
+    return _frozen(validation.validate_labels(dict(items)))
+
+
+@functools.lru_cache(maxsize=256)
+def _checked_ports(items: tuple[tuple[str, int], ...]) -> Mapping[str, int]:
+    return _frozen(validation.validate_named_ports(dict(items)))
+
+
+def _frozen_labels(value: object) -> Mapping[str, str]:
+    if type(value) in _MAPPING_TYPES:
+        if not value:
+            return _EMPTY
+        items = value.items()  # type: ignore[attr-defined]  # a dict or a frozen mapping
+        if all(type(key) is str and type(text) is str for key, text in items):
+            return _checked_labels(tuple(sorted(items)))  # one entry per set, in whatever order it was given
+    return _frozen(validation.validate_labels(value))
+
+
+def _frozen_ports(value: object) -> Mapping[str, int]:
+    if type(value) in _MAPPING_TYPES:
+        if not value:
+            return _EMPTY
+        items = value.items()  # type: ignore[attr-defined]  # a dict or a frozen mapping
+        if all(type(name) is str and type(port) is int for name, port in items):
+            return _checked_ports(tuple(sorted(items)))  # one entry per set, in whatever order it was given
+    return _frozen(validation.validate_named_ports(value))
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,14 +97,15 @@ class Instance:
         validation.validate_address(self.address)
         validation.validate_port("port", self.port)
         validation.validate_namespace(self.namespace)
-        object.__setattr__(self, "labels", _frozen(validation.validate_labels(self.labels)))
-        object.__setattr__(self, "ports", _frozen(validation.validate_named_ports(self.ports)))
-        try:
-            object.__setattr__(self, "status", Status(self.status))
-        except ValueError:
-            raise ValidationError(
-                "status", f"{self.status!r} is not one of {', '.join(s.value for s in Status)}"
-            ) from None
+        object.__setattr__(self, "labels", _frozen_labels(self.labels))
+        object.__setattr__(self, "ports", _frozen_ports(self.ports))
+        if type(self.status) is not Status:
+            try:
+                object.__setattr__(self, "status", Status(self.status))
+            except ValueError:
+                raise ValidationError(
+                    "status", f"{self.status!r} is not one of {', '.join(s.value for s in Status)}"
+                ) from None
         validation.validate_weight(self.weight)
         validation.validate_zone(self.zone)
         object.__setattr__(self, "_validated", self._values())
