@@ -6,7 +6,7 @@ import bisect
 import enum
 import functools
 import operator
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
@@ -49,24 +49,21 @@ def _checked_ports(items: tuple[tuple[str, int], ...]) -> Mapping[str, int]:
     return _frozen(validation.validate_named_ports(dict(items)))
 
 
-def _frozen_labels(value: object) -> Mapping[str, str]:
+def _frozen_set(
+    value: object,
+    value_type: type,
+    checked: Callable[[Any], Mapping[str, Any]],
+    check: Callable[[object], Mapping[str, Any]],
+) -> Mapping[str, Any]:
+    """``value`` checked and frozen: from the cache when it is a plain or frozen mapping of exactly ``str`` keys and
+    ``value_type`` values (sorted, so one entry per set whatever the order given), else by ``check``."""
     if type(value) in _MAPPING_TYPES:
         if not value:
             return _EMPTY
         items = value.items()  # type: ignore[attr-defined]  # a dict or a frozen mapping
-        if all(type(key) is str and type(text) is str for key, text in items):
-            return _checked_labels(tuple(sorted(items)))  # one entry per set, in whatever order it was given
-    return _frozen(validation.validate_labels(value))
-
-
-def _frozen_ports(value: object) -> Mapping[str, int]:
-    if type(value) in _MAPPING_TYPES:
-        if not value:
-            return _EMPTY
-        items = value.items()  # type: ignore[attr-defined]  # a dict or a frozen mapping
-        if all(type(name) is str and type(port) is int for name, port in items):
-            return _checked_ports(tuple(sorted(items)))  # one entry per set, in whatever order it was given
-    return _frozen(validation.validate_named_ports(value))
+        if all(type(key) is str and type(item) is value_type for key, item in items):
+            return checked(tuple(sorted(items)))
+    return _frozen(check(value))
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +94,8 @@ class Instance:
         validation.validate_address(self.address)
         validation.validate_port("port", self.port)
         validation.validate_namespace(self.namespace)
-        object.__setattr__(self, "labels", _frozen_labels(self.labels))
-        object.__setattr__(self, "ports", _frozen_ports(self.ports))
+        object.__setattr__(self, "labels", _frozen_set(self.labels, str, _checked_labels, validation.validate_labels))
+        object.__setattr__(self, "ports", _frozen_set(self.ports, int, _checked_ports, validation.validate_named_ports))
         if type(self.status) is not Status:
             try:
                 object.__setattr__(self, "status", Status(self.status))
