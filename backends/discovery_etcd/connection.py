@@ -53,6 +53,12 @@ _CONNECTION_CODES = frozenset(
 )
 
 
+class ChannelClosedError(ConnectionError):
+    """A call ended because its client was closed under it: another call renewed the client (a stale auth token),
+    an endpoint failover dropped it, or the pool closed. grpc.aio reports such a call as a cancellation of the task
+    awaiting it; as a connection error it is retried with the pool's next client instead."""
+
+
 def is_connection_error(error: BaseException) -> bool:
     """Whether ``error`` means the server could not be reached (worth retrying, maybe elsewhere)."""
     if is_tls_error(error):
@@ -196,7 +202,13 @@ class EndpointPool:
     async def _attempt(self, operation: Callable[[Any], Awaitable[T]]) -> T:
         client = await self.client()
         try:
-            result = await operation(client)
+            try:
+                result = await operation(client)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # the caller is being cancelled
+                raise ChannelClosedError("the etcd client was closed during the call") from None
         except Exception as error:
             if is_connection_error(error):
                 await self.report_failure(client)
