@@ -115,3 +115,42 @@ async def test_compaction_past_the_watch_revision_relists(fresh_server: Callable
         await raw.close()
         for backend in (registrant, watcher):
             await backend.close()
+
+
+async def test_restart_under_a_namespace_watch_leaves_each_stream_to_resume_alone(
+    fresh_server: Callable[[str], ServerHandle],
+) -> None:
+    # 20 services listed together follow one namespace watch (discovery_etcd.watch.NamespaceStream). etcd killed and
+    # restarted: every stream shows its set stale, then resumes with a stream of its own from its revision, and
+    # shows what changed once etcd is back; nothing is lost or duplicated.
+    server = fresh_server("etcd")
+    prefix = unique_prefix()
+    writer = await _open(server, prefix)
+    watcher = await _open(server, prefix)
+    services = 20
+    followers: list[Follower] = []
+    try:
+        for n in range(services):
+            await writer.register(instance(f"s{n}", 1), TTL, lambda *_: None)
+        streams = [watcher.watch("default", f"s{n}") for n in range(services)]
+        followers = [Follower(stream) for stream in streams]
+        for n, follower in enumerate(followers):
+            await follower.until(lambda s, n=n: s.ids() == {f"s{n}-1"}, CONVERGENCE)  # type: ignore[misc]
+        shared = streams[0].shared
+        assert shared is not None and shared.member_count == services
+        await _restart(server)
+        for follower in followers:
+            await follower.until(lambda s: s.stale, CONVERGENCE)
+        await writer.register(instance("s3", 2), TTL, lambda *_: None)
+        await writer.deregister(instance("s4", 1))
+        assert (await followers[3].until(lambda s: not s.stale and len(s) == 2, CONVERGENCE)).ids() == {"s3-1", "s3-2"}
+        assert not (await followers[4].until(lambda s: not s.stale and not s.ids(), CONVERGENCE)).ids()
+        for n, follower in enumerate(followers):
+            fresh = await follower.until(lambda s: not s.stale, CONVERGENCE)
+            assert fresh.same_members(await watcher.list("default", f"s{n}"))
+        assert all(stream.shared is None for stream in streams) and not shared.running
+    finally:
+        for follower in followers:
+            await follower.close()
+        for backend in (writer, watcher):
+            await backend.close()
