@@ -26,7 +26,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
 from aetcd import rpc
 from aetcd.utils import prefix_range_end
@@ -77,15 +77,36 @@ def _cancelled_by_us() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-class _Probed(Protocol):
-    """What the probe asks of a stream: its client, a progress request, giving up on it."""
+class _ProbedCall:
+    """An etcd watch call the probe looks after (a service's own stream, or a namespace watch): which client it is
+    on, a progress request on it, and giving up on it."""
+
+    _call: Any
+    _client: Any
+    _probe_failed: bool
 
     @property
-    def client_id(self) -> int: ...
+    def client_id(self) -> int:
+        """Which client (connection) the call is on, for the probe."""
+        return id(self._client)
 
-    async def ask_progress(self, timeout: float) -> None: ...
+    async def ask_progress(self, timeout: float) -> None:
+        """Ask etcd for progress on the call (the probe's question for its whole client); a failure to ask shows as
+        no answer."""
+        call = self._call
+        if call is None:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await call.write(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
+        except Exception as error:
+            log.debug("etcd watch progress request failed: %r", error)
 
-    def probe_failed(self) -> None: ...
+    def probe_failed(self) -> None:
+        """The probe got no answer on the call's client: end the call (its streams reconnect)."""
+        self._probe_failed = True
+        if self._call is not None:
+            self._call.cancel()
 
 
 class StreamProbe:
@@ -100,20 +121,20 @@ class StreamProbe:
 
     def __init__(self, timeout: float) -> None:
         self._timeout = timeout
-        self._streams: dict[_Probed, None] = {}  # open streams, in the order they opened
+        self._streams: dict[_ProbedCall, None] = {}  # open streams, in the order they opened
         self._answered: dict[int, float] = {}  # id(client) → loop time of its last response on any stream
         self._task: asyncio.Task[None] | None = None
         #: How many progress requests it sent (diagnostics and tests).
         self.progress_requests = 0
 
-    def add(self, stream: _Probed) -> None:
+    def add(self, stream: _ProbedCall) -> None:
         """Probe ``stream``'s client from now on (the stream just opened)."""
         self._streams[stream] = None
         self.answered(stream.client_id)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="etcd-watch-probe")
 
-    def remove(self, stream: _Probed) -> None:
+    def remove(self, stream: _ProbedCall) -> None:
         """Stop probing for ``stream`` (it closed or lost its call)."""
         self._streams.pop(stream, None)
         if not self._streams and self._task is not None:
@@ -323,17 +344,6 @@ def _check_response(response: Any) -> None:
         raise _StreamLost(f"etcd canceled the watch: {response.cancel_reason}")
 
 
-async def _ask_progress(call: Any, timeout: float) -> None:
-    """Ask etcd for progress on a watch call (``None``: not open); a failure to ask shows as no answer."""
-    if call is None:
-        return
-    try:
-        async with asyncio.timeout(timeout):
-            await call.write(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
-    except Exception as error:
-        log.debug("etcd watch progress request failed: %r", error)
-
-
 def _settle(futures: list[asyncio.Future[Any]], value: Any) -> None:
     for future in futures:
         if not future.done():
@@ -346,7 +356,7 @@ def _fail(futures: list[asyncio.Future[Any]], error: BaseException) -> None:
             future.set_exception(error)
 
 
-class NamespaceStream:
+class NamespaceStream(_ProbedCall):
     """One etcd watch of a namespace, shared by the service streams that one namespace read listed.
 
     It starts at that read's revision + 1, so no change falls between their lists and the watch, and hands each
@@ -396,21 +406,6 @@ class NamespaceStream:
         if not self._members and self._task is not None:
             self._task.cancel()
             self._task = None
-
-    @property
-    def client_id(self) -> int:
-        """Which client (connection) the watch is on, for the probe."""
-        return id(self._client)
-
-    async def ask_progress(self, timeout: float) -> None:
-        """Ask etcd for progress on this watch (the probe's question for its whole client)."""
-        await _ask_progress(self._call, timeout)
-
-    def probe_failed(self) -> None:
-        """The probe got no answer on this watch's client: end the call (every attached stream reconnects)."""
-        self._probe_failed = True
-        if self._call is not None:
-            self._call.cancel()
 
     async def _run(self) -> None:
         try:
@@ -489,7 +484,7 @@ class NamespaceStream:
             stream.fed_error(error())
 
 
-class ServiceWatch(AsyncIterator[Snapshot]):
+class ServiceWatch(_ProbedCall, AsyncIterator[Snapshot]):
     """The snapshot stream of one ``watch(namespace, service)`` call: the current set, then one per change.
 
     Iterate it; ``aclose()`` (or cancelling the task iterating it) ends the etcd watch stream. Once the backend
@@ -520,7 +515,7 @@ class ServiceWatch(AsyncIterator[Snapshot]):
         self._stale = False
         self._yielded: Snapshot | None = None
         self._call: Any = None
-        self._call_client: Any = None
+        self._client: Any = None
         # The namespace watch this stream is attached to instead of a call of its own, and what it handed over:
         # lists of events, a progress revision, or the error that ended it.
         self._shared: NamespaceStream | None = None
@@ -720,7 +715,7 @@ class ServiceWatch(AsyncIterator[Snapshot]):
         try:
             call = rpc.WatchStub(client.channel).Watch(metadata=client.metadata)
             self._call = call
-            self._call_client = client
+            self._client = client
             create = rpc.WatchCreateRequest(
                 key=self._prefix,
                 range_end=prefix_range_end(self._prefix),
@@ -771,27 +766,12 @@ class ServiceWatch(AsyncIterator[Snapshot]):
             raise _StreamLost("the watch call was cancelled under us (its channel closed)") from None
         except Exception as error:
             if is_connection_error(error):
-                await self._pool.report_failure(self._call_client)
+                await self._pool.report_failure(self._client)
                 raise _StreamLost(str(error)) from error
             raise
-        self._probe.answered(id(self._call_client))
+        self._probe.answered(id(self._client))
         _check_response(response)
         return self._apply(response)
-
-    @property
-    def client_id(self) -> int:
-        """Which client (connection) the stream's call is on, for the probe."""
-        return id(self._call_client)
-
-    async def ask_progress(self, timeout: float) -> None:
-        """Ask etcd for progress on this stream (the probe's question for its whole client)."""
-        await _ask_progress(self._call, timeout)
-
-    def probe_failed(self) -> None:
-        """The probe got no answer on this stream's client: end the call (the stream reconnects)."""
-        self._probe_failed = True
-        if self._call is not None:
-            self._call.cancel()
 
     async def _next_shared_change(self) -> bool:
         """Apply what the namespace watch handed over next (waiting for it); whether the set changed."""
