@@ -67,6 +67,21 @@ def _retrieved(future: asyncio.Future[Any]) -> None:
         future.exception()  # an owner check nobody reads (its create failed) must not log "never retrieved"
 
 
+def _all_made(results: Any) -> bool:
+    """Whether a ``multi`` transaction's results say every operation in it succeeded."""
+    return isinstance(results, list) and not any(isinstance(result, Exception) for result in results)
+
+
+def _vouch(
+    own_creates: OwnCreates, path: str, session_id: int | None, transaction: Any, check: asyncio.Future[Any]
+) -> None:
+    """Tell ``own_creates`` what the owner check behind the create of ``path`` in ``transaction`` found."""
+    if session_id is not None and transaction.ready() and transaction.successful() and _all_made(transaction.value):
+        own_creates.checked(path, session_id, check)
+    else:
+        own_creates.failed(path)
+
+
 class EphemeralCreates:
     """Creates of ephemeral znodes, many per round trip (group commit).
 
@@ -148,7 +163,7 @@ class EphemeralCreates:
                     own_creates.sending(path, data)  # before the send: an owner watch event after it drops it
             sent = self._session.send("multi", transaction.commit_async)
             if self._owner_watch is not None:
-                self._send_owner_checks(batch, checks)
+                self._send_owner_checks(batch, checks, sent, session_id)
             results: Any = await self._session.reply("multi", sent)
         except (NodeExistsError, NoNodeError):
             results = None  # a failed transaction reported as the whole request's error
@@ -162,7 +177,7 @@ class EphemeralCreates:
             self._in_flight = False
             if self._queued:
                 self._flush()
-        succeeded = isinstance(results, list) and not any(isinstance(result, Exception) for result in results)
+        succeeded = _all_made(results)
         self._tell_own_creates(batch, checks, session_id if succeeded else None)
         for (_, _, created), owner_check in zip(batch, checks, strict=True):
             if not created.done():
@@ -174,23 +189,34 @@ class EphemeralCreates:
         checks: list[asyncio.Future[Any] | None],
         session_id: int | None,
     ) -> None:
-        """What became of the batch's creates (``session_id``: the session they succeeded under, else ``None``)."""
+        """The batch's creates that failed (all of them if ``session_id`` is ``None``), or that have no owner check
+        to vouch for them; an owner check that answers vouches for its create itself (:meth:`_send_owner_checks`)."""
         own_creates = self._own_creates
         if own_creates is None:
             return
         for (path, _, _), check in zip(batch, checks, strict=True):
             if session_id is None or check is None:
                 own_creates.failed(path)
-            else:
-                check.add_done_callback(functools.partial(own_creates.checked, path, session_id))
 
     def _send_owner_checks(
-        self, batch: list[tuple[str, bytes, asyncio.Future[Created]]], checks: list[asyncio.Future[Any] | None]
+        self,
+        batch: list[tuple[str, bytes, asyncio.Future[Created]]],
+        checks: list[asyncio.Future[Any] | None],
+        transaction: Any,
+        session_id: int | None,
     ) -> None:
         """Send the owner checks of a batch just sent; one that cannot be sent (the client is closing) stays
-        ``None``, and its registration checks the owner the ordinary way once the create has answered."""
+        ``None``, and its registration checks the owner the ordinary way once the create has answered.
+
+        Each check tells ``own_creates`` what it found as soon as its answer reaches the loop, not once the
+        transaction's caller has run on: kazoo's connection thread may read the transaction's answer, the check's
+        and a watch's listing of the new node in one burst, and the watch, going on with that listing first,
+        would read back a node it could take from here. The transaction's answer was read before the check's
+        (one session's replies come in order), so it is known when the check answers.
+        """
         loop = asyncio.get_running_loop()
         client = self._session.client
+        own_creates = self._own_creates
         for number, (path, _, _) in enumerate(batch):
             try:
                 request = self._session.send("exists", client.exists_async, path, self._owner_watch)
@@ -198,6 +224,8 @@ class EphemeralCreates:
                 return  # the transaction's own answer tells its callers what happened
             check = settled_future(loop, request)
             check.add_done_callback(_retrieved)
+            if own_creates is not None:
+                check.add_done_callback(functools.partial(_vouch, own_creates, path, session_id, transaction))
             checks[number] = check
 
 

@@ -17,7 +17,7 @@ from discovery.core.errors import BackendUnavailableError
 from discovery.core.models import Instance, Status
 from discovery.registry.async_registry import AsyncRegistry
 from discovery_zookeeper import ZooKeeperBackend
-from discovery_zookeeper.bridge import LoopHandler, LoopWatcher
+from discovery_zookeeper.bridge import LoopHandler, LoopWatcher, await_kazoo, settled_future
 from discovery_zookeeper.connection import ZooKeeperSession
 from discovery_zookeeper.keepalive import Created, EphemeralCreates
 from discovery_zookeeper.watch import OwnCreates
@@ -315,6 +315,63 @@ async def test_own_creates_vouch_only_for_a_create_its_owner_check_found_untouch
     own.sending("/r/default/web/g", b"g")
     own.checked("/r/default/web/g", 7, answered(0, 7))
     assert own.take("/r/default/web/g") is None
+
+
+class _Watching:
+    """Stands in for a watch of the service (:class:`OwnCreates` keeps creates only for a service watched)."""
+
+    def node_changed(self, name: str) -> None:
+        raise AssertionError(f"no owner watch event expected, got one for {name}")
+
+
+class _AnsweredLaterSession:
+    """A session whose requests the test answers by hand (kazoo results set as kazoo's connection thread would)."""
+
+    session_id = 0x1234
+
+    def __init__(self) -> None:
+        self.client = KazooClient(hosts="127.0.0.1:1")  # never started: only builds requests
+        self.handler = LoopHandler()
+        self.requests: dict[str, Any] = {}
+
+    def send(self, what: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+        self.requests[what] = request = self.handler.async_result()
+        return request
+
+    async def reply(self, what: str, async_result: Any) -> Any:
+        return await await_kazoo(async_result, 5, what)
+
+
+async def test_a_create_is_vouched_for_when_its_owner_check_answers_in_one_burst_with_a_listing() -> None:
+    """kazoo's connection thread reads the transaction's answer, the owner check's and a watch's listing of the
+    new node in one go: by the time the watch goes on with its listing, the create is vouched for and the watch
+    takes its data instead of reading the node back (before, the vouching waited for the transaction's caller to
+    run on, which came after the watch: the watch sent a ``get``, seen once in CI)."""
+    loop = asyncio.get_running_loop()
+    session = _AnsweredLaterSession()
+    own = OwnCreates()
+    stream = _Watching()
+    own.open("/r/default/api", stream)  # type: ignore[arg-type]
+    creates = EphemeralCreates(session, LoopWatcher(loop, print), own)  # type: ignore[arg-type]
+    registration = asyncio.create_task(creates.create("/r/default/api/a", b"a"))
+    deadline = loop.time() + 5
+    while "exists" not in session.requests:
+        assert loop.time() < deadline, "the create and its owner check were never sent"
+        await asyncio.sleep(0)
+    listing = session.handler.async_result()
+
+    async def watch_goes_on_with_its_listing() -> bytes | None:
+        await settled_future(loop, listing)
+        return own.take("/r/default/api/a")
+
+    watch = asyncio.create_task(watch_goes_on_with_its_listing())
+    await asyncio.sleep(0)  # the watch awaits its listing from here on
+    # One burst, in the order the server answers: all three are handed to the loop before it runs on.
+    session.requests["multi"].set(["/r/default/api/a"])
+    session.requests["exists"].set(ZnodeStat(0, 0, 0, 0, 0, 0, 0, 0x1234, 1, 0, 0))
+    listing.set(["a"])
+    assert await asyncio.wait_for(watch, 5) == b"a"
+    assert (await asyncio.wait_for(registration, 5)).session_id == 0x1234
 
 
 @pytest.mark.servers
