@@ -3,13 +3,12 @@
     python -m benchmarks.zookeeper_watch_shapes [--servers process|container] [--creates N] [--trials N]
         [--rounds N] [--pace SECONDS]
 
-kazoo 2.11 has no call for ``addWatch`` (opcode 106; docs/decisions/zookeeper-watches.md), so today a stream
-follows a service with one-shot watches: a children watch re-armed by a ``get_children`` of the whole service on
-every change, plus a ``get`` of each new node; and a registration arms its owner watch with an ``exists`` per
-node. A persistent recursive watch on the service is armed once and reports each created, changed or deleted node
-by path. This script sends ``addWatch`` through kazoo's own request queue (a request class of the shape kazoo's
-are; its events reach the watcher through kazoo's data-watcher table, answered here also for descendants of a
-watched path: kazoo privates, in this measurement only) and prints two side-by-side tables:
+kazoo 2.11 has no call for ``addWatch`` (opcode 106). With one-shot watches a stream follows a service by a children
+watch re-armed by a ``get_children`` of the whole service on every change, plus a ``get`` of each new node (what
+kazoo's ``ChildrenWatch`` + get does, and what this library's streams did before docs/decisions/zookeeper-watches.md);
+and a registration arms its owner watch with an ``exists`` per node. A persistent recursive watch on the service is
+armed once and reports each created, changed or deleted node by path; this script arms it as the backend does
+(:mod:`discovery_zookeeper.persistent`) and prints two side-by-side tables:
 
 * *registration on the loop* (``--creates`` ephemeral creates back to back on one kazoo client completing on an
   asyncio loop, as the ZooKeeper backend's): the create (a ``multi``) alone; with the ``exists`` that arms today's
@@ -33,62 +32,25 @@ import statistics
 import sys
 import threading
 import time
-from collections import defaultdict, namedtuple
 from collections.abc import Callable
 from typing import Any
 
 from kazoo.client import KazooClient
-from kazoo.protocol.serialization import int_struct, write_string
-from kazoo.protocol.states import EventType, WatchedEvent
+from kazoo.protocol.states import Callback, EventType, WatchedEvent
 
+from discovery_zookeeper import persistent
 from discovery_zookeeper.bridge import LoopHandler, settled_future
 from tests.harness import start_server
 
-PERSISTENT_RECURSIVE = 1  # ZooKeeper's AddWatchMode
 RECORD = b"x" * 340  # about the size of this library's record
 
 
-class AddWatch(namedtuple("AddWatch", "path mode")):
-    """ZooKeeper's ``addWatch`` request (3.6+), shaped as kazoo's request classes are."""
-
-    type = 106
-
-    def serialize(self) -> bytearray:
-        """The request body: the path and the mode."""
-        body = bytearray(write_string(self.path))
-        body.extend(int_struct.pack(self.mode))
-        return body
-
-    @classmethod
-    def deserialize(cls, buffer: bytes, offset: int) -> bool:
-        """The reply has no body."""
-        return True
-
-
-class _Watchers(defaultdict[str, set[Any]]):
-    """kazoo's data-watcher table (path → watchers, popped when an event for the path comes), also answering with the
-    persistent recursive watchers of the path's ancestors (kept, never popped)."""
-
-    def __init__(self, table: dict[str, set[Any]]) -> None:
-        super().__init__(set)
-        self.update(table)
-        self.persistent: dict[str, Callable[[WatchedEvent], None]] = {}
-
-    def pop(self, path: str, *default: Any) -> Any:  # type: ignore[override]
-        found = list(super().pop(path, *default) or ())
-        found.extend(watcher for prefix, watcher in self.persistent.items() if path.startswith(prefix + "/"))
-        return found
-
-
 def add_persistent_watch(client: KazooClient, path: str, watcher: Callable[[WatchedEvent], None]) -> Any:
-    """Arm a persistent recursive watch on ``path`` (no chroot); returns kazoo's async result of the request."""
-    table = client._data_watchers  # noqa: SLF001  # kazoo private: where its connection looks watchers up
-    if not isinstance(table, _Watchers):
-        table = client._data_watchers = _Watchers(table)  # noqa: SLF001
-    table.persistent[path] = watcher
-    result = client.handler.async_result()
-    client._call(AddWatch(path, PERSISTENT_RECURSIVE), result)  # noqa: SLF001  # kazoo's request queue
-    return result
+    """Arm a persistent recursive watch on ``path`` (no chroot) as the ZooKeeper backend does
+    (:mod:`discovery_zookeeper.persistent`); returns kazoo's async result of the request."""
+    watchers: dict[str, set[Callable[[WatchedEvent], None]]] = {path: {watcher}}
+    persistent.hear_persistent_watches(client, watchers)
+    return persistent.send(client, persistent.AddWatch(path, persistent.MODE_PERSISTENT_RECURSIVE))
 
 
 async def _creates_on_loop(hosts: str, base: str, shape: str, creates: int) -> tuple[float, float, int]:
@@ -155,7 +117,10 @@ def _propagation(hosts: str, trials: int, pace: float) -> dict[str, list[float]]
                 saw(event.path.rsplit("/", 1)[1])
 
         children_changed()
-        add_persistent_watch(by_persistent, "/shapes/persistent", node_event).get(10)
+        # The watcher runs on kazoo's connection thread, which must not block: the get runs on kazoo's callback
+        # thread, where a ChildrenWatch's function runs too.
+        add_persistent_watch(by_persistent, "/shapes/persistent", lambda event: by_persistent.handler.dispatch_callback(
+            Callback("watch", node_event, (event,)))).get(10)
         delays: dict[str, list[float]] = {"children": [], "persistent": []}
         for trial in range(trials):
             for shape in ("children", "persistent"):

@@ -91,6 +91,16 @@ class ZooKeeperBackend(Backend):
         """The live ZooKeeper session id (``None`` while disconnected): the ``ephemeralOwner`` of our znodes."""
         return None if self._session is None else self._session.session_id
 
+    @property
+    def persistent_watches(self) -> bool | None:
+        """Whether streams follow services with a persistent recursive watch each (ZooKeeper 3.6+) rather than
+        one-shot watches; ``None`` until the first stream has asked the server."""
+        return None if self._session is None else self._session.persistent_watches
+
+    def session_for_tests(self) -> ZooKeeperSession | None:
+        """Test seam: the live session, to send requests the backend does not (``None`` before start)."""
+        return self._session
+
     def session_credentials_for_tests(self) -> tuple[int, bytes] | None:
         """Test seam: the live session's id and password (kazoo's ``client_id``), or ``None`` while disconnected.
 

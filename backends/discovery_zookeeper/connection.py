@@ -16,10 +16,11 @@ from collections.abc import Callable
 from typing import Any
 
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import AuthFailedError, NoAuthError, NoNodeError
+from kazoo.exceptions import AuthFailedError, NoAuthError, NoNodeError, UnimplementedError
 from kazoo.retry import KazooRetry
 
 from discovery.core.errors import AuthenticationError, BackendUnavailableError, PermissionDeniedError
+from discovery_zookeeper import persistent
 from discovery_zookeeper.bridge import CONNECTION_ERRORS, LoopHandler, await_kazoo, call_in_loop, finish, in_own_thread
 from discovery_zookeeper.security import kazoo_logger, tls_preflight
 from discovery_zookeeper.settings import ZooKeeperConfig
@@ -52,6 +53,10 @@ class ZooKeeperSession:
         self._stopping = False
         #: Resolved by the first CONNECTED or LOST state while :meth:`start` waits.
         self._first_state: asyncio.Future[str] | None = None
+        # Persistent recursive watches by the server's path: heard by every client this session makes.
+        self._persistent_watchers: dict[str, set[persistent.Watcher]] = {}
+        #: Whether the server has persistent watches (ZooKeeper 3.6+): ``None`` until the first one is armed.
+        self.persistent_watches: bool | None = None
         self.client = self._new_client()
 
     def _new_client(self) -> KazooClient:
@@ -68,6 +73,7 @@ class ZooKeeperSession:
             **self._config.security.kazoo_arguments(),
         )
         client.add_listener(lambda state: self._on_kazoo_state(client, state))
+        persistent.hear_persistent_watches(client, self._persistent_watchers)
         return client
 
     @property
@@ -218,6 +224,51 @@ class ZooKeeperSession:
             target=_drop_client, args=(old, self._config.session_timeout), name="zookeeper-drop", daemon=True
         ).start()
         self._emit(SessionEvent.EXPIRED)
+
+    # -- persistent watches --------------------------------------------------------------------------------------
+
+    async def add_persistent_watch(self, path: str, watcher: persistent.Watcher) -> bool:
+        """Arm a persistent recursive watch on ``path``: ``watcher`` hears every node created, changed or deleted
+        below it from now on (:mod:`discovery_zookeeper.persistent`). Arm it again after every reconnect: the server
+        forgets it with the connection, and kazoo re-arms only its one-shot watches. ``False``: the server has no
+        persistent watches (before ZooKeeper 3.6); nothing is armed, use one-shot watches.
+        """
+        if self.persistent_watches is False:
+            return False
+        client = self.client
+        full = self._server_path(client, path)
+        self._persistent_watchers.setdefault(full, set()).add(watcher)
+        try:
+            await self.request(
+                "addWatch", persistent.send, client, persistent.AddWatch(full, persistent.MODE_PERSISTENT_RECURSIVE)
+            )
+        except UnimplementedError:
+            self.persistent_watches = False
+            self._persistent_watchers.pop(full, None)
+            logger.info("this ZooKeeper has no persistent watches (3.6+): services are followed with one-shot watches")
+            return False
+        self.persistent_watches = True
+        return True
+
+    def remove_persistent_watch(self, path: str, watcher: persistent.Watcher) -> None:
+        """``watcher`` no longer hears ``path``; the watch is removed at the server with its last watcher (without
+        waiting: a watch the server already forgot, or a request lost with the connection, changes nothing)."""
+        client = self.client
+        full = self._server_path(client, path)
+        watchers = self._persistent_watchers.get(full)
+        if watchers is None:
+            return
+        watchers.discard(watcher)
+        if watchers:
+            return
+        del self._persistent_watchers[full]
+        if self.connected.is_set():
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                persistent.send(client, persistent.RemoveWatches(full, persistent.WATCHER_TYPE_ANY))
+
+    @staticmethod
+    def _server_path(client: KazooClient, path: str) -> str:
+        return f"{client.chroot}{path}" if client.chroot else path
 
     # -- requests ------------------------------------------------------------------------------------------------
 

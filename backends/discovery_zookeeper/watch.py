@@ -1,18 +1,28 @@
-"""A snapshot stream per ``watch()`` call, from one-shot ZooKeeper watches.
+"""A snapshot stream per ``watch()`` call, from a persistent recursive ZooKeeper watch (or one-shot watches).
 
 A :class:`ServiceWatch` is what ``ZooKeeperBackend.watch`` returns: an async iterator of full snapshots, driven by
 its consumer (the registry's watch hub, which shares it among every subscriber of the service; there is no
 sharing here).
 
-kazoo 2.11 has no persistent watches, and it drops every watch when the connection is suspended, so the
-stream re-arms watches as it reads: a children watch on the service directory (or an ``exists`` watch while
-it does not exist yet) and a data watch on each instance znode. Watch callbacks only mark what is dirty and
-wake the stream; the stream then re-reads just that (new/removed children, changed nodes). After any reconnect
-it re-lists everything, after a small random delay so that many watchers do not hit the server at once.
+On ZooKeeper 3.6+ the stream arms one persistent recursive watch on the service directory
+(:mod:`discovery_zookeeper.persistent`) before listing it: every node created, changed or deleted below it is
+reported by path, so the stream re-reads only the node an event names (a deleted one too: a takeover deletes and
+creates it in one transaction, and the read finds the new record) and never lists the service again until a
+reconnect. Events that arrive while the listing is answered are applied on top of it,
+the newest per node winning (one connection delivers events and answers in the server's order).
+
+Before 3.6 (the server has no ``addWatch``), the stream re-arms one-shot watches as it reads: a children watch on
+the service directory (or an ``exists`` watch while it does not exist yet) and a data watch on each instance
+znode; kazoo drops every one-shot watch when the connection is suspended. Watch callbacks only mark what is dirty
+and wake the stream; the stream then re-reads just that (new/removed children, changed nodes). After any reconnect
+it arms its watch again and re-lists everything, after a small random delay so that many watchers do not hit the
+server at once.
 
 A znode this backend's own registrations just created is not read back (:class:`OwnCreates`): the stream takes
 its data from the create, and the owner watch the registration arms on it stands in for the stream's data watch
-until the first change, which the stream then reads as any other.
+until the first change, which the stream then reads as any other. With a persistent watch, the event of the create
+arrives before the create's answer: the stream waits for the create's owner check (sent right behind it) instead of
+reading the node, so a registration's own watch shows it without another round trip.
 """
 
 from __future__ import annotations
@@ -43,6 +53,10 @@ RESYNC_JITTER = 0.25
 #: Creates an :class:`OwnCreates` holds at most; past it a create is read back as any other node.
 OWN_CREATES_MAX = 4096
 
+#: How long a stream waits for the owner check of a create it heard of before reading the node instead (the check
+#: is sent right behind the create and normally answers with it).
+OWN_CREATE_WAIT = 2.0
+
 
 class OwnCreates:
     """Znodes this backend's registrations are creating, told to the open :class:`ServiceWatch` streams of their
@@ -60,6 +74,7 @@ class OwnCreates:
         self._streams: dict[str, WeakSet[ServiceWatch]] = {}
         self._pending: dict[str, bytes] = {}  # path -> data: sent, not yet known to be usable
         self._usable: dict[str, bytes] = {}
+        self._settled: dict[str, asyncio.Future[None]] = {}  # path -> done once its pending entry is decided
 
     def open(self, directory: str, stream: ServiceWatch) -> None:
         """``stream`` watches ``directory`` (a service's znode) from now on."""
@@ -82,24 +97,40 @@ class OwnCreates:
             self._pending[path] = data
             self._usable.pop(path, None)
 
+    def settled(self, path: str) -> asyncio.Future[None] | None:
+        """A future done once the create of ``path`` sent last is known usable or not; ``None`` if none is pending."""
+        if path not in self._pending:
+            return None
+        waiter = self._settled.get(path)
+        if waiter is None:
+            waiter = self._settled[path] = asyncio.get_running_loop().create_future()
+        return waiter
+
+    def _decided(self, path: str) -> None:
+        waiter = self._settled.pop(path, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     def failed(self, path: str) -> None:
         """The create of ``path`` did not succeed (or cannot be vouched for)."""
         self._pending.pop(path, None)
+        self._decided(path)
 
     def checked(self, path: str, session_id: int | None, answer: asyncio.Future[Any]) -> None:
         """The owner check behind a create that succeeded answered: the entry is usable if it shows the node as
         created (version 0) by ``session_id``."""
         data = self._pending.pop(path, None)
-        if data is None or answer.cancelled() or answer.exception() is not None:
-            return
-        stat = answer.result()
-        if stat is not None and stat.version == 0 and stat.ephemeralOwner == session_id:
-            self._usable[path] = data
+        if data is not None and not answer.cancelled() and answer.exception() is None:
+            stat = answer.result()
+            if stat is not None and stat.version == 0 and stat.ephemeralOwner == session_id:
+                self._usable[path] = data
+        self._decided(path)
 
     def node_event(self, path: str) -> None:
         """The owner watch fired on ``path``: its data (if kept) is no longer known; streams that took it read it."""
         self._pending.pop(path, None)
         self._usable.pop(path, None)
+        self._decided(path)
         directory, _, name = path.rpartition("/")
         for stream in list(self._streams.get(directory, ())):
             stream.node_changed(name)
@@ -114,6 +145,8 @@ class OwnCreates:
         for entries in (self._pending, self._usable):
             for path in [path for path in entries if path.startswith(prefix)]:
                 del entries[path]
+        for path in [path for path in self._settled if path.startswith(prefix)]:
+            self._decided(path)
 
 
 class ServiceWatch(AsyncIterator[Snapshot]):
@@ -144,6 +177,11 @@ class ServiceWatch(AsyncIterator[Snapshot]):
         # One object each, handed to kazoo on every read: kazoo keeps a set of watchers per path.
         self._watch_children = LoopWatcher(self._loop, self._children_event)
         self._watch_node = LoopWatcher(self._loop, self._node_event)
+        self._watch_below = LoopWatcher(self._loop, self._event_below)
+        #: Whether a persistent recursive watch follows the service (else one-shot watches).
+        self._persistent = False
+        #: While the service is listed under a persistent watch: the newest event of each node meanwhile.
+        self._events_while_listing: dict[str, EventType] | None = None
         self._snapshots = self._stream()
 
     async def __anext__(self) -> Snapshot:
@@ -194,6 +232,7 @@ class ServiceWatch(AsyncIterator[Snapshot]):
         finally:
             self._stopped = True
             self._session.remove_listener(self._on_session_event)
+            self._session.remove_persistent_watch(self._path, self._watch_below)
             if self._own_creates is not None:
                 self._own_creates.close(self._path, self)
 
@@ -217,6 +256,25 @@ class ServiceWatch(AsyncIterator[Snapshot]):
         if event.type == EventType.NONE or self._stopped or event.path is None:
             return
         self._dirty_nodes.add(event.path.rsplit("/", 1)[-1])
+        self._wake.set()
+
+    def _event_below(self, event: WatchedEvent) -> None:
+        """The persistent watch reported a node below the service: a member created, changed or deleted."""
+        if event.type == EventType.NONE or self._stopped or event.path is None:
+            return
+        directory, _, name = event.path.rpartition("/")
+        if directory != self._path:
+            return  # the service's own znode (its children's events tell what matters)
+        if self._events_while_listing is not None:
+            self._events_while_listing[name] = event.type
+        if event.type == EventType.DELETED:
+            if name not in self._members:
+                return
+            # Read, not dropped: a takeover deletes and creates the node in one transaction, and its previous
+            # owner's record must never look missing (the read finds the new one; a plain deletion, nothing).
+        else:
+            self._members.setdefault(name, None)  # a new member is read (or taken from its create) by _sync
+        self._dirty_nodes.add(name)
         self._wake.set()
 
     def node_changed(self, name: str) -> None:
@@ -276,8 +334,15 @@ class ServiceWatch(AsyncIterator[Snapshot]):
             while self._dirty_nodes:
                 names = sorted(name for name in self._dirty_nodes if name in self._members)
                 self._dirty_nodes.clear()  # an event during the reads below marks its node again
+                if self._persistent and self._own_creates is not None:
+                    names = await self._take_own_creates_once_checked(names)
                 for name, value in zip(names, await self._read_nodes(names), strict=True):
-                    if name in self._members:
+                    if name not in self._members:
+                        continue
+                    if value is None and self._persistent and name not in self._dirty_nodes:
+                        del self._members[name]  # gone; the watch reports it if it comes back
+                        self._unwatched.discard(name)
+                    else:
                         self._members[name] = value
         except BaseException:
             # Whatever was interrupted is read again on the next attempt.
@@ -285,6 +350,30 @@ class ServiceWatch(AsyncIterator[Snapshot]):
             raise
 
     async def _read_children(self) -> None:
+        if self._session.persistent_watches is not False:
+            # Armed again on every full listing: the server forgets it with the connection.
+            self._persistent = await self._session.add_persistent_watch(self._path, self._watch_below)
+        if self._persistent:
+            current = await self._list_under_persistent_watch()
+        else:
+            current = await self._list_arming_a_children_watch()
+        for gone in set(self._members) - current:
+            del self._members[gone]
+            self._unwatched.discard(gone)
+            self._dirty_nodes.discard(gone)
+        # A member read as missing (deleted and created again under the same name, as the healer of another
+        # client does) never left the children list: read it again, or it would stay missing for good.
+        new = sorted(name for name in current if self._members.get(name) is None)
+        if self._own_creates is not None and new:
+            new = self._take_own_creates(new)
+        # Before the reads, not after: a change an event reports while they are answered is newer than they are.
+        self._dirty_nodes.difference_update(new)
+        values = await self._read_nodes(new)
+        for name, value in zip(new, values, strict=True):
+            if name in current:
+                self._members[name] = value
+
+    async def _list_arming_a_children_watch(self) -> set[str]:
         client = self._session.client
         try:
             names = await self._session.request("get_children", client.get_children_async, self._path,
@@ -295,20 +384,49 @@ class ServiceWatch(AsyncIterator[Snapshot]):
             if stat is not None:  # created in between: read it again
                 self._children_dirty = True
                 self._wake.set()
+        return set(names)
+
+    async def _list_under_persistent_watch(self) -> set[str]:
+        """The service's children now: the listing, with every event that arrived while it was answered applied
+        on top (the newest per node; an event before the answer is one the listing already reflects)."""
+        client = self._session.client
+        events: dict[str, EventType] = {}
+        self._events_while_listing = events
+        try:
+            try:
+                names = await self._session.request("get_children", client.get_children_async, self._path)
+            except NoNodeError:
+                names = []  # the watch reports the service's first member when it comes
+        finally:
+            self._events_while_listing = None
         current = set(names)
-        for gone in set(self._members) - current:
-            del self._members[gone]
-            self._unwatched.discard(gone)
-        # A member read as missing (deleted and created again under the same name, as the healer of another
-        # client does) never left the children list: read it again, or it would stay missing for good.
-        new = sorted(name for name in current if self._members.get(name) is None)
-        if self._own_creates is not None and new:
-            new = self._take_own_creates(new)
-        values = await self._read_nodes(new)
-        for name, value in zip(new, values, strict=True):
-            if name in current:
-                self._members[name] = value
-        self._dirty_nodes.difference_update(new)
+        for name, kind in events.items():
+            if kind == EventType.DELETED:
+                current.discard(name)
+            else:
+                current.add(name)
+        return current
+
+    async def _take_own_creates_once_checked(self, names: list[str]) -> list[str]:
+        """Of the new members among ``names``, take those this backend is creating from :class:`OwnCreates` once
+        their owner check has answered (the persistent watch's event of a create arrives before the create's
+        answer); the rest, to read."""
+        assert self._own_creates is not None
+        fresh = [name for name in names if self._members.get(name) is None]
+        waiting = [
+            waiter for waiter in (self._own_creates.settled(f"{self._path}/{name}") for name in fresh)
+            if waiter is not None
+        ]
+        if waiting:
+            await asyncio.wait(waiting, timeout=OWN_CREATE_WAIT)
+        taken = set()
+        for name in fresh:
+            if name in self._members and self._members[name] is None and name not in self._dirty_nodes:
+                data = self._own_creates.take(f"{self._path}/{name}")
+                if data is not None:
+                    self._members[name] = decode_or_none(data, self._namespace, self._service, name)
+                    taken.add(name)
+        return [name for name in names if name not in taken and name in self._members]
 
     def _take_own_creates(self, new: list[str]) -> list[str]:
         """Members this backend just created, from their create (see :class:`OwnCreates`); the rest, to read."""
@@ -325,8 +443,10 @@ class ServiceWatch(AsyncIterator[Snapshot]):
 
     async def _read_nodes(self, names: list[str]) -> list[Instance | None]:
         """Read the nodes in one go (``None``: gone, or not a usable instance), arming our data watch on each."""
-        self._unwatched.difference_update(names)  # the gets arm our own data watch
-        data = await self._session.get_many([f"{self._path}/{name}" for name in names], self._watch_node)
+        self._unwatched.difference_update(names)  # the gets arm our own data watch (or the persistent one has them)
+        data = await self._session.get_many(
+            [f"{self._path}/{name}" for name in names], None if self._persistent else self._watch_node
+        )
         return [
             None if raw is None else decode_or_none(raw, self._namespace, self._service, name)
             for name, raw in zip(names, data, strict=True)

@@ -31,6 +31,11 @@ class _ScriptedSession:
         self.events: list[str] = []
         self.watchers: dict[str, Any] = {}
 
+    persistent_watches = False  # a server before 3.6: the stream follows the service with one-shot watches
+
+    def remove_persistent_watch(self, path: str, watcher: Any) -> None:
+        pass
+
     def add_listener(self, listener: Any) -> None:
         pass
 

@@ -5,7 +5,9 @@ If an upgrade changes one of them, these tests fail and say what to do, before a
 * ``discovery_etcd.security.SecureClient`` mirrors aetcd 1.0's ``Client.connect`` over a TLS channel, on the
   attributes aetcd's ``Client.__init__`` sets (docs/decisions/security-etcd-tls-client.md);
 * ``discovery_zookeeper.connection`` drops a kazoo client without CloseSession through kazoo's connection handler
-  and stop flag, and reads the negotiated session timeout kazoo keeps (docs/decisions/zookeeper-abort.md).
+  and stop flag, and reads the negotiated session timeout kazoo keeps (docs/decisions/zookeeper-abort.md);
+* ``discovery_zookeeper.persistent`` queues ``addWatch``/``removeWatches`` with kazoo's ``_call`` and hears their
+  events by wrapping the connection handler's ``_read_watch_event`` (docs/decisions/zookeeper-watches.md).
 """
 
 from __future__ import annotations
@@ -90,5 +92,10 @@ def test_kazoo_internals_the_zookeeper_backend_uses() -> None:
         assert isinstance(client._connection.connection_stopped, threading.Event), what
         assert hasattr(client._connection, "_socket"), what
         assert isinstance(client._session_timeout, int), what
+        what = "kazoo changed the internals discovery_zookeeper.persistent uses (_call, _read_watch_event)"
+        assert list(inspect.signature(client._call).parameters) == ["request", "async_object"], what
+        assert list(inspect.signature(client._connection._read_watch_event).parameters) == ["buffer", "offset"], what
+        assert "_read_watch_event(" in inspect.getsource(type(client._connection)._read_socket), what
+        assert hasattr(client, "_state") and callable(client.unchroot), what
     finally:
         client.close()

@@ -1,0 +1,213 @@
+"""ZooKeeper streams on a persistent recursive watch (3.6+): the service is listed once, each change costs at most a
+read of the node it names, a registration's own watch shows it without a listing or a read, the watch is armed
+again after a reconnect and removed with its last stream, and a server without ``addWatch`` is followed with
+one-shot watches (all on real servers; the order of events against a listing, on a scripted session)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from kazoo.exceptions import NoWatcherError
+from kazoo.protocol.states import EventType, KeeperState, WatchedEvent
+
+from discovery.core.models import Instance, Snapshot, Status
+from discovery.registry.async_registry import AsyncRegistry
+from discovery_zookeeper import persistent
+from discovery_zookeeper.connection import ZooKeeperSession
+from discovery_zookeeper.records import encode_record
+from discovery_zookeeper.watch import ServiceWatch
+from tests.backends.zookeeper_support import backend_url
+from tests.harness import ServerHandle
+from tests.harness.relay import Relay
+
+SETTLE = 10.0
+
+
+def _instance(service: str, number: int, **changes: Any) -> Instance:
+    return Instance(service, f"{service}-{number}", "127.0.0.1", 9000 + number, **changes)
+
+
+def _requests_sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record what every ZooKeeper session sends from here on (``get_children``, ``get``, ``exists``...)."""
+    sent: list[str] = []
+    send = ZooKeeperSession.send
+
+    def sending(self: ZooKeeperSession, what: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(what)
+        return send(self, what, call, *args, **kwargs)
+
+    monkeypatch.setattr(ZooKeeperSession, "send", sending)
+    return sent
+
+
+async def _shown(watch: Any, wanted: Any) -> Snapshot:
+    snapshot: Snapshot = await watch.until(wanted, SETTLE)
+    return snapshot
+
+
+@pytest.mark.servers
+async def test_a_stream_lists_its_service_once_and_reads_only_the_nodes_events_name(
+    zookeeper_server: ServerHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = backend_url(zookeeper_server)
+    async with await AsyncRegistry.connect(url, follow_records=False) as reader, \
+            await AsyncRegistry.connect(url) as writer:
+        sent = _requests_sent(monkeypatch)
+        async with reader.watch("api") as watch:
+            await _shown(watch, lambda s: s.ids() == set())
+            assert reader.backend.persistent_watches is True  # ZooKeeper 3.8 and 3.9 have them
+            listed = sent.count("get_children")
+            handles = [await writer.register(_instance("api", n)) for n in range(6)]
+            await _shown(watch, lambda s: len(s) == 6)
+            await writer.set_status("api", "api-2", "DRAINING")
+            await _shown(watch, lambda s: s.get("api-2") is not None and s.get("api-2").status is Status.DRAINING)
+            await handles[0].deregister()
+            await handles[1].deregister()
+            shown = await _shown(watch, lambda s: s.ids() == {f"api-{n}" for n in range(2, 6)})
+        monkeypatch.undo()
+    assert shown.get("api-3") == _instance("api", 3)
+    # One listing by the reader's stream when it opened, one by the writer's when it first registered (it follows
+    # its own records). With one-shot watches the reader listed the service again on every change (9 more here).
+    assert listed == 1 and sent.count("get_children") == 2, sent
+
+
+@pytest.mark.servers
+async def test_a_registration_is_shown_by_its_own_watch_without_a_listing_or_a_read(
+    zookeeper_server: ServerHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The registry follows the services it registers in; the event of a create arrives before the create's answer
+    and the stream takes the record from the create once its owner check answers: read-your-writes costs no
+    request (a listing of the whole service per registration before)."""
+    async with await AsyncRegistry.connect(backend_url(zookeeper_server)) as registry:
+        await registry.register(_instance("own", 0))
+        seen: list[Snapshot] = []
+        unsubscribe = registry.subscribe("own", seen.append)
+        async with asyncio.timeout(SETTLE):
+            while not seen:
+                await asyncio.sleep(0.01)
+        sent = _requests_sent(monkeypatch)
+        for n in range(1, 21):
+            await registry.register(_instance("own", n))
+            assert seen and f"own-{n}" in seen[-1].ids()  # read-your-writes: the subscriber has it already
+        monkeypatch.undo()
+        await unsubscribe()
+        assert sorted(await registry.instances("own"), key=lambda i: i.port) == [_instance("own", n) for n in range(21)]
+    assert "get_children" not in sent and "get" not in sent, sent
+
+
+@pytest.mark.servers
+async def test_the_watch_is_removed_with_its_last_stream(zookeeper_server: ServerHandle) -> None:
+    async with await AsyncRegistry.connect(backend_url(zookeeper_server), follow_records=False) as registry:
+        backend: Any = registry.backend
+        session = backend.session_for_tests()
+        assert session is not None
+        path = f"{backend.config.root}/default/gone"
+        first, second = backend.watch("default", "gone"), backend.watch("default", "gone")
+        await anext(first)
+        await anext(second)
+        await first.aclose()
+        await registry.register(_instance("gone", 1))
+        assert [i.id for i in (await asyncio.wait_for(anext(second), SETTLE)).instances] == ["gone-1"]
+        await second.aclose()
+        # The server no longer holds a watch on the path: removing one now is refused.
+        with pytest.raises(NoWatcherError):
+            await session.reply("removeWatches", persistent.send(
+                session.client, persistent.RemoveWatches(path, persistent.WATCHER_TYPE_ANY)))
+
+
+@pytest.mark.servers
+async def test_the_watch_is_armed_again_after_a_reconnect(zookeeper_server: ServerHandle) -> None:
+    with Relay(zookeeper_server.host, zookeeper_server.port) as relay:
+        url = backend_url(zookeeper_server)
+        through_relay = url.replace(f"{zookeeper_server.host}:{zookeeper_server.port}", relay.address)
+        async with await AsyncRegistry.connect(through_relay, follow_records=False) as reader, \
+                await AsyncRegistry.connect(url) as writer, reader.watch("again") as watch:
+            await writer.register(_instance("again", 1))
+            await _shown(watch, lambda s: s.ids() == {"again-1"})
+            relay.cut()  # the connection drops; the server forgets the watch with it
+            await _shown(watch, lambda s: s.stale)
+            relay.pass_through()  # kazoo reconnects the same session
+            await _shown(watch, lambda s: not s.stale)
+            await writer.register(_instance("again", 2))  # only a watch armed again reports it
+            await _shown(watch, lambda s: s.ids() == {"again-1", "again-2"})
+
+
+@pytest.mark.servers
+async def test_a_server_without_persistent_watches_is_followed_with_one_shot_watches(
+    zookeeper_server: ServerHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before 3.6 ZooKeeper answers ``addWatch`` with ``UnimplementedException`` and closes the connection
+    (ZOOKEEPER-1495); an opcode no server knows makes this one answer the same."""
+    monkeypatch.setattr(persistent.AddWatch, "type", 4242)
+    async with await AsyncRegistry.connect(backend_url(zookeeper_server)) as registry:
+        await registry.register(_instance("old", 1))
+        async with registry.watch("old") as watch:
+            await _shown(watch, lambda s: not s.stale and s.ids() == {"old-1"})
+            assert registry.backend.persistent_watches is False
+            await registry.register(_instance("old", 2))
+            await _shown(watch, lambda s: s.ids() == {"old-1", "old-2"})
+
+
+class _ListingSession:
+    """A session on a server with persistent watches whose listing answers after events the test fires."""
+
+    persistent_watches = True
+
+    def __init__(self) -> None:
+        self.connected = asyncio.Event()
+        self.connected.set()
+        self.client = self
+        self.children: list[str] = []
+        self.nodes: dict[str, bytes] = {}
+        self.watcher: Any = None
+        self.while_listing: list[tuple[EventType, str]] = []
+
+    def add_listener(self, listener: Any) -> None:
+        pass
+
+    def remove_listener(self, listener: Any) -> None:
+        pass
+
+    async def add_persistent_watch(self, path: str, watcher: Any) -> bool:
+        self.watcher = watcher
+        return True
+
+    def remove_persistent_watch(self, path: str, watcher: Any) -> None:
+        pass
+
+    def get_children_async(self) -> None: ...
+
+    async def request(self, what: str, call: Any, path: str, *args: Any) -> Any:
+        assert what == "get_children"
+        listing = list(self.children)  # what the server listed, before the events below (which come after it)
+        for kind, name in self.while_listing:
+            self.watcher(WatchedEvent(kind, KeeperState.CONNECTED, f"{path}/{name}"))
+        await asyncio.sleep(0.01)  # the events are handed to the loop before the listing's answer is read
+        return listing
+
+    async def get_many(self, paths: list[str], watcher: Any = None) -> list[bytes | None]:
+        await asyncio.sleep(0)
+        return [self.nodes.get(path) for path in paths]
+
+    def put(self, name: str) -> None:
+        self.nodes[f"/r/default/api/{name}"] = encode_record(
+            Instance("api", name, "127.0.0.1", 8080), payload_class=None, registered_at_ms=1)
+
+
+async def test_events_that_arrive_while_the_service_is_listed_are_applied_on_top_of_the_listing() -> None:
+    session = _ListingSession()
+    session.children = ["a", "b", "c"]
+    for name in ("a", "b", "c", "d"):
+        session.put(name)
+    # After the server listed a, b, c: b deleted, d created, c deleted and created again.
+    session.while_listing = [(EventType.DELETED, "b"), (EventType.CREATED, "d"), (EventType.DELETED, "c"),
+                             (EventType.CREATED, "c")]
+    del session.nodes["/r/default/api/b"]
+    stream = ServiceWatch(session, "/r/default/api", "default", "api")  # type: ignore[arg-type]
+    try:
+        first = await asyncio.wait_for(anext(stream), SETTLE)
+    finally:
+        await stream.aclose()
+    assert first.ids() == {"a", "c", "d"}
