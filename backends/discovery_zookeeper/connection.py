@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import itertools
 import logging
 import socket
 import threading
@@ -26,6 +27,10 @@ from discovery_zookeeper.security import kazoo_logger, tls_preflight
 from discovery_zookeeper.settings import ZooKeeperConfig
 
 logger = logging.getLogger("discovery.backends.zookeeper.connection")
+
+#: How long the start waits for a server that refused ``addWatch`` to close the connection (ZOOKEEPER-1495: at
+#: once, right behind the refusal) before going on with it open.
+PROBE_DROP_WAIT = 2.0
 
 
 class SessionEvent(enum.Enum):
@@ -55,8 +60,11 @@ class ZooKeeperSession:
         self._first_state: asyncio.Future[str] | None = None
         # Persistent recursive watches by the server's path: heard by every client this session makes.
         self._persistent_watchers: dict[str, set[persistent.Watcher]] = {}
-        #: Whether the server has persistent watches (ZooKeeper 3.6+): ``None`` until the first one is armed.
-        self.persistent_watches: bool | None = None
+        #: Whether the server has persistent watches (ZooKeeper 3.6+): ``None`` until the first one is armed;
+        #: ``False`` also when the URL turns them off.
+        self.persistent_watches: bool | None = None if config.persistent_watches else False
+        self._epochs = itertools.count(1)
+        self._epoch = 0
         self.client = self._new_client()
 
     def _new_client(self) -> KazooClient:
@@ -127,6 +135,43 @@ class ZooKeeperSession:
             self._first_state = None
         self._session_id = self.session_id
         self.connected.set()
+        if self.persistent_watches is None:
+            await self._probe_persistent_watches()
+
+    async def _probe_persistent_watches(self) -> None:
+        """Learn whether the server has persistent watches before anything relies on them: arm one on a path that
+        has no children and remove it. A server before 3.6 refuses and closes the connection (ZOOKEEPER-1495); the
+        start then waits for kazoo to connect the same session again, so that no request of the caller is lost
+        with that connection."""
+        client = self.client
+        probe = f"{self._config.root}/.persistent-watch-probe"
+        dropped = asyncio.Event()
+
+        def heard(event: SessionEvent) -> None:
+            if event in (SessionEvent.SUSPENDED, SessionEvent.EXPIRED):
+                dropped.set()
+
+        self.add_listener(heard)  # before the request: the drop may reach the loop right behind the refusal
+        try:
+            await self.request("addWatch", persistent.send, client,
+                               persistent.AddWatch(probe, persistent.MODE_PERSISTENT_RECURSIVE))
+        except UnimplementedError:
+            self.persistent_watches = False
+            logger.info("this ZooKeeper has no persistent watches (3.6+): services are followed with one-shot watches")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PROBE_DROP_WAIT):
+                    await dropped.wait()
+                async with asyncio.timeout(self._config.connect_timeout):
+                    await self.connected.wait()
+            return
+        except BackendUnavailableError as error:
+            logger.debug("probing for persistent watches: %s (tried again with the first watch)", error)
+            return
+        finally:
+            self.remove_listener(heard)
+        self.persistent_watches = True
+        with contextlib.suppress(*CONNECTION_ERRORS):
+            persistent.send(client, persistent.RemoveWatches(probe, persistent.WATCHER_TYPE_ANY))
 
     async def stop(self) -> None:
         """Close the session (ephemeral nodes are deleted by the server at once) and free kazoo's threads."""
@@ -159,6 +204,8 @@ class ZooKeeperSession:
     # -- kazoo thread → loop -------------------------------------------------------------------------------------
 
     def _on_kazoo_state(self, client: KazooClient, state: str) -> None:
+        # On kazoo's connection thread, before it reads any answer of a new connection.
+        self._epoch = next(self._epochs)
         if self._loop is not None:
             call_in_loop(self._loop, self._on_state, client, state)
 
@@ -249,6 +296,21 @@ class ZooKeeperSession:
             return False
         self.persistent_watches = True
         return True
+
+    @property
+    def connection_epoch(self) -> int:
+        """A number that changes with every change of the connection (dropped, suspended, connected again). Counted
+        on kazoo's connection thread before it reads any answer of the new connection: an answer the loop has seen
+        that came on a later connection than the epoch read before its request was sent shows a different number."""
+        return self._epoch
+
+    async def cover(self, path: str, watcher: persistent.Watcher) -> int | None:
+        """:meth:`add_persistent_watch`, returning the :attr:`connection_epoch` of the connection the watch is armed
+        on; ``None`` if it is not (no persistent watches here, or the connection changed while it was armed)."""
+        before = self._epoch
+        if not await self.add_persistent_watch(path, watcher):
+            return None
+        return before if self._epoch == before else None
 
     def remove_persistent_watch(self, path: str, watcher: persistent.Watcher) -> None:
         """``watcher`` no longer hears ``path``; the watch is removed at the server with its last watcher (without

@@ -17,6 +17,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,9 @@ class Created:
 
     session_id: int | None
     owner_check: asyncio.Future[Any] | None = None
+    #: Made under a persistent watch on its service armed (on this connection) before it was sent: every change
+    #: after the create is an event, so no owner check was sent.
+    covered: bool = False
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:
@@ -103,10 +107,12 @@ class EphemeralCreates:
         session: ZooKeeperSession,
         owner_watch: LoopWatcher | None = None,
         own_creates: OwnCreates | None = None,
+        covered: Callable[[str], int | None] | None = None,
     ) -> None:
         self._session = session
         self._owner_watch = owner_watch
         self._own_creates = own_creates if owner_watch is not None else None
+        self._covered = covered
         self._queued: list[tuple[str, bytes, asyncio.Future[Created]]] = []
         self._flush_planned = False
         self._in_flight = False
@@ -155,6 +161,9 @@ class EphemeralCreates:
         client = self._session.client
         own_creates = self._own_creates
         checks: list[asyncio.Future[Any] | None] = [None] * len(batch)
+        # The connection each create's persistent watch is armed on (None: not covered, send an owner check).
+        covered = self._covered
+        epochs = [None if covered is None else covered(path) for path, _, _ in batch]
         try:
             transaction = client.transaction()
             for path, data, _ in batch:
@@ -163,12 +172,12 @@ class EphemeralCreates:
                     own_creates.sending(path, data)  # before the send: an owner watch event after it drops it
             sent = self._session.send("multi", transaction.commit_async)
             if self._owner_watch is not None:
-                self._send_owner_checks(batch, checks, sent, session_id)
+                self._send_owner_checks(batch, checks, sent, session_id, epochs)
             results: Any = await self._session.reply("multi", sent)
         except (NodeExistsError, NoNodeError):
             results = None  # a failed transaction reported as the whole request's error
         except Exception as error:  # the connection, a timeout, a refusal: every caller sees it
-            self._tell_own_creates(batch, checks, None)
+            self._tell_own_creates(batch, checks, None, epochs)
             for _, _, created in batch:
                 if not created.done():
                     created.set_exception(error)
@@ -178,24 +187,34 @@ class EphemeralCreates:
             if self._queued:
                 self._flush()
         succeeded = _all_made(results)
-        self._tell_own_creates(batch, checks, session_id if succeeded else None)
-        for (_, _, created), owner_check in zip(batch, checks, strict=True):
+        if any(epoch is not None for epoch in epochs):
+            # A watch armed on a connection that has changed since did not see every change after the create.
+            now = self._session.connection_epoch
+            epochs = [epoch if epoch == now else None for epoch in epochs]
+        self._tell_own_creates(batch, checks, session_id if succeeded else None, epochs)
+        for (_, _, created), owner_check, epoch in zip(batch, checks, epochs, strict=True):
             if not created.done():
-                created.set_result(Created(session_id, owner_check) if succeeded else Created(None))
+                created.set_result(
+                    Created(session_id, owner_check, covered=epoch is not None) if succeeded else Created(None)
+                )
 
     def _tell_own_creates(
         self,
         batch: list[tuple[str, bytes, asyncio.Future[Created]]],
         checks: list[asyncio.Future[Any] | None],
         session_id: int | None,
+        epochs: list[int | None],
     ) -> None:
-        """The batch's creates that failed (all of them if ``session_id`` is ``None``), or that have no owner check
-        to vouch for them; an owner check that answers vouches for its create itself (:meth:`_send_owner_checks`)."""
+        """The batch's creates that failed (all of them if ``session_id`` is ``None``), that a persistent watch covers
+        (usable now), or that have no owner check to vouch for them; an owner check that answers vouches for its
+        create itself (:meth:`_send_owner_checks`)."""
         own_creates = self._own_creates
         if own_creates is None:
             return
-        for (path, _, _), check in zip(batch, checks, strict=True):
-            if session_id is None or check is None:
+        for (path, _, _), check, epoch in zip(batch, checks, epochs, strict=True):
+            if session_id is not None and epoch is not None:
+                own_creates.made(path)
+            elif session_id is None or check is None:
                 own_creates.failed(path)
 
     def _send_owner_checks(
@@ -204,9 +223,11 @@ class EphemeralCreates:
         checks: list[asyncio.Future[Any] | None],
         transaction: Any,
         session_id: int | None,
+        epochs: list[int | None],
     ) -> None:
-        """Send the owner checks of a batch just sent; one that cannot be sent (the client is closing) stays
-        ``None``, and its registration checks the owner the ordinary way once the create has answered.
+        """Send the owner checks of a batch just sent, but for creates a persistent watch covers (``epochs``); one
+        that cannot be sent (the client is closing) stays ``None``, and its registration checks the owner the
+        ordinary way once the create has answered.
 
         Each check tells ``own_creates`` what it found as soon as its answer reaches the loop, not once the
         transaction's caller has run on: kazoo's connection thread may read the transaction's answer, the check's
@@ -218,6 +239,8 @@ class EphemeralCreates:
         client = self._session.client
         own_creates = self._own_creates
         for number, (path, _, _) in enumerate(batch):
+            if epochs[number] is not None:
+                continue
             try:
                 request = self._session.send("exists", client.exists_async, path, self._owner_watch)
             except BackendUnavailableError:
@@ -241,6 +264,8 @@ class _Registration:
     #: The answer to the ``exists`` sent with the create that just wrote the node, until :meth:`Registrations._arm`
     #: takes it (see :class:`EphemeralCreates`).
     owner_check: asyncio.Future[Any] | None = None
+    #: The create that just wrote the node was covered by a persistent watch (no owner check), until ``_arm``.
+    covered: bool = False
 
     def __post_init__(self) -> None:
         self.in_place.set()
@@ -283,7 +308,14 @@ class Registrations:
         self._session_loop = asyncio.get_running_loop()
         # One object, handed to kazoo on every exists(): kazoo keeps a set of watchers per path.
         self._node_watch = LoopWatcher(self._session_loop, self._node_event)
-        self._creates = EphemeralCreates(session, self._node_watch, own_creates)
+        # The persistent watch on each service registered in (ZooKeeper 3.6+), by the connection it is armed on:
+        # creates under it need no owner check (every change after them is an event).
+        self._watch_below = LoopWatcher(self._session_loop, self._event_below)
+        self._covered: dict[str, int] = {}
+        self._watched: set[str] = set()
+        # Paths being registered: True once an owner event came for one before its registration was recorded.
+        self._creating: dict[str, bool] = {}
+        self._creates = EphemeralCreates(session, self._node_watch, own_creates, self._covering)
         self._closed = False
         session.add_listener(self._on_session_event)
 
@@ -300,10 +332,43 @@ class Registrations:
     async def register(self, instance: Instance, on_state: StateListener) -> None:
         """Write the instance's ephemeral znode, taking it over from whoever holds it, and remember it."""
         entry = _Registration(instance, on_state)
-        async with self._lock(instance.key):
-            await self._write(entry, take_over=True, create_first=True)
-            self._entries[instance.key] = entry
-        await self._arm(entry)
+        path = self._layout.instance_path(instance)
+        await self._cover(path.rpartition("/")[0])
+        self._creating[path] = False
+        try:
+            async with self._lock(instance.key):
+                await self._write(entry, take_over=True, create_first=True)
+                self._entries[instance.key] = entry
+        finally:
+            changed_meanwhile = self._creating.pop(path, False)
+        await self._arm(entry, changed_meanwhile)
+
+    async def _cover(self, directory: str) -> None:
+        """Arm a persistent watch on a service's znode, once per connection, before its first create (a server
+        before 3.6 has none: its registrations send an owner check each)."""
+        session = self._session
+        if session.persistent_watches is False or self._covered.get(directory) == session.connection_epoch:
+            return
+        self._watched.add(directory)
+        try:
+            epoch = await session.cover(directory, self._watch_below)
+        except DiscoveryError as error:  # the create that follows tells its caller what is wrong
+            logger.debug("arming the persistent watch of %s: %s", directory, error)
+            epoch = None
+        if epoch is None:
+            self._covered.pop(directory, None)
+        else:
+            self._covered[directory] = epoch
+
+    def _covering(self, path: str) -> int | None:
+        """The connection a persistent watch covering ``path`` is armed on, if any."""
+        return self._covered.get(path.rpartition("/")[0])
+
+    def _release_watches(self) -> None:
+        for directory in self._watched:
+            self._session.remove_persistent_watch(directory, self._watch_below)
+        self._watched.clear()
+        self._covered.clear()
 
     async def update(self, instance: Instance) -> None:
         """Rewrite the data of a registered instance; after an expiry the healer writes the new value.
@@ -362,6 +427,7 @@ class Registrations:
         """Delete every registration (best effort: the CloseSession that follows removes the rest)."""
         self._closed = True
         self._cancel_healer()
+        self._release_watches()
         entries = list(self._entries.values())
         results = await asyncio.gather(*(self.deregister(e.instance) for e in entries), return_exceptions=True)
         for result in results:
@@ -372,6 +438,7 @@ class Registrations:
         """Stop healing and forget everything without touching the server (``abort``)."""
         self._closed = True
         self._cancel_healer()
+        self._release_watches()
         self._entries.clear()
 
     # -- writing -------------------------------------------------------------------------------------------------
@@ -388,6 +455,7 @@ class Registrations:
             if created.session_id is not None:
                 entry.owner_session = created.session_id
                 entry.owner_check = created.owner_check
+                entry.covered = created.covered
                 return True
         try:
             return await self._write_once(entry, take_over)  # the common case, without building a retry loop
@@ -440,22 +508,35 @@ class Registrations:
 
     # -- watching our own znodes ---------------------------------------------------------------------------------
 
-    async def _arm(self, entry: _Registration) -> None:
+    async def _arm(self, entry: _Registration, changed_meanwhile: bool = False) -> None:
         """Set an ``exists`` watch on the entry's znode (kazoo keeps one per path and callback, so re-arming is
         free) and check the owner once: a change between our write and the watch would otherwise go unseen. The
-        caller does not wait for the answer. A create that sent its ``exists`` along already did both.
+        caller does not wait for the answer. A create that sent its ``exists`` along already did both; one that a
+        persistent watch covers needs neither. ``changed_meanwhile``: an owner event came for the node before the
+        registration was recorded (and was not acted on): check it now.
         """
         check, entry.owner_check = entry.owner_check, None
-        if check is None:
+        covered, entry.covered = entry.covered, False
+        if covered and not changed_meanwhile:
+            return
+        if check is None or changed_meanwhile:
             self._node_changed(self._layout.instance_path(entry.instance))
             return
         key = entry.instance.key
         if self._entries.get(key) is entry and not self._closed:
             check.add_done_callback(functools.partial(self._owner_read, key, entry))
 
+    def _event_below(self, event: WatchedEvent) -> None:
+        """The persistent watch of a service registered in reported a node: a change or deletion is an owner event
+        (a creation is our own create, or follows a deletion already reported)."""
+        if event.type != EventType.CREATED:
+            self._node_event(event)
+
     def _node_event(self, event: WatchedEvent) -> None:
         if event.type == EventType.NONE or event.path is None:
             return  # connection state; the session listener handles it
+        if event.path in self._creating:
+            self._creating[event.path] = True  # its registration is not recorded yet: _arm checks it
         if self._own_creates is not None:
             self._own_creates.node_event(event.path)  # a watch that took the node's data from its create reads it
         self._node_changed(event.path)
@@ -500,6 +581,9 @@ class Registrations:
         if error is not None:
             logger.debug("checking the owner of %s: %r", key, error)
         elif self._missing(key, entry, answer.result()):
+            # Lost from here on, not once the task runs: a second check answering meanwhile (an owner event heard
+            # both by a one-shot and a persistent watch) then starts no second write-back.
+            self._removed(key, entry)
             task = asyncio.get_running_loop().create_task(
                 self._write_back_removed(key, entry), name="zookeeper-write-back"
             )
@@ -520,12 +604,16 @@ class Registrations:
             logger.debug("checking the owner of %s: %s", path, error)
             return
         if self._missing(key, entry, stat):
+            self._removed(key, entry)
             await self._write_back_removed(key, entry)
 
-    async def _write_back_removed(self, key: Key, entry: _Registration) -> None:
+    def _removed(self, key: Key, entry: _Registration) -> None:
         logger.warning("%s was deleted by someone else while our session lives; writing it back", key)
         entry.lost = True
         _notify(entry, RegistrationState.LOST, LostReason.REMOVED)
+
+    async def _write_back_removed(self, key: Key, entry: _Registration) -> None:
+        """Write a registration :meth:`_removed` found deleted back."""
         try:
             async with self._lock(key):
                 if self._entries.get(key) is not entry:

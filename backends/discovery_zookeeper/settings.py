@@ -19,7 +19,8 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 SPRING_PAYLOAD_CLASS = "org.springframework.cloud.zookeeper.discovery.ZookeeperInstance"
 
 KNOWN_PARAMETERS = (
-    "session_timeout", "connect_timeout", "request_timeout", "tick", "payload_class", *SECURITY_PARAMETERS
+    "session_timeout", "connect_timeout", "request_timeout", "tick", "payload_class", "persistent_watches",
+    *SECURITY_PARAMETERS,
 )
 
 
@@ -28,7 +29,9 @@ class ZooKeeperConfig:
     """Everything the backend needs from its URL.
 
     ``zookeeper://h1:2181,h2:2181/root?session_timeout=10&tick=2&connect_timeout=10&request_timeout=10
-    &payload_class=...`` (``payload_class=`` empty writes a payload without a Jackson ``@class``).
+    &payload_class=...&persistent_watches=true`` (``payload_class=`` empty writes a payload without a Jackson
+    ``@class``; ``persistent_watches=false`` follows services with one-shot watches and checks each registration's
+    owner with a request even on ZooKeeper 3.6+, as on older servers: docs/decisions/zookeeper-watches.md).
     """
 
     hosts: str
@@ -38,6 +41,7 @@ class ZooKeeperConfig:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     request_timeout: float = DEFAULT_SESSION_TIMEOUT
     payload_class: str | None = SPRING_PAYLOAD_CLASS
+    persistent_watches: bool = True
     #: TLS, digest auth and ACLs (``tls``, ``ca``, ``cert``, ``key``, ``username``, ``password[_file]``, ``read``).
     security: ZooKeeperSecurity = field(default_factory=ZooKeeperSecurity)
 
@@ -57,6 +61,7 @@ class ZooKeeperConfig:
             connect_timeout=url.get_float("connect_timeout", DEFAULT_CONNECT_TIMEOUT, minimum=0.1, maximum=3600.0),
             request_timeout=url.get_float("request_timeout", session_timeout, minimum=0.1, maximum=3600.0),
             payload_class=payload_class or None,
+            persistent_watches=url.get_bool("persistent_watches", True),
             security=security,
         )
 

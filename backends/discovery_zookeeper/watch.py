@@ -111,6 +111,14 @@ class OwnCreates:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def made(self, path: str) -> None:
+        """The create of ``path`` succeeded under a persistent watch armed before it was sent (every change after it
+        is an event that comes to :meth:`node_event`): the entry is usable."""
+        data = self._pending.pop(path, None)
+        if data is not None:
+            self._usable[path] = data
+        self._decided(path)
+
     def failed(self, path: str) -> None:
         """The create of ``path`` did not succeed (or cannot be vouched for)."""
         self._pending.pop(path, None)

@@ -12,13 +12,14 @@ import pytest
 from kazoo.exceptions import NoWatcherError
 from kazoo.protocol.states import EventType, KeeperState, WatchedEvent
 
+from discovery.core.backend import LostReason, RegistrationState
 from discovery.core.models import Instance, Snapshot, Status
 from discovery.registry.async_registry import AsyncRegistry
 from discovery_zookeeper import persistent
 from discovery_zookeeper.connection import ZooKeeperSession
 from discovery_zookeeper.records import encode_record
 from discovery_zookeeper.watch import ServiceWatch
-from tests.backends.zookeeper_support import backend_url
+from tests.backends.zookeeper_support import backend_url, raw_client
 from tests.harness import ServerHandle
 from tests.harness.relay import Relay
 
@@ -74,12 +75,13 @@ async def test_a_stream_lists_its_service_once_and_reads_only_the_nodes_events_n
 
 
 @pytest.mark.servers
-async def test_a_registration_is_shown_by_its_own_watch_without_a_listing_or_a_read(
+async def test_a_registration_costs_one_request_and_is_shown_by_its_own_watch(
     zookeeper_server: ServerHandle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The registry follows the services it registers in; the event of a create arrives before the create's answer
-    and the stream takes the record from the create once its owner check answers: read-your-writes costs no
-    request (a listing of the whole service per registration before)."""
+    """The backend arms a persistent watch on each service it registers in before the first create: every change
+    after a create is an event, so no owner check is sent; the registry follows the services it registers in, and
+    its stream, hearing the create before the create's answer, takes the record from the create: read-your-writes
+    costs no request either (before: an ``exists`` per registration, and a listing of the whole service)."""
     async with await AsyncRegistry.connect(backend_url(zookeeper_server)) as registry:
         await registry.register(_instance("own", 0))
         seen: list[Snapshot] = []
@@ -94,13 +96,82 @@ async def test_a_registration_is_shown_by_its_own_watch_without_a_listing_or_a_r
         monkeypatch.undo()
         await unsubscribe()
         assert sorted(await registry.instances("own"), key=lambda i: i.port) == [_instance("own", n) for n in range(21)]
-    assert "get_children" not in sent and "get" not in sent, sent
+    assert sent == ["multi"] * 20, sent
+
+
+def _delete_as_operator(server: ServerHandle, path: str) -> None:
+    client = raw_client(server)
+    try:
+        client.delete(path)
+    finally:
+        client.stop()
+        client.close()
+
+
+@pytest.mark.servers
+async def test_a_registration_under_the_persistent_watch_is_still_written_back_and_taken_over(
+    zookeeper_server: ServerHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No owner check is sent for a registration its service's persistent watch covers; the watch's events stand
+    in for it: a node an operator deletes is written back, one another registrant takes is given up."""
+    url = backend_url(zookeeper_server)
+    async with await AsyncRegistry.connect(url) as registry, await AsyncRegistry.connect(url) as newcomer:
+        first = await registry.register(_instance("cov", 0))  # creates the service's znode (checked the usual way)
+        sent = _requests_sent(monkeypatch)
+        removed = await registry.register(_instance("cov", 1))
+        taken = await registry.register(_instance("cov", 2))
+        monkeypatch.undo()
+        assert sent.count("multi") == 2 and "exists" not in sent, sent  # no owner check (the rest: the follower)
+        bound = first.detection_bound + 1.0
+        root = registry.backend.config.root
+        await asyncio.to_thread(_delete_as_operator, zookeeper_server, f"{root}/default/cov/cov-1")
+        await removed.wait_for(RegistrationState.RESTORED, bound)
+        await newcomer.register(_instance("cov", 2, weight=5))
+        await taken.wait_for(RegistrationState.LOST, bound)
+        assert taken.lost_reason is LostReason.TAKEN_OVER
+        assert removed.history == (RegistrationState.REGISTERED, RegistrationState.LOST, RegistrationState.RESTORED)
+        shown = {i.id: i.weight for i in await newcomer.backend.list("default", "cov")}
+        assert shown == {"cov-0": 1, "cov-1": 1, "cov-2": 5}
+
+
+@pytest.mark.servers
+async def test_after_a_reconnect_a_registration_is_covered_again(
+    zookeeper_server: ServerHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server forgets the persistent watch with the connection: the next registration arms it again (one
+    ``addWatch``) before its create, and the watch then reports an operator's deletion of it."""
+    with Relay(zookeeper_server.host, zookeeper_server.port) as relay:
+        url = backend_url(zookeeper_server).replace(f"{zookeeper_server.host}:{zookeeper_server.port}", relay.address)
+        async with await AsyncRegistry.connect(url, follow_records=False) as registry:
+            first = await registry.register(_instance("back", 0))
+
+            def usable() -> bool:
+                status = registry.connection
+                return status is not None and status.state.usable
+
+            relay.cut()
+            async with asyncio.timeout(SETTLE):
+                while usable():
+                    await asyncio.sleep(0.01)
+            relay.pass_through()
+            async with asyncio.timeout(SETTLE):
+                while not usable():
+                    await asyncio.sleep(0.01)
+            sent = _requests_sent(monkeypatch)
+            again = await registry.register(_instance("back", 1))
+            monkeypatch.undo()
+            assert sent == ["addWatch", "multi"], sent
+            root = registry.backend.config.root
+            await asyncio.to_thread(_delete_as_operator, zookeeper_server, f"{root}/default/back/back-1")
+            await again.wait_for(RegistrationState.RESTORED, first.detection_bound + 1.0)
 
 
 @pytest.mark.servers
 async def test_the_watch_is_removed_with_its_last_stream(zookeeper_server: ServerHandle) -> None:
-    async with await AsyncRegistry.connect(backend_url(zookeeper_server), follow_records=False) as registry:
-        backend: Any = registry.backend
+    url = backend_url(zookeeper_server)
+    async with await AsyncRegistry.connect(url, follow_records=False) as reader, \
+            await AsyncRegistry.connect(url) as writer:
+        backend: Any = reader.backend
         session = backend.session_for_tests()
         assert session is not None
         path = f"{backend.config.root}/default/gone"
@@ -108,7 +179,7 @@ async def test_the_watch_is_removed_with_its_last_stream(zookeeper_server: Serve
         await anext(first)
         await anext(second)
         await first.aclose()
-        await registry.register(_instance("gone", 1))
+        await writer.register(_instance("gone", 1))
         assert [i.id for i in (await asyncio.wait_for(anext(second), SETTLE)).instances] == ["gone-1"]
         await second.aclose()
         # The server no longer holds a watch on the path: removing one now is refused.

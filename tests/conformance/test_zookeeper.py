@@ -41,3 +41,14 @@ class TestZooKeeperConformance(ConformanceSuite):
                 client.close()
 
         await asyncio.to_thread(delete)
+
+
+class TestZooKeeperOneShotWatchesConformance(TestZooKeeperConformance):
+    """The same suite with ``persistent_watches=false``: streams on one-shot watches and an owner check per
+    registration, as on a server before ZooKeeper 3.6 (docs/decisions/zookeeper-watches.md)."""
+
+    @pytest.fixture
+    def discovery_url(self, zookeeper_server: ServerHandle) -> str:
+        tick = ZK_TICK_MS / 1000
+        return (f"{zookeeper_server.url}/conformance-{uuid.uuid4().hex}?session_timeout={self.short_ttl}&tick={tick}"
+                "&persistent_watches=false")
