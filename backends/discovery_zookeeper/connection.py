@@ -282,16 +282,25 @@ class ZooKeeperSession:
         """
         if self.persistent_watches is False:
             return False
+        return await self.persistent_watch_armed(self.send_persistent_watch(path, watcher), path)
+
+    def send_persistent_watch(self, path: str, watcher: persistent.Watcher) -> Any:
+        """:meth:`add_persistent_watch` without waiting for the answer (requests sent right behind it reach the
+        server after it is armed); await it with :meth:`persistent_watch_armed`."""
         client = self.client
         full = self._server_path(client, path)
         self._persistent_watchers.setdefault(full, set()).add(watcher)
+        return self.send(
+            "addWatch", persistent.send, client, persistent.AddWatch(full, persistent.MODE_PERSISTENT_RECURSIVE)
+        )
+
+    async def persistent_watch_armed(self, request: Any, path: str) -> bool:
+        """Whether the watch :meth:`send_persistent_watch` sent is armed (``False``: the server has none)."""
         try:
-            await self.request(
-                "addWatch", persistent.send, client, persistent.AddWatch(full, persistent.MODE_PERSISTENT_RECURSIVE)
-            )
+            await self.reply("addWatch", request)
         except UnimplementedError:
             self.persistent_watches = False
-            self._persistent_watchers.pop(full, None)
+            self._persistent_watchers.pop(self._server_path(self.client, path), None)
             logger.info("this ZooKeeper has no persistent watches (3.6+): services are followed with one-shot watches")
             return False
         self.persistent_watches = True

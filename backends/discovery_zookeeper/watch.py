@@ -28,6 +28,7 @@ reading the node, so a registration's own watch shows it without another round t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -358,12 +359,13 @@ class ServiceWatch(AsyncIterator[Snapshot]):
             raise
 
     async def _read_children(self) -> None:
+        current = None
         if self._session.persistent_watches is not False:
-            # Armed again on every full listing: the server forgets it with the connection.
-            self._persistent = await self._session.add_persistent_watch(self._path, self._watch_below)
-        if self._persistent:
+            # Armed again on every full listing (the server forgets it with the connection), and listed right
+            # behind it, without waiting: the server arms it before it lists.
             current = await self._list_under_persistent_watch()
-        else:
+        self._persistent = current is not None
+        if current is None:
             current = await self._list_arming_a_children_watch()
         for gone in set(self._members) - current:
             del self._members[gone]
@@ -394,15 +396,22 @@ class ServiceWatch(AsyncIterator[Snapshot]):
                 self._wake.set()
         return set(names)
 
-    async def _list_under_persistent_watch(self) -> set[str]:
-        """The service's children now: the listing, with every event that arrived while it was answered applied
-        on top (the newest per node; an event before the answer is one the listing already reflects)."""
-        client = self._session.client
+    async def _list_under_persistent_watch(self) -> set[str] | None:
+        """Arm the persistent watch and list the service: its children now, the listing with every event that
+        arrived while it was answered applied on top (the newest per node; an event before the answer is one the
+        listing already reflects). ``None``: the server has no persistent watches."""
+        session = self._session
         events: dict[str, EventType] = {}
         self._events_while_listing = events
         try:
+            armed = session.send_persistent_watch(self._path, self._watch_below)
+            listing = session.send("get_children", session.client.get_children_async, self._path)
+            if not await session.persistent_watch_armed(armed, self._path):
+                with contextlib.suppress(Exception):
+                    await session.reply("get_children", listing)  # lost with the connection the server closes
+                return None
             try:
-                names = await self._session.request("get_children", client.get_children_async, self._path)
+                names = await session.reply("get_children", listing)
             except NoNodeError:
                 names = []  # the watch reports the service's first member when it comes
         finally:

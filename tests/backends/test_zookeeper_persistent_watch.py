@@ -241,8 +241,11 @@ class _ListingSession:
     def remove_listener(self, listener: Any) -> None:
         pass
 
-    async def add_persistent_watch(self, path: str, watcher: Any) -> bool:
+    def send_persistent_watch(self, path: str, watcher: Any) -> str:
         self.watcher = watcher
+        return "addWatch"
+
+    async def persistent_watch_armed(self, request: str, path: str) -> bool:
         return True
 
     def remove_persistent_watch(self, path: str, watcher: Any) -> None:
@@ -250,8 +253,11 @@ class _ListingSession:
 
     def get_children_async(self) -> None: ...
 
-    async def request(self, what: str, call: Any, path: str, *args: Any) -> Any:
+    def send(self, what: str, call: Any, path: str, *args: Any) -> str:
         assert what == "get_children"
+        return path
+
+    async def reply(self, what: str, path: str) -> Any:
         listing = list(self.children)  # what the server listed, before the events below (which come after it)
         for kind, name in self.while_listing:
             self.watcher(WatchedEvent(kind, KeeperState.CONNECTED, f"{path}/{name}"))
