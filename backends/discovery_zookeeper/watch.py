@@ -5,7 +5,7 @@ its consumer (the registry's watch hub, which shares it among every subscriber o
 sharing here).
 
 On ZooKeeper 3.6+ the stream arms one persistent recursive watch on the service directory
-(:mod:`discovery_zookeeper.persistent`) before listing it: every node created, changed or deleted below it is
+(:mod:`discovery_zookeeper.persistent`) and lists it right behind: every node created, changed or deleted below it is
 reported by path, so the stream re-reads only the node an event names (a deleted one too: a takeover deletes and
 creates it in one transaction, and the read finds the new record) and never lists the service again until a
 reconnect. Events that arrive while the listing is answered are applied on top of it,
@@ -21,8 +21,9 @@ server at once.
 A znode this backend's own registrations just created is not read back (:class:`OwnCreates`): the stream takes
 its data from the create, and the owner watch the registration arms on it stands in for the stream's data watch
 until the first change, which the stream then reads as any other. With a persistent watch, the event of the create
-arrives before the create's answer: the stream waits for the create's owner check (sent right behind it) instead of
-reading the node, so a registration's own watch shows it without another round trip.
+arrives before the create's answer: the stream waits until :class:`OwnCreates` knows whether it may use the create
+(at its answer when the registration's own persistent watch covers it, else at its owner check, sent right behind
+it) instead of reading the node, so a registration's own watch shows it without another round trip.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ RESYNC_JITTER = 0.25
 #: Creates an :class:`OwnCreates` holds at most; past it a create is read back as any other node.
 OWN_CREATES_MAX = 4096
 
-#: How long a stream waits for the owner check of a create it heard of before reading the node instead (the check
-#: is sent right behind the create and normally answers with it).
+#: How long a stream waits to learn whether it may use a create it heard of before reading the node instead (the
+#: create's answer, or its owner check sent right behind it, normally comes at once).
 OWN_CREATE_WAIT = 2.0
 
 
