@@ -144,7 +144,7 @@ class ZooKeeperSession:
         start then waits for kazoo to connect the same session again, so that no request of the caller is lost
         with that connection."""
         client = self.client
-        probe = f"{self._config.root}/.persistent-watch-probe"
+        probe = self._server_path(client, f"{self._config.root}/.persistent-watch-probe")
         dropped = asyncio.Event()
 
         def heard(event: SessionEvent) -> None:
@@ -156,8 +156,7 @@ class ZooKeeperSession:
             await self.request("addWatch", persistent.send, client,
                                persistent.AddWatch(probe, persistent.MODE_PERSISTENT_RECURSIVE))
         except UnimplementedError:
-            self.persistent_watches = False
-            logger.info("this ZooKeeper has no persistent watches (3.6+): services are followed with one-shot watches")
+            self._without_persistent_watches()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(PROBE_DROP_WAIT):
                     await dropped.wait()
@@ -282,7 +281,7 @@ class ZooKeeperSession:
         """
         if self.persistent_watches is False:
             return False
-        return await self.persistent_watch_armed(self.send_persistent_watch(path, watcher), path)
+        return await self.persistent_watch_armed(self.send_persistent_watch(path, watcher))
 
     def send_persistent_watch(self, path: str, watcher: persistent.Watcher) -> Any:
         """:meth:`add_persistent_watch` without waiting for the answer (requests sent right behind it reach the
@@ -294,17 +293,22 @@ class ZooKeeperSession:
             "addWatch", persistent.send, client, persistent.AddWatch(full, persistent.MODE_PERSISTENT_RECURSIVE)
         )
 
-    async def persistent_watch_armed(self, request: Any, path: str) -> bool:
+    async def persistent_watch_armed(self, request: Any) -> bool:
         """Whether the watch :meth:`send_persistent_watch` sent is armed (``False``: the server has none)."""
         try:
             await self.reply("addWatch", request)
         except UnimplementedError:
-            self.persistent_watches = False
-            self._persistent_watchers.pop(self._server_path(self.client, path), None)
-            logger.info("this ZooKeeper has no persistent watches (3.6+): services are followed with one-shot watches")
+            self._without_persistent_watches()
             return False
         self.persistent_watches = True
         return True
+
+    def _without_persistent_watches(self) -> None:
+        """The server refused ``addWatch`` (before ZooKeeper 3.6): nothing relies on persistent watches from here."""
+        self.persistent_watches = False
+        self._persistent_watchers.clear()
+        logger.info("this ZooKeeper has no persistent watches (added in 3.6): services are followed with one-shot"
+                    " watches and each registration's owner is checked with a request")
 
     @property
     def connection_epoch(self) -> int:

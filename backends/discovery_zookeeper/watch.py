@@ -407,7 +407,7 @@ class ServiceWatch(AsyncIterator[Snapshot]):
         try:
             armed = session.send_persistent_watch(self._path, self._watch_below)
             listing = session.send("get_children", session.client.get_children_async, self._path)
-            if not await session.persistent_watch_armed(armed, self._path):
+            if not await session.persistent_watch_armed(armed):
                 with contextlib.suppress(Exception):
                     await session.reply("get_children", listing)  # lost with the connection the server closes
                 return None

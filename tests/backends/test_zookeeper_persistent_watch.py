@@ -245,7 +245,7 @@ class _ListingSession:
         self.watcher = watcher
         return "addWatch"
 
-    async def persistent_watch_armed(self, request: str, path: str) -> bool:
+    async def persistent_watch_armed(self, request: str) -> bool:
         return True
 
     def remove_persistent_watch(self, path: str, watcher: Any) -> None:
