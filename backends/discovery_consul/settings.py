@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from discovery.core.errors import ConfigurationError
+from discovery.core.errors import ConfigurationError, clipped_text
 from discovery.core.urls import BackendURL
 from discovery_consul.security import SECURITY_PARAMETERS, ConsulSecurity
 
@@ -56,8 +56,9 @@ class ConsulSettings:
             raise ConfigurationError("consul:// takes no user:password; pass an ACL token as ?token=...")
         scope = url.path.strip("/") or None
         if scope is not None and not _SCOPE.fullmatch(scope):
+            shown = clipped_text(url.path)
             raise ConfigurationError(
-                f"consul:// scope (the URL path) must be 1-63 letters, digits, '_' or '-' (got {url.path!r})"
+                f"consul:// scope (the URL path) must be 1-63 letters, digits, '_' or '-' (got {shown!r})"
             )
         (endpoint,) = url.endpoints_or(DEFAULT_HOST, DEFAULT_PORT)
         assert endpoint.port is not None

@@ -23,7 +23,7 @@ import aetcd
 import grpc  # type: ignore[import-untyped]  # grpcio ships no type hints
 from aetcd import rpc, watcher
 
-from discovery.core.errors import ConfigurationError, DiscoveryTLSError
+from discovery.core.errors import PATH_LIMIT, ConfigurationError, DiscoveryTLSError, clipped_text
 from discovery.core.urls import BackendURL, TLSOptions
 
 PASSWORD_ENVIRONMENT_VARIABLE = "DISCOVERY_ETCD_PASSWORD"
@@ -71,7 +71,9 @@ class EtcdSecurity:
             try:
                 return Path(path).read_bytes()
             except OSError as error:
-                raise ConfigurationError(f"etcd:// cannot read the {what} file {path!r}: {error.strerror}") from None
+                raise ConfigurationError(
+                    f"etcd:// cannot read the {what} file {clipped_text(path, PATH_LIMIT)!r}: {error.strerror}"
+                ) from None
 
         return grpc.ssl_channel_credentials(
             root_certificates=read(self.tls.ca, "ca"),

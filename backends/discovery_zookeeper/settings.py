@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from discovery.core.errors import ConfigurationError
+from discovery.core.errors import ConfigurationError, clipped_text
 from discovery.core.urls import BackendURL
 from discovery_zookeeper.security import SECURITY_PARAMETERS, ZooKeeperSecurity
 
@@ -74,5 +74,6 @@ def normalize_root(path: str) -> str:
     segments = stripped.split("/")
     # "/zookeeper" is the server's own reserved subtree.
     if segments[0] == "zookeeper" or any(segment in ("", ".", "..") for segment in segments):
-        raise ConfigurationError(f"zookeeper:// root path {path!r} is not a valid znode path for discovery")
+        shown = clipped_text(path)
+        raise ConfigurationError(f"zookeeper:// root path {shown!r} is not a valid znode path for discovery")
     return "/" + "/".join(segments)

@@ -2,6 +2,34 @@
 
 from __future__ import annotations
 
+import reprlib
+
+_clipped_repr = reprlib.Repr()
+_clipped_repr.maxstring = 60
+_clipped_repr.maxother = 60
+_clipped_repr.maxlevel = 2
+_clipped_repr.maxdict = _clipped_repr.maxlist = _clipped_repr.maxtuple = _clipped_repr.maxset = 4
+
+
+def clipped(value: object) -> str:
+    """A short ``repr`` for error messages: at most about 80 characters, never the whole of a large value."""
+    try:
+        return _clipped_repr.repr(value)
+    except (ValueError, RecursionError):  # e.g. an int too long to print
+        return f"<{type(value).__name__}>"
+
+
+#: How much of a file path a message shows (paths are the operator's own, but a mistyped one can be any length).
+PATH_LIMIT = 300
+
+
+def clipped_text(text: str, limit: int = 80) -> str:
+    """``text`` as a message may show it: whole up to ``limit`` characters, else its start and end around '...'."""
+    if len(text) <= limit:
+        return text
+    keep = (limit - 3) // 2
+    return f"{text[:keep]}...{text[-keep:]}"
+
 
 class DiscoveryError(Exception):
     """Base class of every error raised by the discovery library."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from discovery.core.errors import ConfigurationError
+from discovery.core.errors import PATH_LIMIT, ConfigurationError, clipped_text
 
 security_log = logging.getLogger("discovery.security")
 
@@ -100,7 +100,7 @@ class BackendURL:
         unknown = sorted(set(self.params) - allowed)
         if unknown:
             raise ConfigurationError(
-                f"{self.scheme}:// does not know the parameter(s) {', '.join(unknown)}"
+                f"{self.scheme}:// does not know the parameter(s) {clipped_text(', '.join(unknown))}"
                 f" (known: {', '.join(sorted(allowed)) or 'none'})"
             )
 
@@ -155,7 +155,8 @@ class BackendURL:
             raise ConfigurationError(f"{self.scheme}:// needs both cert= and key= for a client certificate")
         for name, path in files.items():
             if path is not None and not os.access(path, os.R_OK):
-                raise ConfigurationError(f"{self.scheme}:// parameter {name}: cannot read the file {path!r}")
+                shown = clipped_text(path, PATH_LIMIT)
+                raise ConfigurationError(f"{self.scheme}:// parameter {name}: cannot read the file {shown!r}")
         return TLSOptions(ca=files["ca"], cert=files["cert"], key=files["key"])
 
     def get_str(self, name: str, default: str | None = None) -> str | None:
@@ -170,10 +171,11 @@ class BackendURL:
         try:
             value = float(raw)
         except ValueError:
-            raise ConfigurationError(f"{self.scheme}:// parameter {name}={raw!r} is not a number") from None
+            shown = clipped_text(raw)
+            raise ConfigurationError(f"{self.scheme}:// parameter {name}={shown!r} is not a number") from None
         if not minimum <= value <= maximum:
             raise ConfigurationError(
-                f"{self.scheme}:// parameter {name}={raw} is outside [{minimum:g}, {maximum:g}]"
+                f"{self.scheme}:// parameter {name}={clipped_text(raw)} is outside [{minimum:g}, {maximum:g}]"
             )
         return value
 
@@ -186,7 +188,7 @@ class BackendURL:
             return True
         if raw.lower() in _FALSE:
             return False
-        raise ConfigurationError(f"{self.scheme}:// parameter {name}={raw!r} is not a boolean")
+        raise ConfigurationError(f"{self.scheme}:// parameter {name}={clipped_text(raw)!r} is not a boolean")
 
     def endpoints_or(self, default_host: str, default_port: int) -> tuple[Endpoint, ...]:
         """The endpoints with missing ports filled in, or the single default endpoint when none are given."""
@@ -212,8 +214,8 @@ def _parse_endpoint(text: str, url: str) -> Endpoint:
         raise ConfigurationError(
             f"a port in the {url}:// URL is not a number (escape '@', '/', '?' and '#' in a password as %XX)"
         )
-    if not port_text.isascii() or not 1 <= int(port_text) <= 65535:
-        raise ConfigurationError(f"port {port_text!r} in the {url}:// URL is outside 1-65535")
+    if not port_text.isascii() or len(port_text) > 5 or not 1 <= int(port_text) <= 65535:
+        raise ConfigurationError(f"port {clipped_text(port_text)!r} in the {url}:// URL is outside 1-65535")
     return Endpoint(host, int(port_text))
 
 
@@ -257,7 +259,7 @@ def parse_url(url: str | BackendURL | None = None) -> BackendURL:
     params: dict[str, str] = {}
     for key, value in query:
         if key in params:
-            raise ConfigurationError(f"parameter {key!r} given twice")
+            raise ConfigurationError(f"parameter {clipped_text(key)!r} given twice")
         params[key] = value
     return BackendURL(
         scheme=scheme,
@@ -305,7 +307,8 @@ def _read_secret_file(scheme: str, parameter: str, path: str) -> str:
             content = file.read().strip()
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else type(error).__name__
-        raise ConfigurationError(f"{scheme}:// parameter {parameter}: cannot read {path!r} ({reason})") from None
+        shown = clipped_text(path, PATH_LIMIT)
+        raise ConfigurationError(f"{scheme}:// parameter {parameter}: cannot read {shown!r} ({reason})") from None
     if mode & _READABLE_BY_OTHERS:
         _warn_once(
             ("file-mode", path, oct(mode)),

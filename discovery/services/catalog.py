@@ -18,13 +18,13 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from discovery.core.errors import DiscoveryError
+from discovery.core.errors import DiscoveryError, clipped
 from discovery.core.models import Instance, Snapshot
 from discovery.core.tasks import cancel_and_wait
 from discovery.registry.async_registry import AsyncRegistry
 from discovery.services.allocation import AllocationRanges
 from discovery.services.endpoints import Endpoints, resolve_endpoints
-from discovery.services.model import Service, clipped
+from discovery.services.model import Service
 from discovery.services.store import ServiceSet, ServiceStore
 
 log = logging.getLogger("discovery.services")

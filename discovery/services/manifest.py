@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from discovery.core import validation
-from discovery.core.errors import DiscoveryError, ValidationError
+from discovery.core.errors import DiscoveryError, ValidationError, clipped
 from discovery.core.models import DEFAULT_NAMESPACE
-from discovery.services.model import HEADLESS, Service, ServicePort, ServiceType, clipped, validate_service_ip
+from discovery.services.model import HEADLESS, Service, ServicePort, ServiceType, validate_service_ip
 
 API_VERSION = "v1"
 KIND = "Service"

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
 from discovery.core import validation
-from discovery.core.errors import ValidationError
+from discovery.core.errors import ValidationError, clipped
 from discovery.core.models import DEFAULT_NAMESPACE
 
 #: ``spec.clusterIP: None``: a headless Service (no virtual IP; DNS answers with the endpoints' addresses).
@@ -29,21 +28,6 @@ MAX_PORTS = 64
 MAX_EXTERNAL_IPS = 64
 MAX_ANNOTATIONS_SIZE = 256 * 1024  # Kubernetes' limit for all annotations of an object together
 _MAX_PORT_NAME = 15
-
-_clipped_repr = reprlib.Repr()
-_clipped_repr.maxstring = 60
-_clipped_repr.maxother = 60
-_clipped_repr.maxlevel = 2
-_clipped_repr.maxdict = _clipped_repr.maxlist = _clipped_repr.maxtuple = _clipped_repr.maxset = 4
-
-
-def clipped(value: object) -> str:
-    """A short ``repr`` for error messages: at most about 80 characters, never the whole of a large value."""
-    try:
-        return _clipped_repr.repr(value)
-    except (ValueError, RecursionError):  # e.g. an int too long to print
-        return f"<{type(value).__name__}>"
-
 
 class ServiceType(enum.StrEnum):
     """How a Service is exposed."""
