@@ -147,6 +147,14 @@ def decode_entries(
 CheckKey = tuple[str, str]  # (node, check id)
 
 
+def _nothing() -> None:
+    pass
+
+
+def _ignore_error(error: BaseException) -> None:
+    pass
+
+
 @dataclass(eq=False)
 class Follower:
     """One watched service as the feed sees it: what its last read saw, and how to wake it."""
@@ -165,6 +173,12 @@ class Follower:
     sweepable: bool = True
     #: A read is in flight: the feed does not wake the watch for it, but checks its answer when it lands.
     reading: bool = False
+
+    def disarm(self) -> None:
+        """Wake nobody any more (its watch has ended) and let go of the watch: the watch holds its follower and the
+        follower's callbacks are the watch's methods, a reference cycle per ended watch otherwise."""
+        self.wake = self.evict = _nothing
+        self.stale = _ignore_error
 
     def read(self, index: int, entries: list[dict[str, Any]], sweepable: bool) -> None:
         """Record what a read of the service saw."""
@@ -544,6 +558,7 @@ class ServiceWatch(AsyncIterator[Snapshot]):
                 must_read = True
         finally:
             stop_following()
+            self._follower.disarm()
 
     async def _read(self) -> Snapshot | None:
         """Read the service once (non-blocking); the new snapshot, or None if its set did not change."""
@@ -585,15 +600,17 @@ class ServiceWatch(AsyncIterator[Snapshot]):
         if not query.done():
             await _cancelled(query)
             return _GIVE_UP
-        try:
-            index, entries = query.result()
-        except Exception as error:
+        # Looked at, not raised here: raised through this frame, the error's traceback would hold the frame, which
+        # holds the query, which holds the error (a reference cycle per failed query).
+        error = query.exception()
+        if error is not None:
             if self._is_closed():
                 return _CLOSED
             if not isinstance(error, BackendUnavailableError):
-                raise
+                raise error
             self._wake.set()  # read again the cold way, with its retries and stale handling
             return _GIVE_UP
+        index, entries = query.result()
         if index == self._follower.read_index:
             return _GIVE_UP  # a whole wait without a change
         if index < self._follower.read_index:

@@ -17,11 +17,9 @@ and write-backs are transactions that hold only while the key is ours (or absent
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +27,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_ran
 
 from discovery.core.backend import LostReason, RegistrationState, StateListener
 from discovery.core.errors import BackendUnavailableError, DiscoveryError, NotRegisteredError
-from discovery.core.tasks import cancel_and_wait
+from discovery.core.tasks import KeyLocks, cancel_and_wait
 from discovery_etcd import ownership
 from discovery_etcd.connection import EndpointPool, is_lease_not_found
 
@@ -50,28 +48,6 @@ class LeasedKey:
 
 class LeaseGroupRetired(NotRegisteredError):
     """The group was emptied and its lease is being revoked: the key belongs in a fresh group."""
-
-
-class KeyLocks:
-    """One lock per key, alive only while someone holds or awaits it: orders the writes of one key."""
-
-    def __init__(self) -> None:
-        self._locks: dict[bytes, tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: bytes) -> AsyncIterator[None]:
-        """Hold the key's lock for the ``async with`` block."""
-        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
 
 
 class PutBatcher:

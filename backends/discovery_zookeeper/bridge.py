@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import math
 import select
 import threading
@@ -112,9 +113,19 @@ def _settle(future: asyncio.Future[Any], async_result: Any) -> None:
         return
     exception = async_result.exception
     if exception is not None:
-        future.set_exception(exception)
+        future.set_exception(_own_copy(exception))
     else:
         future.set_result(async_result.value)
+
+
+def _own_copy(error: BaseException) -> BaseException:
+    """A copy of a failed request's error for the awaiting side to raise. kazoo's result keeps the original, and the
+    awaiting frames (which hold that result) end up in the traceback of the error they raise: raising the original
+    would make every failed request a reference cycle, freed only by the cyclic garbage collector."""
+    try:
+        return copy.copy(error)
+    except Exception:  # an exception type that cannot be rebuilt from its args: raise it as it is
+        return error
 
 
 class _LazyCondition:
@@ -173,7 +184,8 @@ class LoopResult(AsyncResult):  # type: ignore[misc]  # kazoo is untyped
             self._hand_over()
 
     def _hand_over(self) -> None:
-        target = self._target
+        # Taken, not read: a result the caller keeps must not keep the settled future (and the error in it) alive.
+        target, self._target = self._target, None
         if target is not None:
             call_in_loop(target[0], _settle, target[1], self)
 
@@ -186,10 +198,18 @@ class LoopWatcher:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, function: Callable[..., object]) -> None:
         self._loop = loop
-        self._function = function
+        self._function: Callable[..., object] | None = function
 
     def __call__(self, *args: Any) -> None:
-        call_in_loop(self._loop, self._function, *args)
+        function = self._function
+        if function is not None:
+            call_in_loop(self._loop, function, *args)
+
+    def disarm(self) -> None:
+        """Ignore every event from now on, and let go of the function. kazoo keeps a one-shot watcher until its
+        event fires, and the function is usually a method of the object that made the watcher: disarmed, neither
+        keeps that object alive nor forms a reference cycle with it once it has ended."""
+        self._function = None
 
 
 class LoopHandler(SequentialThreadingHandler):  # type: ignore[misc]  # kazoo is untyped
@@ -291,6 +311,9 @@ async def await_kazoo(async_result: Any, timeout: float, what: str) -> Any:
         raise BackendUnavailableError(f"ZooKeeper connection lost during {what}: {type(lost).__name__}") from lost
     finally:
         timer.cancel()
+        # A failed future holds its exception, whose traceback holds this frame: without these references every
+        # failed request (a read of a node just deleted) is a reference cycle left to the garbage collector.
+        del future, async_result
 
 
 def _settle_call(future: asyncio.Future[Any], error: BaseException | None, value: Any) -> None:

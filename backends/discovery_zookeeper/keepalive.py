@@ -28,6 +28,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from discovery.core.backend import LostReason, RegistrationState, StateListener
 from discovery.core.errors import BackendUnavailableError, DiscoveryError, NotRegisteredError
 from discovery.core.models import Instance
+from discovery.core.tasks import KeyLocks
 from discovery_zookeeper.bridge import CONNECTION_ERRORS, LoopWatcher, settled_future
 from discovery_zookeeper.connection import SessionEvent, ZooKeeperSession
 from discovery_zookeeper.layout import Layout
@@ -304,7 +305,7 @@ class Registrations:
         self._checks: set[asyncio.Task[None]] = set()
         # One lock per key: a healing write and a deregistration of one key never overlap (a write-back finishing
         # after the delete would bring a deregistered instance back).
-        self._key_locks: dict[Key, asyncio.Lock] = {}
+        self._key_locks = KeyLocks()
         self._session_loop = asyncio.get_running_loop()
         # One object, handed to kazoo on every exists(): kazoo keeps a set of watchers per path.
         self._node_watch = LoopWatcher(self._session_loop, self._node_event)
@@ -323,12 +324,6 @@ class Registrations:
         """The keys currently registered."""
         return list(self._entries)
 
-    def _lock(self, key: Key) -> asyncio.Lock:
-        lock = self._key_locks.get(key)
-        if lock is None:
-            lock = self._key_locks[key] = asyncio.Lock()
-        return lock
-
     async def register(self, instance: Instance, on_state: StateListener) -> None:
         """Write the instance's ephemeral znode, taking it over from whoever holds it, and remember it."""
         entry = _Registration(instance, on_state)
@@ -336,7 +331,7 @@ class Registrations:
         await self._cover(path.rpartition("/")[0])
         self._creating[path] = False
         try:
-            async with self._lock(instance.key):
+            async with self._key_locks.hold(instance.key):
                 await self._write(entry, take_over=True, create_first=True)
                 self._entries[instance.key] = entry
         finally:
@@ -394,7 +389,7 @@ class Registrations:
             if self._entries.get(key) is not entry:
                 raise NotRegisteredError(f"{'/'.join(key)} is no longer registered by this backend")
         try:
-            async with self._lock(key):
+            async with self._key_locks.hold(key):
                 created = await self._write(entry, take_over=False)
         except _TakenOver:
             self._taken_over(key, entry)
@@ -414,7 +409,7 @@ class Registrations:
         """Forget the instance and delete its znode if our session owns it; a missing node is fine."""
         self._entries.pop(instance.key, None)
         path = self._layout.instance_path(instance)
-        async with self._lock(instance.key):  # after a write-back in flight, never before it
+        async with self._key_locks.hold(instance.key):  # after a write-back in flight, never before it
             try:
                 stat = await self._session.request("exists", self._session.client.exists_async, path)
                 if stat is None or stat.ephemeralOwner != self._session.session_id:
@@ -615,7 +610,7 @@ class Registrations:
     async def _write_back_removed(self, key: Key, entry: _Registration) -> None:
         """Write a registration :meth:`_removed` found deleted back."""
         try:
-            async with self._lock(key):
+            async with self._key_locks.hold(key):
                 if self._entries.get(key) is not entry:
                     return  # deregistered meanwhile
                 await self._write(entry, take_over=False)
@@ -689,7 +684,7 @@ class Registrations:
             if not entry.lost or self._entries.get(key) is not entry:
                 continue
             try:
-                async with self._lock(key):
+                async with self._key_locks.hold(key):
                     if self._entries.get(key) is not entry:
                         continue  # deregistered (or registered anew) while we waited for the key
                     await self._write(entry, take_over=False, create_first=True)

@@ -245,6 +245,8 @@ class ServiceWatch(AsyncIterator[Snapshot]):
             self._session.remove_persistent_watch(self._path, self._watch_below)
             if self._own_creates is not None:
                 self._own_creates.close(self._path, self)
+            for watcher in (self._watch_children, self._watch_node, self._watch_below):
+                watcher.disarm()
 
     # -- events (callbacks from kazoo threads are forwarded to the loop) ------------------------------------------
 

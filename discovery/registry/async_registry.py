@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import traceback
@@ -336,7 +337,9 @@ class AsyncRegistry:
             update_now=self._update_now if immediate else None,
             deregister_now=(lambda deregistered: self._deregister_now(deregistered, states)) if immediate else None,
         )
-        states.observe(lambda state, previous: _report_registration_state(registration, state, previous))
+        # The record, not the registration: the states object must not hold a way back to the handle that holds it,
+        # or every ended registration is a reference cycle left to the garbage collector.
+        states.observe(functools.partial(_report_registration_state, record))
         return registration, states, record
 
     def _checked(self, instance: Instance, ttl: float | None) -> tuple[Instance, float | None]:
@@ -657,15 +660,15 @@ class AsyncRegistry:
 
 
 def _report_registration_state(
-    registration: AsyncRegistration, state: RegistrationState, previous: RegistrationState | None
+    record: RegistrationRecord, state: RegistrationState, previous: RegistrationState | None
 ) -> None:
     """Log a state change and tell the metrics listener at once, in the thread that enters it (the loop, or the
     caller's thread for a ``*_now`` write): the metrics are current when the call returns."""
     level = logging.WARNING if state is RegistrationState.LOST else logging.INFO
     if log.isEnabledFor(level):
-        log.log(level, "registration %s %s", "/".join(registration.instance.key), state.value)
+        log.log(level, "registration %s %s", "/".join(record.instance.key), state.value)
     if METRICS.active:
-        METRICS.registration_state(registration.instance, previous, state)
+        METRICS.registration_state(record.instance, previous, state)
 
 
 def _report_connection_state(status: ConnectionStatus) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import os
 import signal
 import socket
@@ -56,6 +57,7 @@ from discovery.core.validation import (
 )
 from discovery.registry.async_registry import AsyncRegistry, AsyncWatch
 from discovery.registry.blocking import Registry
+from discovery.registry.registration import AsyncRegistration, RegistrationRecord, RegistrationStates
 from discovery.testing.waiting import eventually
 
 Case = TypeVar("Case", bound=Callable[..., Any])
@@ -67,6 +69,38 @@ CONVERGENCE_TIMEOUT = 15.0
 SCHEDULING_ALLOWANCE = 1.0
 #: Closing a watch, a cache or a registry ends every loop over it within this many seconds.
 CLOSE_BOUND = 1.0
+
+#: What a registration is made of: none of it may be left in a reference cycle once it has ended. Only this
+#: library's objects and errors are looked for: a client library's own cycles (an HTTP connection the server
+#: closed, with the error it was closed with) are that library's.
+_REGISTRATION_OBJECTS = (AsyncRegistration, RegistrationStates, RegistrationRecord, Instance, DiscoveryError)
+#: What a watch is made of and carries.
+_WATCH_OBJECTS = (AsyncWatch, Snapshot, Instance, DiscoveryError)
+#: Rounds of a churn before it is measured (first calls fill caches that live on), and rounds measured.
+_WARM_UP_ROUNDS = 3
+_MEASURED_ROUNDS = 20
+
+
+async def left_in_reference_cycles(
+    churn: Callable[[int, int], Awaitable[None]], kinds: tuple[type, ...]
+) -> list[str]:
+    """Run ``churn(first, count)`` for a few rounds, then for more with the cyclic collector off, and name the
+    objects of ``kinds`` that only that collector could free afterwards (type names, sorted, each once): a backend
+    author's check that what a registration or a watch made is freed when it ends."""
+    await churn(0, _WARM_UP_ROUNDS)
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        await churn(_WARM_UP_ROUNDS, _MEASURED_ROUNDS)
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        return sorted({type(o).__qualname__ for o in gc.garbage if isinstance(o, kinds)})
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        if enabled:
+            gc.enable()
 
 
 #: The optional capabilities a case may require, and how a backend shows that it has each.
@@ -326,6 +360,19 @@ class ConformanceSuite:
         assert [i.id for i in await registry.instances("dereg")] == ["dereg-2"]
         await other.deregister()
         assert await registry.instances("dereg", statuses=None) == ()
+
+    async def test_a_deregistered_registration_is_freed_without_the_garbage_collector(
+        self, registry: AsyncRegistry
+    ) -> None:
+        """A process that registers and deregisters ever new ids (a registration per job) frees each one's objects
+        when it ends: none of them is left in a reference cycle for the cyclic collector to find later (whose full
+        collections then take longer, and run while the process serves)."""
+        async def churn(first: int, count: int) -> None:
+            for number in range(first, first + count):
+                await (await registry.register(make_instance("churn", number))).deregister()
+
+        cyclic = await left_in_reference_cycles(churn, _REGISTRATION_OBJECTS)
+        assert cyclic == [], f"left in reference cycles: {cyclic}"
 
     async def test_reregister_same_id_after_deregister(self, registry: AsyncRegistry) -> None:
         first = await registry.register(make_instance("rereg", 1, labels={"gen": "1"}))
@@ -819,6 +866,23 @@ class ConformanceSuite:
             await store.list("things")
 
     # -- lifecycle: closing ends everything, a failed connect leaves nothing ---------------------------------------
+
+    async def test_an_ended_watch_is_freed_without_the_garbage_collector(
+        self, registry: AsyncRegistry, open_registry: Callable[[], Awaitable[AsyncRegistry]]
+    ) -> None:
+        """A process that watches a service for a while, again and again (a request that looks up another service
+        with its own watch), frees each watch's stream and snapshots when the watch is closed."""
+        for number in range(3):
+            await registry.register(make_instance("watched-churn", number))
+        reader = await open_registry()
+
+        async def churn(first: int, count: int) -> None:
+            for _ in range(count):
+                async with reader.watch("watched-churn") as watch:
+                    await watch.until(lambda snapshot: len(snapshot) == 3, CONVERGENCE_TIMEOUT)
+
+        cyclic = await left_in_reference_cycles(churn, _WATCH_OBJECTS)
+        assert cyclic == [], f"left in reference cycles: {cyclic}"
 
     async def test_closing_a_watch_ends_the_loops_over_it(self, registry: AsyncRegistry) -> None:
         watch = registry.watch("closing")
