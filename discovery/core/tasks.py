@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import Hashable
 from typing import Any
 
 
@@ -37,22 +37,46 @@ class KeyLocks:
     """
 
     def __init__(self) -> None:
-        self._locks: dict[Hashable, tuple[asyncio.Lock, int]] = {}
+        self._locks: dict[Hashable, _KeyLock] = {}
 
     def __len__(self) -> int:
         return len(self._locks)
 
-    @contextlib.asynccontextmanager
-    async def hold(self, key: Hashable) -> AsyncIterator[None]:
-        """Hold the key's lock for the ``async with`` block."""
-        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
-        self._locks[key] = (lock, users + 1)
+    def hold(self, key: Hashable) -> _KeyLock:
+        """The key's lock, to hold for an ``async with`` block (use it only that way: the key is forgotten when the
+        last block that entered it leaves)."""
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = _KeyLock(self._locks, key)
+        return lock
+
+
+class _KeyLock:
+    """An ``asyncio.Lock`` that counts who holds or awaits it and drops its key when the count is back to zero
+    (a class, not a generator-based context manager: this is on every registration's path, at a third of the cost).
+    """
+
+    __slots__ = ("_key", "_lock", "_locks", "_users")
+
+    def __init__(self, locks: dict[Hashable, _KeyLock], key: Hashable) -> None:
+        self._locks = locks
+        self._key = key
+        self._lock = asyncio.Lock()
+        self._users = 0
+
+    async def __aenter__(self) -> None:
+        self._users += 1
         try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
+            await self._lock.acquire()
+        except BaseException:  # cancelled while waiting: it never held the lock
+            self._leave()
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._lock.release()
+        self._leave()
+
+    def _leave(self) -> None:
+        self._users -= 1
+        if self._users == 0:
+            del self._locks[self._key]
