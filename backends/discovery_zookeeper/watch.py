@@ -129,12 +129,11 @@ class OwnCreates:
     def checked(self, path: str, session_id: int | None, answer: asyncio.Future[Any]) -> None:
         """The owner check behind a create that succeeded answered: the entry is usable if it shows the node as
         created (version 0) by ``session_id``."""
-        data = self._pending.pop(path, None)
-        if data is not None and not answer.cancelled() and answer.exception() is None:
-            stat = answer.result()
-            if stat is not None and stat.version == 0 and stat.ephemeralOwner == session_id:
-                self._usable[path] = data
-        self._decided(path)
+        stat = None if answer.cancelled() or answer.exception() is not None else answer.result()
+        if stat is not None and stat.version == 0 and stat.ephemeralOwner == session_id:
+            self.made(path)
+        else:
+            self.failed(path)
 
     def node_event(self, path: str) -> None:
         """The owner watch fired on ``path``: its data (if kept) is no longer known; streams that took it read it."""
