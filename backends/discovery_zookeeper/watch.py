@@ -229,10 +229,12 @@ class ServiceWatch(AsyncIterator[Snapshot]):
                     continue
                 if self._full_resync:
                     await asyncio.sleep(random.uniform(0, RESYNC_JITTER))
-                await self._sync_until_done()
+                # Not across a disconnect: a read the drop interrupted is read again after the reconnect, and the
+                # snapshot meanwhile is stale (waiting here for the connection, it would stay fresh-looking).
+                await self._sync_until_done(until_disconnected=True)
                 if self._stopped:
                     break
-                if self._disconnected:
+                if self._disconnected or not self._session.connected.is_set():
                     continue
                 current = self._members_tuple()
                 if current != last or stale_sent:
@@ -298,8 +300,9 @@ class ServiceWatch(AsyncIterator[Snapshot]):
 
     # -- reading -------------------------------------------------------------------------------------------------
 
-    async def _sync_until_done(self) -> None:
-        """Apply pending changes, retrying with jittered backoff while the server does not answer."""
+    async def _sync_until_done(self, *, until_disconnected: bool = False) -> None:
+        """Apply pending changes, retrying with jittered backoff while the server does not answer; with
+        ``until_disconnected``, give up once the connection is gone (the next session event wakes the stream)."""
         if self._session.connected.is_set() and not self._stopped:
             try:
                 await self._sync()  # the common case, without building a retry loop per change
@@ -312,6 +315,8 @@ class ServiceWatch(AsyncIterator[Snapshot]):
             reraise=True,
         ):
             with attempt:
+                if until_disconnected and (self._disconnected or not self._session.connected.is_set()):
+                    return
                 if not await self._connected_unless_stopped():
                     return
                 await self._sync()

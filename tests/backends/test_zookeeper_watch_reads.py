@@ -9,8 +9,9 @@ from typing import Any
 from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import EventType, KeeperState, WatchedEvent, ZnodeStat
 
+from discovery.core.errors import BackendUnavailableError
 from discovery.core.models import Instance, Status
-from discovery_zookeeper.connection import ZooKeeperSession
+from discovery_zookeeper.connection import SessionEvent, ZooKeeperSession
 from discovery_zookeeper.records import encode_record
 from discovery_zookeeper.watch import ServiceWatch
 
@@ -102,3 +103,57 @@ async def test_a_node_gone_between_the_listing_and_its_read_is_left_out() -> Non
     first = await anext(stream)
     assert [i.id for i in first.instances] == ["a"]
     await stream.aclose()
+
+
+class _DroppingSession(_ScriptedSession):
+    """A scripted session whose connection drops while a ``get`` is answered, as kazoo reports it: the session
+    event first, then the request's connection error."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listeners: list[Any] = []
+        self.drop_at_next_get = False
+
+    def add_listener(self, listener: Any) -> None:
+        self.listeners.append(listener)
+
+    def remove_listener(self, listener: Any) -> None:
+        self.listeners.remove(listener)
+
+    def tell(self, event: SessionEvent) -> None:
+        if event is SessionEvent.SUSPENDED:
+            self.connected.clear()
+        else:
+            self.connected.set()
+        for listener in list(self.listeners):
+            listener(event)
+
+    async def reply(self, what: str, request: tuple[str, str]) -> Any:
+        if what == "get" and self.drop_at_next_get:
+            self.drop_at_next_get = False
+            self.tell(SessionEvent.SUSPENDED)
+            raise BackendUnavailableError("ZooKeeper get failed: ConnectionLoss")
+        return await super().reply(what, request)
+
+
+async def test_a_connection_dropped_during_a_read_makes_the_snapshot_stale_until_the_read_is_done_again() -> None:
+    """A stream reading a changed node when the connection drops reports a stale snapshot at once, not a
+    fresh-looking one for the whole disconnection (the fault suite's read-your-writes check on ZooKeeper caught the
+    stream waiting for the connection inside its read), and reads the node once the connection is back."""
+    session = _DroppingSession()
+    session.children = ["a"]
+    session.put("a", Status.UP)
+    stream = ServiceWatch(session, PATH, "default", "api")  # type: ignore[arg-type]
+    try:
+        first = await anext(stream)
+        assert not first.stale
+        session.put("a", Status.DRAINING)
+        session.drop_at_next_get = True
+        session.watchers[f"{PATH}/a"](WatchedEvent(EventType.CHANGED, KeeperState.CONNECTED, f"{PATH}/a"))
+        during = await asyncio.wait_for(anext(stream), 5)
+        assert during.stale and [i.status for i in during.instances] == [Status.UP]
+        session.tell(SessionEvent.RECONNECTED)
+        after = await asyncio.wait_for(anext(stream), 5)
+        assert not after.stale and [i.status for i in after.instances] == [Status.DRAINING]
+    finally:
+        await stream.aclose()
