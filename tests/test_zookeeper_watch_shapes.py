@@ -7,30 +7,17 @@ claim docs/decisions/zookeeper-writes.md builds on: the persistent watch heard e
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-from tests.harness.pytest_plugin import unavailable
+from tests.benchmark_scripts import run_benchmark
 
 pytestmark = pytest.mark.servers
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 
 def test_a_persistent_recursive_watch_hears_every_create(server_provider: str) -> None:
-    if server_provider not in ("process", "container"):
-        unavailable(f"benchmarks.zookeeper_watch_shapes starts its own server: needs process or container, "
-                    f"not {server_provider}")
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.zookeeper_watch_shapes", "--servers", server_provider,
-         "--creates", "50", "--rounds", "1", "--trials", "5", "--pace", "0.01"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False,
-    )
-    assert done.returncode == 0, f"zookeeper_watch_shapes failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and not line.startswith("| shape")]
-    assert any("persistent recursive watch on the parent" in row and "| 50 of 50 |" in row for row in rows), done.stdout
-    assert sum("ms" not in row and "persistent recursive watch + `get`" in row for row in rows) == 1, done.stdout
-    assert sum("children watch + `get_children` + `get`" in row for row in rows) == 1, done.stdout
+    printed = run_benchmark("benchmarks.zookeeper_watch_shapes", "--creates", "50", "--rounds", "1", "--trials", "5",
+                            "--pace", "0.01", server_provider=server_provider)
+    rows = [line for line in printed.splitlines() if line.startswith("| ") and not line.startswith("| shape")]
+    assert any("persistent recursive watch on the parent" in row and "| 50 of 50 |" in row for row in rows), printed
+    assert sum("ms" not in row and "persistent recursive watch + `get`" in row for row in rows) == 1, printed
+    assert sum("children watch + `get_children` + `get`" in row for row in rows) == 1, printed
