@@ -236,8 +236,12 @@ class Registry:
         self._loop = loop
         # (service, namespace, selector, statuses) -> (snapshot, filtered result); valid while the snapshot is.
         self._lookups: dict[tuple[object, ...], tuple[Snapshot, tuple[Instance, ...]]] = {}
-        # One blocking handle per registration, so registering a held id again returns the same object.
-        self._handles: weakref.WeakKeyDictionary[AsyncRegistration, Registration] = weakref.WeakKeyDictionary()
+        # One blocking handle per registration, so registering a held id again returns the same object, while the
+        # caller holds it: keyed by the registration's id(), weakly by the handle. (Keyed weakly by the registration
+        # itself, the handle, which holds its registration, kept the key alive: every registration made through
+        # this facade stayed in memory until the registry went away.) A key's registration lives as long as its
+        # entry: the handle holds it, so the id() is not reused meanwhile.
+        self._handles: weakref.WeakValueDictionary[int, Registration] = weakref.WeakValueDictionary()
         self._handles_lock = threading.Lock()
 
 
@@ -356,9 +360,9 @@ class Registry:
 
     def _handle(self, inner: AsyncRegistration) -> Registration:
         with self._handles_lock:
-            handle = self._handles.get(inner)
+            handle = self._handles.get(id(inner))
             if handle is None:
-                handle = self._handles[inner] = Registration(inner, self._loop, self._core)
+                handle = self._handles[id(inner)] = Registration(inner, self._loop, self._core)
             return handle
 
     def set_status(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import uuid
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ import pytest
 
 from discovery import ClosedError, Instance, NotRegisteredError, RegistrationState, Registry, Status
 from discovery.memory import memory_store
+from discovery.registry.registration import AsyncRegistration
 
 
 @pytest.fixture
@@ -173,3 +175,16 @@ def test_registrations_racing_close_leave_nothing_behind(url: str) -> None:
     assert made, "no registration got in before close(): the race was not exercised"
     assert all(r.state is RegistrationState.DEREGISTERED for r in made)  # type: ignore[attr-defined]
     assert memory_store(url.removeprefix("memory:///")).keys() == frozenset()
+
+
+def test_registrations_made_through_the_facade_are_freed_once_deregistered(registry: Registry) -> None:
+    """A registration made and deregistered through the blocking facade is not kept by it while the registry stays
+    open (it kept every one: its handle, held by a weak-keyed map, held that map's key), and a handle still held is
+    the one registering its id again returns."""
+    kept = registry.register(Instance("freed", "kept", "127.0.0.1", 80))
+    for n in range(200):
+        registry.register(Instance("freed", f"i{n}", "127.0.0.1", 80)).deregister()
+    gc.collect()
+    alive = [o for o in gc.get_objects() if isinstance(o, AsyncRegistration) and o.instance.service == "freed"]
+    assert [o.instance.id for o in alive] == ["kept"]
+    assert registry.register(Instance("freed", "kept", "127.0.0.1", 80, weight=2)) is kept
