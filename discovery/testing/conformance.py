@@ -191,6 +191,21 @@ async def _connect_fails_cleanly(dead: BackendURL, timeout: float) -> None:
     await eventually(_value(_open_descriptors), lambda now: now <= descriptors, 5.0)
 
 
+def _blocking_churn_case(url: str) -> list[str]:
+    """Registrations made and deregistered through the blocking facade while one is kept: the ids of this call's
+    registrations still alive afterwards, the registry still open."""
+    service = f"sync-churn-{os.getpid()}-{time.monotonic_ns() % 10**9}"
+    with Registry.connect(url) as registry:
+        kept = registry.register(make_instance(service, 0))
+        for number in range(1, 31):
+            registry.register(make_instance(service, number)).deregister()
+        gc.collect()
+        alive = sorted(o.instance.id for o in gc.get_objects()
+                       if isinstance(o, AsyncRegistration) and o.instance.service == service)
+        kept.deregister()
+        return alive
+
+
 def _blocking_close_case(url: str) -> None:
     """The blocking facade: a ``for`` loop in another thread ends when the registry closes; calls then fail."""
     registry = Registry.connect(url)
@@ -957,6 +972,12 @@ class ConformanceSuite:
             registry.subscribe("after", lambda _s: None)
         assert registration.state is RegistrationState.DEREGISTERED
         await registration.deregister()  # idempotent, as for any deregistered registration
+
+    async def test_blocking_registrations_are_freed_once_deregistered(self, discovery_url: str) -> None:
+        """A process registering per job through the blocking facade does not keep every registration it ever made:
+        once deregistered (and its handle dropped) a registration is freed while the registry stays open."""
+        alive = await asyncio.to_thread(_blocking_churn_case, discovery_url)
+        assert len(alive) == 1 and alive[0].endswith("-0"), f"still alive: {alive}"
 
     async def test_blocking_registry_close_ends_iteration_and_refuses_later_calls(self, discovery_url: str) -> None:
         await asyncio.to_thread(_blocking_close_case, discovery_url)
