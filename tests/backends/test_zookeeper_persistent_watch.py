@@ -19,7 +19,7 @@ from discovery_zookeeper import persistent
 from discovery_zookeeper.connection import ZooKeeperSession
 from discovery_zookeeper.records import encode_record
 from discovery_zookeeper.watch import ServiceWatch
-from tests.backends.zookeeper_support import backend_url, raw_client
+from tests.backends.zookeeper_support import backend_url, raw_client, requests_sent
 from tests.harness import ServerHandle
 from tests.harness.relay import Relay
 
@@ -28,19 +28,6 @@ SETTLE = 10.0
 
 def _instance(service: str, number: int, **changes: Any) -> Instance:
     return Instance(service, f"{service}-{number}", "127.0.0.1", 9000 + number, **changes)
-
-
-def _requests_sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Record what every ZooKeeper session sends from here on (``get_children``, ``get``, ``exists``...)."""
-    sent: list[str] = []
-    send = ZooKeeperSession.send
-
-    def sending(self: ZooKeeperSession, what: str, call: Any, *args: Any, **kwargs: Any) -> Any:
-        sent.append(what)
-        return send(self, what, call, *args, **kwargs)
-
-    monkeypatch.setattr(ZooKeeperSession, "send", sending)
-    return sent
 
 
 async def _shown(watch: Any, wanted: Any) -> Snapshot:
@@ -55,7 +42,7 @@ async def test_a_stream_lists_its_service_once_and_reads_only_the_nodes_events_n
     url = backend_url(zookeeper_server)
     async with await AsyncRegistry.connect(url, follow_records=False) as reader, \
             await AsyncRegistry.connect(url) as writer:
-        sent = _requests_sent(monkeypatch)
+        sent = requests_sent(monkeypatch)
         async with reader.watch("api") as watch:
             await _shown(watch, lambda s: s.ids() == set())
             assert reader.backend.persistent_watches is True  # ZooKeeper 3.8 and 3.9 have them
@@ -89,7 +76,7 @@ async def test_a_registration_costs_one_request_and_is_shown_by_its_own_watch(
         async with asyncio.timeout(SETTLE):
             while not seen:
                 await asyncio.sleep(0.01)
-        sent = _requests_sent(monkeypatch)
+        sent = requests_sent(monkeypatch)
         for n in range(1, 21):
             await registry.register(_instance("own", n))
             assert seen and f"own-{n}" in seen[-1].ids()  # read-your-writes: the subscriber has it already
@@ -117,7 +104,7 @@ async def test_a_registration_under_the_persistent_watch_is_still_written_back_a
     url = backend_url(zookeeper_server)
     async with await AsyncRegistry.connect(url) as registry, await AsyncRegistry.connect(url) as newcomer:
         first = await registry.register(_instance("cov", 0))  # creates the service's znode (checked the usual way)
-        sent = _requests_sent(monkeypatch)
+        sent = requests_sent(monkeypatch)
         removed = await registry.register(_instance("cov", 1))
         taken = await registry.register(_instance("cov", 2))
         monkeypatch.undo()
@@ -157,7 +144,7 @@ async def test_after_a_reconnect_a_registration_is_covered_again(
             async with asyncio.timeout(SETTLE):
                 while not usable():
                     await asyncio.sleep(0.01)
-            sent = _requests_sent(monkeypatch)
+            sent = requests_sent(monkeypatch)
             again = await registry.register(_instance("back", 1))
             monkeypatch.undo()
             assert sent == ["addWatch", "multi"], sent

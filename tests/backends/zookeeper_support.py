@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
+import pytest
 from kazoo.client import KazooClient
 
 from discovery_zookeeper import ZooKeeperBackend
+from discovery_zookeeper.connection import ZooKeeperSession
 from tests.harness import ServerHandle
 from tests.harness.specs import ZK_TICK_MS
 
@@ -41,3 +44,16 @@ def expire_session_now(server: ServerHandle, backend: ZooKeeperBackend) -> int:
     twin.stop()
     twin.close()
     return session_id
+
+
+def requests_sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record what every ZooKeeper session sends from here on (``get_children``, ``get``, ``multiRead``...)."""
+    sent: list[str] = []
+    send = ZooKeeperSession.send
+
+    def sending(self: ZooKeeperSession, what: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(what)
+        return send(self, what, call, *args, **kwargs)
+
+    monkeypatch.setattr(ZooKeeperSession, "send", sending)
+    return sent
