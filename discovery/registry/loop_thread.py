@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import threading
 from collections.abc import Callable, Coroutine
@@ -93,6 +94,9 @@ class LoopThread:
         self.loop = asyncio.new_event_loop()
         self._stopping = threading.Event()
         self._calls: set[_Call[Any]] = set()  # calls handed over and not yet answered
+        # Functions submitted and not yet run, and whether a run of them is scheduled on the loop (see submit).
+        self._submitted: collections.deque[Callable[[], object]] = collections.deque()
+        self._drain_scheduled = False
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
@@ -169,10 +173,33 @@ class LoopThread:
         any :meth:`run` submitted later). ``ClosedError`` once the loop is stopped."""
         if self._stopping.is_set():
             raise ClosedError("this registry is closed")
+        # One wake-up of the loop for a burst of submissions, not one each: call_soon_threadsafe writes to the
+        # loop's self-pipe every time, and 10 000 subscriptions in a row spent ~0.3 s of the caller's thread there
+        # (py-spy, the etcd scale probe). The order holds: the drain scheduled for the first of a burst is queued
+        # on the loop before anything a later call hands over, and the flag is cleared before the drain reads the
+        # queue, so a function appended while it is set is always read by a drain still to come or under way.
+        self._submitted.append(function)
+        if self._drain_scheduled:
+            return
+        self._drain_scheduled = True
         try:
-            self.loop.call_soon_threadsafe(function)
+            self.loop.call_soon_threadsafe(self._drain)
         except RuntimeError:  # the loop is closed
             raise ClosedError("this registry is closed") from None
+
+    def _drain(self) -> None:
+        """Run the submitted functions, in order (in the loop thread). One that raises is reported as a failed
+        loop callback is, and the rest still run."""
+        self._drain_scheduled = False
+        submitted = self._submitted
+        while submitted:
+            function = submitted.popleft()
+            try:
+                function()
+            except Exception as error:
+                self.loop.call_exception_handler(
+                    {"message": "a function submitted to the loop thread failed", "exception": error}
+                )
 
     def stop(self) -> None:
         """Stop the loop and join the thread (which first ends pending tasks and the default executor)."""
